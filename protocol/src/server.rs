@@ -1,0 +1,599 @@
+//! The server side of a P2P connection, as a sans-IO state machine.
+//!
+//! It follows `serveAuth`/`serveAuthed` in git-annex's `P2P/Protocol.hs` line for
+//! line: which inputs get `ERROR unknown command` (unparsable), which get `ERROR
+//! unexpected command` (well-formed but not a request), which end the session
+//! (`ERROR` from the client, `CONNECT`, EOF, over-long lines).
+//!
+//! # Calling contract
+//!
+//! The driver owns the I/O and the store. It loops:
+//!
+//! 1. Drain [`Server::poll_output`]. [`ServerOutput::Send`] is a line to write. The
+//!    other outputs are requests: the driver performs each one and answers it with
+//!    the matching `handle_*` method *before* polling again (`CheckPresent` →
+//!    [`Server::handle_present`], and so on; each variant's doc names its answer).
+//!    [`ServerOutput::ReceivePayload`] and [`ServerOutput::SendPayload`] are the
+//!    raw `DATA` bytes, which never pass through the machine.
+//! 2. When `poll_output` returns `None`: stop if [`Server::is_closed`]; otherwise
+//!    read one line (at most [`crate::message::MAX_LINE`] bytes) and pass it to
+//!    [`Server::handle_line`], or call [`Server::handle_eof`] at end of input. An
+//!    over-long line is a protocol error: call [`Server::handle_eof`] and close.
+
+use std::collections::VecDeque;
+
+use crate::key::Key;
+use crate::message::{AssociatedFile, MAX_VERSION, Message, Service, Version};
+use crate::uuid::{AuthToken, Uuid};
+
+/// What a client may do (`ServerMode` in git-annex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServeMode {
+    ReadOnly,
+    AppendOnly,
+    ReadWrite,
+}
+
+pub const READ_ONLY_ERROR: &str = "this repository is read-only; write access denied";
+pub const APPEND_ONLY_ERROR: &str = "this repository is append-only; removal denied";
+
+/// How a session starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The transport already authenticated the client (`git-annex-shell p2pstdio`):
+    /// send `AUTH-SUCCESS` at once, unprompted.
+    Preauthenticated { mode: ServeMode },
+    /// The client must send `AUTH <uuid> <token>` first (tor, generic P2P, libp2p).
+    RequireAuth,
+}
+
+/// What the server does with `CONNECT` and `NOTIFYCHANGE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitAccess {
+    /// Relay git services and wait for ref changes (the remotedaemon's behaviour).
+    Served,
+    /// As `git-annex-shell p2pstdio` 10.20261026: both end the session without a
+    /// reply ("relaying to git not supported on this connection").
+    Refused,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The UUID announced in `AUTH-SUCCESS`.
+    pub uuid: Uuid,
+    pub start: Start,
+    pub git: GitAccess,
+    /// Highest version to agree to (normally [`MAX_VERSION`]).
+    pub max_version: Version,
+}
+
+/// Authentication attempts allowed on one connection before it is closed.
+pub const MAX_AUTH_ATTEMPTS: u32 = 8;
+
+/// Whether the sender of `DATA` vouched for the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// `VALID`: the file did not change while it was read.
+    Valid,
+    /// `INVALID`: it may have; verify before accepting, or reject.
+    Invalid,
+    /// No verdict (protocol v0, or a malformed line in its place): verify fully.
+    Unknown,
+}
+
+/// Where to start an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutStart {
+    AlreadyHave,
+    /// Bytes `[0, offset)` are already in the partial file.
+    From(u64),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Client closed the connection between requests.
+    Eof,
+    /// Client sent `ERROR`.
+    ClientError(String),
+    /// The connection broke mid-request (EOF inside a request, short `DATA`,
+    /// over-long line); git-annex exits non-zero here.
+    ProtocolError(String),
+    /// `CONNECT` finished (or was refused); the P2P session does not continue.
+    AfterConnect,
+    /// A request this transport does not offer (`CONNECT`/`NOTIFYCHANGE` over
+    /// p2pstdio): git-annex exits non-zero without replying.
+    Unsupported(&'static str),
+    TooManyAuthAttempts,
+}
+
+/// Everything the machine asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOutput {
+    /// Write this line.
+    Send(Message),
+    /// Is this token valid for this client? Answer with [`Server::handle_auth`].
+    CheckAuth { uuid: Uuid, token: AuthToken },
+    /// Is the whole content present? Answer with [`Server::handle_present`].
+    CheckPresent { key: Key },
+    /// Lock the content against removal. Answer with [`Server::handle_locked`].
+    Lock { key: Key },
+    /// Release the lock taken by the last successful `Lock`. `connection_lost`
+    /// asks the driver to keep it for the retention period (git-annex: 10 min).
+    Unlock { connection_lost: bool },
+    /// Remove the content (absent content counts as removed). With `before`, only
+    /// if the monotonic clock is still below it. Answer with [`Server::handle_removed`].
+    Remove { key: Key, before: Option<i64> },
+    /// Answer with [`Server::handle_timestamp`] (monotonic seconds).
+    GetTimestamp,
+    /// Is the content here, or how much of it is in the partial file? Answer with
+    /// [`Server::handle_put_start`].
+    PreparePut { key: Key, file: AssociatedFile },
+    /// Read exactly `len` raw bytes from the connection and append them to the
+    /// key's partial file, which must then hold `offset` bytes before them. Answer
+    /// with [`Server::handle_payload_received`].
+    ReceivePayload { key: Key, offset: u64, len: u64 },
+    /// Verify the partial file against the key and, if it is good, make it the
+    /// content (atomically) and record the change. With `Validity::Invalid` an
+    /// unverifiable key must be rejected. Answer with [`Server::handle_stored`].
+    CommitPut { key: Key, validity: Validity },
+    /// `DATA-PRESENT`: the client stored the content out of band; check it is there
+    /// and record it. Answer with [`Server::handle_stored`].
+    ConfirmPresent { key: Key },
+    /// How big is the content? Answer with [`Server::handle_content_size`].
+    ContentSize { key: Key },
+    /// Write `len` bytes of the content starting at `offset`. If the content cannot
+    /// give that many bytes the driver must close the connection (there is no
+    /// in-band abort). Answer with [`Server::handle_payload_sent`].
+    SendPayload { key: Key, offset: u64, len: u64 },
+    /// Relay a git service over `DATA` frames until it exits, then the session ends.
+    Connect { service: Service },
+    /// Wait until refs change; answer with [`Server::handle_changed`].
+    WaitRefChange,
+    /// The session is over: flush and close.
+    Close(CloseReason),
+}
+
+#[derive(Debug)]
+enum State {
+    Unauthenticated { failures: u32 },
+    Ready,
+    /// A driver answer is outstanding.
+    Waiting(Pending),
+    /// `LOCKCONTENT` succeeded; the next message must be `UNLOCKCONTENT`.
+    Locked,
+    /// `PUT-FROM` sent; the next message must be `DATA` (or `DATA-PRESENT`).
+    AwaitData { key: Key, offset: u64 },
+    /// Payload received; v1+ expects `VALID`/`INVALID`.
+    AwaitValidity { key: Key },
+    /// Content sent; the client answers `SUCCESS`/`FAILURE`.
+    AwaitGetResult,
+    Closed,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Auth { uuid: Uuid, failures: u32 },
+    Present,
+    Lock,
+    Remove,
+    Timestamp,
+    PutStart { key: Key },
+    Payload { key: Key },
+    Stored,
+    ContentSize { key: Key, offset: u64 },
+    PayloadSent,
+    Changed,
+}
+
+/// One server-side P2P session.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    mode: ServeMode,
+    version: Version,
+    client: Option<Uuid>,
+    state: State,
+    out: VecDeque<ServerOutput>,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Server {
+        let mut out = VecDeque::new();
+        let (state, mode) = match config.start {
+            Start::Preauthenticated { mode } => {
+                out.push_back(ServerOutput::Send(Message::AuthSuccess(config.uuid.clone())));
+                (State::Ready, mode)
+            }
+            Start::RequireAuth => (State::Unauthenticated { failures: 0 }, ServeMode::ReadOnly),
+        };
+        Server {
+            config,
+            mode,
+            version: 0,
+            client: None,
+            state,
+            out,
+        }
+    }
+
+    /// The next line to write or request to perform.
+    pub fn poll_output(&mut self) -> Option<ServerOutput> {
+        self.out.pop_front()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed) && self.out.is_empty()
+    }
+
+    /// The negotiated protocol version (0 until `VERSION`).
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The client's UUID once it authenticated with `AUTH`.
+    pub fn client_uuid(&self) -> Option<&Uuid> {
+        self.client.as_ref()
+    }
+
+    pub fn mode(&self) -> ServeMode {
+        self.mode
+    }
+
+    fn send(&mut self, m: Message) {
+        self.out.push_back(ServerOutput::Send(m));
+    }
+
+    fn request(&mut self, pending: Pending, output: ServerOutput) {
+        self.state = State::Waiting(pending);
+        self.out.push_back(output);
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.state = State::Closed;
+        self.out.push_back(ServerOutput::Close(reason));
+    }
+
+    fn success(&mut self, ok: bool) {
+        self.send(if ok { Message::Success } else { Message::Failure });
+    }
+
+    /// One line from the client, without its `\n`.
+    pub fn handle_line(&mut self, line: &[u8]) {
+        let msg = Message::parse(line).ok();
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Closed => {}
+            State::Waiting(p) => {
+                // A driver bug, not a peer's: keep the machine consistent anyway.
+                self.state = State::Waiting(p);
+            }
+            State::Unauthenticated { failures } => self.unauthenticated(msg, failures),
+            State::Ready => self.ready(msg),
+            State::Locked => {
+                self.state = State::Ready;
+                self.out.push_back(ServerOutput::Unlock { connection_lost: false });
+                if msg != Some(Message::UnlockContent) {
+                    self.send(Message::Error("expected UNLOCKCONTENT".into()));
+                }
+            }
+            State::AwaitData { key, offset } => match msg {
+                Some(Message::Data(len)) => self.request(
+                    Pending::Payload { key: key.clone() },
+                    ServerOutput::ReceivePayload { key, offset, len },
+                ),
+                Some(Message::DataPresent) if self.version >= 4 => {
+                    self.request(Pending::Stored, ServerOutput::ConfirmPresent { key })
+                }
+                _ => {
+                    self.state = State::Ready;
+                    self.send(Message::Error("expected DATA".into()));
+                }
+            },
+            State::AwaitValidity { key } => {
+                let validity = match msg {
+                    Some(Message::Valid) => Validity::Valid,
+                    Some(Message::Invalid) => Validity::Invalid,
+                    _ => {
+                        self.send(Message::Error("expected VALID or INVALID".into()));
+                        Validity::Unknown
+                    }
+                };
+                self.request(Pending::Stored, ServerOutput::CommitPut { key, validity });
+            }
+            State::AwaitGetResult => {
+                self.state = State::Ready;
+                match msg {
+                    Some(
+                        Message::Success
+                        | Message::Failure
+                        | Message::SuccessPlus(_)
+                        | Message::FailurePlus(_),
+                    ) => {}
+                    _ => self.send(Message::Error("expected SUCCESS or FAILURE".into())),
+                }
+            }
+        }
+    }
+
+    /// The client closed its side (or the line was too long: pass
+    /// `protocol_error = true`).
+    pub fn handle_eof(&mut self) {
+        self.handle_broken(None)
+    }
+
+    /// The connection broke (over-long line, I/O error).
+    pub fn handle_protocol_error(&mut self, what: &str) {
+        self.handle_broken(Some(what.to_owned()))
+    }
+
+    fn handle_broken(&mut self, error: Option<String>) {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        if matches!(state, State::Closed) {
+            return;
+        }
+        if matches!(state, State::Locked) {
+            self.out.push_back(ServerOutput::Unlock { connection_lost: true });
+        }
+        let between_requests = matches!(state, State::Ready | State::Unauthenticated { .. });
+        let reason = match error {
+            Some(e) => CloseReason::ProtocolError(e),
+            None if between_requests => CloseReason::Eof,
+            None => CloseReason::ProtocolError("connection closed mid-request".into()),
+        };
+        self.close(reason);
+    }
+
+    fn unauthenticated(&mut self, msg: Option<Message>, failures: u32) {
+        self.state = State::Unauthenticated { failures };
+        match msg {
+            None => self.send(Message::Error("unknown command".into())),
+            Some(Message::Error(e)) => self.close(CloseReason::ClientError(e)),
+            Some(Message::Auth(uuid, token)) => self.request(
+                Pending::Auth {
+                    uuid: uuid.clone(),
+                    failures,
+                },
+                ServerOutput::CheckAuth { uuid, token },
+            ),
+            Some(_) => self.send(Message::Error("unexpected command".into())),
+        }
+    }
+
+    fn ready(&mut self, msg: Option<Message>) {
+        self.state = State::Ready;
+        let Some(msg) = msg else {
+            self.send(Message::Error("unknown command".into()));
+            return;
+        };
+        use Message as M;
+        match msg {
+            M::Error(e) => self.close(CloseReason::ClientError(e)),
+            M::Version(v) => {
+                let v = v.min(self.config.max_version.min(Version::from(MAX_VERSION)));
+                self.version = v;
+                self.send(M::Version(v));
+            }
+            M::Bypass(_) => {}
+            M::CheckPresent(key) => self.request(Pending::Present, ServerOutput::CheckPresent { key }),
+            M::LockContent(key) => self.request(Pending::Lock, ServerOutput::Lock { key }),
+            M::Remove(key) => self.remove(key, None),
+            M::RemoveBefore(ts, key) => self.remove(key, Some(ts)),
+            M::GetTimestamp => self.request(Pending::Timestamp, ServerOutput::GetTimestamp),
+            M::Put(file, key) => {
+                if self.mode == ServeMode::ReadOnly {
+                    self.send(M::Error(READ_ONLY_ERROR.into()));
+                } else {
+                    self.request(
+                        Pending::PutStart { key: key.clone() },
+                        ServerOutput::PreparePut { key, file },
+                    );
+                }
+            }
+            M::Get(offset, _file, key) => self.request(
+                Pending::ContentSize {
+                    key: key.clone(),
+                    offset,
+                },
+                ServerOutput::ContentSize { key },
+            ),
+            M::Connect(service) => {
+                if self.config.git == GitAccess::Refused {
+                    self.close(CloseReason::Unsupported(
+                        "relaying to git not supported on this connection",
+                    ));
+                } else if service == Service::ReceivePack && self.mode != ServeMode::ReadWrite {
+                    self.send(M::Error(READ_ONLY_ERROR.into()));
+                    self.close(CloseReason::AfterConnect);
+                } else {
+                    self.state = State::Closed;
+                    self.out.push_back(ServerOutput::Connect { service });
+                    self.out.push_back(ServerOutput::Close(CloseReason::AfterConnect));
+                }
+            }
+            M::NotifyChange => {
+                if self.config.git == GitAccess::Refused {
+                    self.close(CloseReason::Unsupported("NOTIFYCHANGE unsupported on this connection"));
+                } else {
+                    self.request(Pending::Changed, ServerOutput::WaitRefChange);
+                }
+            }
+            _ => self.send(M::Error("unexpected command".into())),
+        }
+    }
+
+    fn remove(&mut self, key: Key, before: Option<i64>) {
+        match self.mode {
+            ServeMode::ReadWrite => {
+                self.request(Pending::Remove, ServerOutput::Remove { key, before })
+            }
+            ServeMode::AppendOnly => self.send(Message::Error(APPEND_ONLY_ERROR.into())),
+            ServeMode::ReadOnly => self.send(Message::Error(READ_ONLY_ERROR.into())),
+        }
+    }
+
+    fn take_pending(&mut self) -> Option<Pending> {
+        match std::mem::replace(&mut self.state, State::Ready) {
+            State::Waiting(p) => Some(p),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::CheckAuth`]: the mode granted, or `None` to refuse.
+    pub fn handle_auth(&mut self, grant: Option<ServeMode>) {
+        let Some(Pending::Auth { uuid, failures }) = self.take_pending() else {
+            return;
+        };
+        match grant {
+            Some(mode) => {
+                self.mode = mode;
+                self.client = Some(uuid);
+                self.send(Message::AuthSuccess(self.config.uuid.clone()));
+            }
+            None => {
+                self.send(Message::AuthFailure);
+                let failures = failures + 1;
+                if failures >= MAX_AUTH_ATTEMPTS {
+                    self.close(CloseReason::TooManyAuthAttempts);
+                } else {
+                    self.state = State::Unauthenticated { failures };
+                }
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::CheckPresent`]: `Err` gives `ERROR <text>`.
+    pub fn handle_present(&mut self, present: Result<bool, String>) {
+        if let Some(Pending::Present) = self.take_pending() {
+            match present {
+                Ok(p) => self.success(p),
+                Err(e) => self.send(Message::Error(e)),
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::Lock`].
+    pub fn handle_locked(&mut self, locked: bool) {
+        if let Some(Pending::Lock) = self.take_pending() {
+            self.success(locked);
+            if locked {
+                self.state = State::Locked;
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::Remove`]: `Ok(false)` is `FAILURE`, `Err` `ERROR`.
+    pub fn handle_removed(&mut self, removed: Result<bool, String>) {
+        if let Some(Pending::Remove) = self.take_pending() {
+            match removed {
+                Ok(ok) => self.success(ok),
+                Err(e) => self.send(Message::Error(e)),
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::GetTimestamp`].
+    pub fn handle_timestamp(&mut self, seconds: i64) {
+        if let Some(Pending::Timestamp) = self.take_pending() {
+            self.send(Message::Timestamp(seconds));
+        }
+    }
+
+    /// Answer to [`ServerOutput::PreparePut`].
+    pub fn handle_put_start(&mut self, start: PutStart) {
+        if let Some(Pending::PutStart { key }) = self.take_pending() {
+            match start {
+                PutStart::AlreadyHave => self.send(Message::AlreadyHave),
+                PutStart::From(offset) => {
+                    self.send(Message::PutFrom(offset));
+                    self.state = State::AwaitData { key, offset };
+                }
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::ReceivePayload`]: `complete` is false when the
+    /// connection ended before all bytes arrived (what did arrive stays in the
+    /// partial file, so the next `PUT` resumes).
+    pub fn handle_payload_received(&mut self, complete: bool) {
+        if let Some(Pending::Payload { key }) = self.take_pending() {
+            if !complete {
+                // git-annex answers FAILURE, then finds the connection gone (v4-04).
+                self.send(Message::Failure);
+                self.close(CloseReason::ProtocolError("short DATA".into()));
+            } else if self.version >= 1 {
+                self.state = State::AwaitValidity { key };
+            } else {
+                self.request(
+                    Pending::Stored,
+                    ServerOutput::CommitPut {
+                        key,
+                        validity: Validity::Unknown,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::CommitPut`] and [`ServerOutput::ConfirmPresent`].
+    pub fn handle_stored(&mut self, stored: bool) {
+        if let Some(Pending::Stored) = self.take_pending() {
+            self.success(stored);
+        }
+    }
+
+    /// Answer to [`ServerOutput::ContentSize`]: `None` when the content is absent.
+    pub fn handle_content_size(&mut self, size: Option<u64>) {
+        let Some(Pending::ContentSize { key, offset }) = self.take_pending() else {
+            return;
+        };
+        match size {
+            None => {
+                self.send(Message::Data(0));
+                if self.version >= 1 {
+                    self.send(Message::Invalid);
+                }
+                self.state = State::AwaitGetResult;
+            }
+            Some(total) => {
+                let len = total.saturating_sub(offset);
+                self.send(Message::Data(len));
+                if len == 0 {
+                    self.payload_sent(true);
+                } else {
+                    self.request(
+                        Pending::PayloadSent,
+                        ServerOutput::SendPayload { key, offset, len },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Answer to [`ServerOutput::SendPayload`]: `valid` is false if the content
+    /// changed while it was read.
+    pub fn handle_payload_sent(&mut self, valid: bool) {
+        if let Some(Pending::PayloadSent) = self.take_pending() {
+            self.payload_sent(valid);
+        }
+    }
+
+    fn payload_sent(&mut self, valid: bool) {
+        if self.version >= 1 {
+            self.send(if valid { Message::Valid } else { Message::Invalid });
+        }
+        self.state = State::AwaitGetResult;
+    }
+
+    /// Answer to [`ServerOutput::WaitRefChange`].
+    pub fn handle_changed(&mut self, shas: Vec<String>) {
+        if let Some(Pending::Changed) = self.take_pending() {
+            self.send(Message::Changed(shas));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
