@@ -1,1 +1,17 @@
-//! placeholder
+//! The annexmesh runtime: repositories and their object stores, the P2P protocol
+//! sessions of `protocol` driven over real streams, and the `annex-shell` server.
+//!
+//! Everything that touches a disk, a socket, a process or the clock lives here;
+//! decisions live in `protocol`.
+
+pub mod annex_shell;
+pub mod clock;
+pub mod error;
+pub mod process;
+pub mod repo;
+pub mod session;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use repo::Repo;
+pub use store::Store;

@@ -265,6 +265,15 @@ impl Verdict {
     }
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("key_size", &self.key_size)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Verifier {
     pub fn new(key: &Key) -> Verifier {
         let backend = key.backend();

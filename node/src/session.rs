@@ -1,0 +1,630 @@
+//! Drives the sans-IO sessions of `protocol` over real byte streams and a real
+//! [`Store`]. Any `AsyncRead`/`AsyncWrite` pair works: a process's stdio
+//! (`annex-shell p2pstdio`), a child process's pipes (our client against
+//! `git-annex-shell`), or a libp2p stream.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use protocol::client::{Client, ClientOutput, Reply, RequestError};
+use protocol::message::{MAX_LINE, Message, Version};
+use protocol::server::{CloseReason, PutStart, ServeMode, Server, ServerOutput, Validity};
+use protocol::verify::Verifier;
+use protocol::{AssociatedFile, AuthToken, Key, Uuid};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::{ContentLock, Store, Stored, Upload};
+
+/// Size of the read and write buffers of a session, and of payload chunks.
+pub const IO_BUFFER: usize = 1 << 20;
+
+/// One line read from a peer.
+enum LineRead {
+    Line,
+    Eof,
+    TooLong,
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes into `buf` (without the `\n`).
+/// Never buffers more than that, whatever the peer sends.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let avail = reader.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(LineRead::Eof);
+        }
+        match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                if buf.len() + i > MAX_LINE {
+                    return Ok(LineRead::TooLong);
+                }
+                buf.extend_from_slice(&avail[..i]);
+                reader.consume(i + 1);
+                return Ok(LineRead::Line);
+            }
+            None => {
+                let n = avail.len();
+                if buf.len() + n > MAX_LINE {
+                    return Ok(LineRead::TooLong);
+                }
+                buf.extend_from_slice(avail);
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// Decides whether an `AUTH` is good, and with which rights.
+pub trait Authenticator: Send + Sync {
+    fn check(&self, client: &Uuid, token: &AuthToken) -> Option<ServeMode>;
+}
+
+/// Serves git requests (`CONNECT`, `NOTIFYCHANGE`) for transports that offer them.
+pub trait GitService: Send + Sync {
+    /// Relays `service` over the session's `DATA` frames until it ends.
+    fn relay<'a>(
+        &'a self,
+        service: protocol::Service,
+        io: &'a mut (dyn RelayIo + Send),
+    ) -> futures::future::BoxFuture<'a, Result<()>>;
+}
+
+/// The byte stream of a session, as seen by a [`GitService`] relay.
+pub trait RelayIo {
+    fn reader(&mut self) -> &mut (dyn tokio::io::AsyncBufRead + Unpin + Send);
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send);
+}
+
+/// What a served session may use besides the store.
+#[derive(Default)]
+pub struct ServeContext<'a> {
+    pub auth: Option<&'a dyn Authenticator>,
+    pub git: Option<&'a dyn GitService>,
+}
+
+struct Stream<R, W> {
+    reader: BufReader<R>,
+    writer: BufWriter<W>,
+}
+
+impl<R, W> RelayIo for Stream<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    fn reader(&mut self) -> &mut (dyn tokio::io::AsyncBufRead + Unpin + Send) {
+        &mut self.reader
+    }
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        &mut self.writer
+    }
+}
+
+/// Runs a server session to its end. Returns why it ended; I/O errors on the
+/// stream end it too, and are returned as errors. A failure of the store is
+/// answered on the wire (`ERROR`/`FAILURE`) and never loses stored content.
+pub async fn serve<R, W>(
+    mut server: Server,
+    reader: R,
+    writer: W,
+    store: &Store,
+    ctx: &ServeContext<'_>,
+) -> Result<CloseReason>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut io = Stream {
+        reader: BufReader::with_capacity(IO_BUFFER, reader),
+        writer: BufWriter::with_capacity(IO_BUFFER, writer),
+    };
+    let mut line = Vec::with_capacity(256);
+    let mut lock: Option<ContentLock> = None;
+    let mut upload: Option<Upload> = None;
+    let mut payload = vec![0u8; IO_BUFFER];
+    let stream_err = |e: std::io::Error| Error::Io {
+        context: "p2p stream".into(),
+        source: e,
+    };
+    loop {
+        while let Some(out) = server.poll_output() {
+            match out {
+                ServerOutput::Send(m) => {
+                    let bytes = m.to_line();
+                    io.writer.write_all(&bytes).await.map_err(stream_err)?;
+                }
+                ServerOutput::CheckAuth { uuid, token } => {
+                    let grant = ctx.auth.and_then(|a| a.check(&uuid, &token));
+                    server.handle_auth(grant);
+                }
+                ServerOutput::CheckPresent { key } => server.handle_present(Ok(store.contains(&key))),
+                ServerOutput::Lock { key } => match store.lock_shared(&key) {
+                    Ok(Some(l)) => {
+                        lock = Some(l);
+                        server.handle_locked(true);
+                    }
+                    Ok(None) => server.handle_locked(false),
+                    Err(e) => {
+                        tracing::warn!("lock {key}: {e}");
+                        server.handle_locked(false);
+                    }
+                },
+                ServerOutput::Unlock { connection_lost } => {
+                    if let Some(l) = lock.take() {
+                        if connection_lost {
+                            if let Err(e) = store.retain_lock(l.key()) {
+                                tracing::warn!("cannot retain lock on {}: {e}", l.key());
+                            }
+                        }
+                    }
+                }
+                ServerOutput::Remove { key, before } => {
+                    let r = store.remove(&key, before).map_err(|e| e.to_string());
+                    if let Err(e) = &r {
+                        tracing::warn!("remove {key}: {e}");
+                    }
+                    server.handle_removed(r);
+                }
+                ServerOutput::GetTimestamp => {
+                    server.handle_timestamp(crate::clock::monotonic_seconds())
+                }
+                ServerOutput::PreparePut { key, .. } => {
+                    let start = if store.contains(&key) {
+                        PutStart::AlreadyHave
+                    } else {
+                        PutStart::From(store.partial_size(&key))
+                    };
+                    server.handle_put_start(start);
+                }
+                ServerOutput::ReceivePayload { key, offset, len } => {
+                    let (complete, up) =
+                        receive_payload(&mut io.reader, store, &key, offset, len, &mut payload)
+                            .await?;
+                    upload = up;
+                    server.handle_payload_received(complete);
+                }
+                ServerOutput::CommitPut { key, validity } => {
+                    let ok = match upload.take() {
+                        Some(up) if up.key() == &key => match store.commit(up, validity) {
+                            Ok(Stored::Stored) => true,
+                            Ok(other) => {
+                                tracing::info!("refused content for {key}: {other:?}");
+                                false
+                            }
+                            Err(e) => {
+                                tracing::warn!("storing {key}: {e}");
+                                false
+                            }
+                        },
+                        _ => false,
+                    };
+                    server.handle_stored(ok);
+                }
+                ServerOutput::ConfirmPresent { key } => server.handle_stored(store.contains(&key)),
+                ServerOutput::ContentSize { key } => server.handle_content_size(store.content_size(&key)),
+                ServerOutput::SendPayload { key, offset, len } => {
+                    let valid = send_payload(&mut io.writer, store, &key, offset, len, &mut payload).await?;
+                    server.handle_payload_sent(valid);
+                }
+                ServerOutput::Connect { service } => match ctx.git {
+                    Some(git) => {
+                        io.writer.flush().await.map_err(stream_err)?;
+                        git.relay(service, &mut io).await?;
+                    }
+                    None => {
+                        let _ = io
+                            .writer
+                            .write_all(&Message::Error("git is not served here".into()).to_line())
+                            .await;
+                    }
+                },
+                ServerOutput::WaitRefChange => {
+                    // Only transports with a GitService reach this; without ref
+                    // watching the honest answer is that nothing changed yet.
+                    server.handle_changed(Vec::new())
+                }
+                ServerOutput::Close(reason) => {
+                    let _ = io.writer.flush().await;
+                    let _ = io.writer.shutdown().await;
+                    return Ok(reason);
+                }
+            }
+        }
+        io.writer.flush().await.map_err(stream_err)?;
+        match read_line(&mut io.reader, &mut line).await {
+            Ok(LineRead::Line) => server.handle_line(&line),
+            Ok(LineRead::Eof) => server.handle_eof(),
+            Ok(LineRead::TooLong) => server.handle_protocol_error("protocol error"),
+            Err(e) => server.handle_protocol_error(&e.to_string()),
+        }
+    }
+}
+
+/// Reads exactly `len` payload bytes into the key's partial file. Returns whether
+/// all arrived, and the open upload (unless the store failed, in which case the
+/// bytes are still consumed so the stream stays in step, and nothing is kept).
+async fn receive_payload<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    store: &Store,
+    key: &Key,
+    offset: u64,
+    len: u64,
+    _scratch: &mut [u8],
+) -> Result<(bool, Option<Upload>)> {
+    let mut upload = match store.begin_upload(key, offset) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::warn!("cannot store {key}: {e}");
+            None
+        }
+    };
+    let mut left = len;
+    while left > 0 {
+        let avail = match reader.fill_buf().await {
+            Ok(a) => a,
+            Err(_) => return Ok((false, upload)),
+        };
+        if avail.is_empty() {
+            return Ok((false, upload));
+        }
+        let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if let Some(up) = &mut upload {
+            if let Err(e) = up.write(&avail[..n]) {
+                tracing::warn!("cannot store {key}: {e}");
+                upload = None;
+            }
+        }
+        reader.consume(n);
+        left -= n as u64;
+    }
+    Ok((true, upload))
+}
+
+/// Writes `len` bytes of content from `offset`. Returns whether the content was
+/// stable while read; errors (and so closes the connection) if it came up short.
+async fn send_payload<W: AsyncWrite + Unpin>(
+    writer: &mut BufWriter<W>,
+    store: &Store,
+    key: &Key,
+    offset: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<bool> {
+    let Some((mut file, size_before)) = store.open_content(key)? else {
+        return Err(Error::Protocol(format!("{key} vanished while being sent")));
+    };
+    file.seek(SeekFrom::Start(offset))
+        .context(|| format!("seeking in content of {key}"))?;
+    let mut left = len;
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = file.read(&mut buf[..n]).context(|| format!("reading {key}"))?;
+        if got == 0 {
+            return Err(Error::Protocol(format!("{key} shrank while being sent")));
+        }
+        writer
+            .write_all(&buf[..got])
+            .await
+            .context(|| "p2p stream".into())?;
+        left -= got as u64;
+    }
+    let size_after = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(size_after == size_before)
+}
+
+/// Progress reports for transfers: total bytes done so far.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64) + Send);
+
+/// The outcome of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub stored: bool,
+    pub already_had: bool,
+    /// Other repositories a gateway reports as holding the content.
+    pub also: Vec<Uuid>,
+}
+
+/// Our client side of a P2P connection over any byte stream.
+pub struct ClientSession<R, W> {
+    client: Client,
+    reader: BufReader<R>,
+    writer: BufWriter<W>,
+    line: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+enum Payload<'a> {
+    None,
+    Upload {
+        file: &'a mut std::fs::File,
+        progress: Progress<'a>,
+    },
+    Download {
+        file: &'a mut std::fs::File,
+        verifier: &'a mut Verifier,
+        progress: Progress<'a>,
+        done: u64,
+        key: &'a Key,
+    },
+}
+
+impl<R, W> ClientSession<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    pub fn new(reader: R, writer: W) -> Self {
+        ClientSession {
+            client: Client::new(),
+            reader: BufReader::with_capacity(IO_BUFFER, reader),
+            writer: BufWriter::with_capacity(IO_BUFFER, writer),
+            line: Vec::with_capacity(256),
+            buf: vec![0u8; IO_BUFFER],
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.client.version()
+    }
+
+    /// Runs the current request to its `Done`.
+    async fn run(&mut self, mut payload: Payload<'_>) -> Result<Reply> {
+        let io_err = |e: std::io::Error| Error::Io {
+            context: "p2p stream".into(),
+            source: e,
+        };
+        loop {
+            while let Some(out) = self.client.poll_output() {
+                match out {
+                    ClientOutput::Send(m) => {
+                        self.writer.write_all(&m.to_line()).await.map_err(io_err)?
+                    }
+                    ClientOutput::SendPayload { offset, len } => {
+                        let Payload::Upload { file, progress } = &mut payload else {
+                            return Err(Error::Protocol("unexpected payload request".into()));
+                        };
+                        file.seek(SeekFrom::Start(offset)).context(|| "seeking content".into())?;
+                        let mut left = len;
+                        let mut done = offset;
+                        while left > 0 {
+                            let n = self.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                            let got = file.read(&mut self.buf[..n]).context(|| "reading content".into())?;
+                            if got == 0 {
+                                return Err(Error::Protocol("content shrank while being sent".into()));
+                            }
+                            self.writer.write_all(&self.buf[..got]).await.map_err(io_err)?;
+                            left -= got as u64;
+                            done += got as u64;
+                            progress(done);
+                        }
+                        self.client.handle_payload_sent(true);
+                    }
+                    ClientOutput::ReceivePayload { len } => {
+                        let Payload::Download {
+                            file,
+                            verifier,
+                            progress,
+                            done,
+                            ..
+                        } = &mut payload
+                        else {
+                            return Err(Error::Protocol("unexpected payload".into()));
+                        };
+                        let mut left = len;
+                        let mut complete = true;
+                        while left > 0 {
+                            let avail = self.reader.fill_buf().await.map_err(io_err)?;
+                            if avail.is_empty() {
+                                complete = false;
+                                break;
+                            }
+                            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                            use std::io::Write;
+                            file.write_all(&avail[..n]).context(|| "writing download".into())?;
+                            verifier.update(&avail[..n]);
+                            self.reader.consume(n);
+                            left -= n as u64;
+                            *done += n as u64;
+                            progress(*done);
+                        }
+                        self.client.handle_payload_received(complete);
+                    }
+                    ClientOutput::VerifyGet { validity } => {
+                        let Payload::Download { verifier, key, .. } = &mut payload else {
+                            return Err(Error::Protocol("unexpected verification".into()));
+                        };
+                        let v = std::mem::replace(*verifier, Verifier::new(key));
+                        let verdict = v.finish();
+                        let ok = verdict.accepted()
+                            && !(validity == Validity::Invalid && !key.backend().verifiable());
+                        self.client.handle_get_verified(ok);
+                    }
+                    ClientOutput::Done(r) => {
+                        self.writer.flush().await.map_err(io_err)?;
+                        return r.map_err(|e| match e {
+                            RequestError::Closed => Error::Protocol("connection closed".into()),
+                            other => Error::Protocol(other.to_string()),
+                        });
+                    }
+                    ClientOutput::Close(why) => return Err(Error::Protocol(why)),
+                }
+            }
+            self.writer.flush().await.map_err(io_err)?;
+            match read_line(&mut self.reader, &mut self.line).await.map_err(io_err)? {
+                LineRead::Line => self.client.handle_line(&self.line),
+                LineRead::Eof => self.client.handle_eof(),
+                LineRead::TooLong => return Err(Error::Protocol("over-long line from peer".into())),
+            }
+        }
+    }
+
+    /// For `git-annex-shell p2pstdio`: read the unprompted `AUTH-SUCCESS`.
+    pub async fn expect_auth_success(&mut self) -> Result<Uuid> {
+        self.client.expect_auth_success();
+        match self.run(Payload::None).await? {
+            Reply::Authenticated(u) => Ok(u),
+            other => Err(Error::Protocol(format!("expected AUTH-SUCCESS, got {other:?}"))),
+        }
+    }
+
+    /// `AUTH`; `Ok(None)` on `AUTH-FAILURE`.
+    pub async fn auth(&mut self, me: Uuid, token: AuthToken) -> Result<Option<Uuid>> {
+        self.client.auth(me, token);
+        match self.run(Payload::None).await? {
+            Reply::Authenticated(u) => Ok(Some(u)),
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn negotiate_version(&mut self, offer: Version) -> Result<Version> {
+        self.client.negotiate_version(offer);
+        match self.run(Payload::None).await? {
+            Reply::Version(v) => Ok(v),
+            other => Err(Error::Protocol(format!("expected VERSION, got {other:?}"))),
+        }
+    }
+
+    pub async fn bypass(&mut self, uuids: Vec<Uuid>) -> Result<()> {
+        self.client.bypass(uuids);
+        self.run(Payload::None).await.map(|_| ())
+    }
+
+    pub async fn check_present(&mut self, key: &Key) -> Result<bool> {
+        self.client.check_present(key.clone());
+        match self.run(Payload::None).await? {
+            Reply::Present(p) => Ok(p),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    pub async fn lock_content(&mut self, key: &Key) -> Result<bool> {
+        self.client.lock_content(key.clone());
+        match self.run(Payload::None).await? {
+            Reply::Locked(l) => Ok(l),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    pub async fn unlock_content(&mut self) -> Result<()> {
+        self.client.unlock_content();
+        self.run(Payload::None).await.map(|_| ())
+    }
+
+    /// `REMOVE` (or `REMOVE-BEFORE deadline` at v3+): whether it was removed, and
+    /// any other repositories a gateway reports as changed.
+    pub async fn remove(&mut self, key: &Key, before: Option<i64>) -> Result<(bool, Vec<Uuid>)> {
+        match before {
+            Some(ts) => self.client.remove_before(ts, key.clone()),
+            None => self.client.remove(key.clone()),
+        }
+        match self.run(Payload::None).await? {
+            Reply::Removed { ok, plus } => Ok((ok, plus)),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    pub async fn get_timestamp(&mut self) -> Result<i64> {
+        self.client.get_timestamp();
+        match self.run(Payload::None).await? {
+            Reply::Timestamp(t) => Ok(t),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Uploads the file at `source` as `key`, resuming where the server says.
+    pub async fn put(
+        &mut self,
+        key: &Key,
+        file: AssociatedFile,
+        source: &Path,
+        progress: Progress<'_>,
+    ) -> Result<PutOutcome> {
+        let mut f = std::fs::File::open(source).context(|| format!("opening {}", source.display()))?;
+        let size = f.metadata().context(|| format!("stat {}", source.display()))?.len();
+        self.client.put(key.clone(), file, size, false);
+        match self.run(Payload::Upload { file: &mut f, progress }).await? {
+            Reply::Put {
+                stored,
+                already,
+                plus,
+            } => Ok(PutOutcome {
+                stored,
+                already_had: already,
+                also: plus,
+            }),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Downloads `key` into `partial` (resuming from its current size), verifying
+    /// it. On success the verified file is renamed to `dest`. Returns false when
+    /// the server does not have it or the content was bad (the partial file is
+    /// then removed, as git-annex does).
+    pub async fn get(
+        &mut self,
+        key: &Key,
+        file: AssociatedFile,
+        partial: &Path,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<bool> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(partial)
+            .context(|| format!("opening {}", partial.display()))?;
+        let have = f.metadata().context(|| format!("stat {}", partial.display()))?.len();
+        let mut verifier = Verifier::new(key);
+        let mut buf = vec![0u8; IO_BUFFER];
+        let mut left = have;
+        while left > 0 {
+            let n = buf.len().min(left as usize);
+            f.read_exact(&mut buf[..n]).context(|| "re-reading partial download".into())?;
+            verifier.update(&buf[..n]);
+            left -= n as u64;
+        }
+        f.seek(SeekFrom::End(0)).context(|| "seeking partial download".into())?;
+        self.client.get(key.clone(), file, have);
+        let reply = self
+            .run(Payload::Download {
+                file: &mut f,
+                verifier: &mut verifier,
+                progress,
+                done: have,
+                key,
+            })
+            .await?;
+        match reply {
+            Reply::Got { ok: true } => {
+                f.sync_all().context(|| format!("fsync {}", partial.display()))?;
+                drop(f);
+                std::fs::rename(partial, dest).context(|| format!("moving to {}", dest.display()))?;
+                Ok(true)
+            }
+            Reply::Got { ok: false } => {
+                drop(f);
+                let _ = std::fs::remove_file(partial);
+                Ok(false)
+            }
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Ends the session cleanly (closes our side).
+    pub async fn close(mut self) -> Result<()> {
+        self.writer.flush().await.context(|| "p2p stream".into())?;
+        self.writer.shutdown().await.context(|| "p2p stream".into())
+    }
+}
+
+/// Where a download in progress lives: `<dir>/<keyFile>`.
+pub fn partial_download_path(dir: &Path, key: &Key) -> PathBuf {
+    dir.join(key.file())
+}

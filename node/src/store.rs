@@ -1,0 +1,378 @@
+//! The object store of a repository, in git-annex's on-disk layout.
+//!
+//! * Content lives at `annex/objects/<hashdir>/<keyFile>/<keyFile>` (mixed-case
+//!   hash directories first in non-bare repositories, lower-case first in bare
+//!   ones), frozen read-only as git-annex freezes it.
+//! * An upload goes to `annex/tmp/<keyFile>`; its size is the resume offset
+//!   (`PUT-FROM`). Bytes are hashed as they arrive (the kept prefix is re-hashed
+//!   first on a resume); only verified content is fsynced and renamed into place,
+//!   so a partial or corrupt object is never visible. Bad content is deleted.
+//! * `LOCKCONTENT` takes a shared `flock` on the key's directory; `REMOVE` needs
+//!   the exclusive lock, so it fails while any connection, in this process or
+//!   another, holds the content locked. A lock whose connection died is retained
+//!   for [`LOCK_RETENTION`] through a small marker file, as git-annex does.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use protocol::Key;
+use protocol::server::Validity;
+use protocol::verify::{Verdict, Verifier};
+
+use crate::error::{IoContext, Result};
+use crate::repo::{Layout, Repo};
+
+/// How long content stays locked after its locking connection is lost
+/// (git-annex's `p2pDefaultLockContentRetentionDuration`).
+pub const LOCK_RETENTION: Duration = Duration::from_secs(600);
+
+/// An object store over one repository.
+#[derive(Debug, Clone)]
+pub struct Store {
+    repo: Repo,
+    objects: PathBuf,
+    tmp: PathBuf,
+    retention: PathBuf,
+}
+
+/// Result of storing content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Stored,
+    Rejected(Verdict),
+    /// `INVALID` was declared for a key whose content cannot be verified.
+    Unverifiable,
+}
+
+impl Store {
+    pub fn new(repo: Repo) -> Store {
+        let annex = repo.annex_dir();
+        Store {
+            objects: annex.join("objects"),
+            tmp: annex.join("tmp"),
+            retention: annex.join("annexmesh").join("lock-retention"),
+            repo,
+        }
+    }
+
+    pub fn open(path: &Path) -> Result<Store> {
+        Ok(Store::new(Repo::open(path)?))
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    pub fn uuid(&self) -> &protocol::Uuid {
+        &self.repo.uuid
+    }
+
+    /// Candidate object paths in lookup order; new content goes to the first.
+    pub fn object_paths(&self, key: &Key) -> [PathBuf; 2] {
+        let file = key.file();
+        let mixed = self.objects.join(key.hash_dir_mixed()).join(&file).join(&file);
+        let lower = self.objects.join(key.hash_dir_lower()).join(&file).join(&file);
+        match self.repo.layout {
+            Layout::NonBare => [mixed, lower],
+            Layout::Bare => [lower, mixed],
+        }
+    }
+
+    /// The path of the content, if present.
+    pub fn content_path(&self, key: &Key) -> Option<PathBuf> {
+        self.object_paths(key)
+            .into_iter()
+            .find(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.content_path(key).is_some()
+    }
+
+    /// Size of the content, if present.
+    pub fn content_size(&self, key: &Key) -> Option<u64> {
+        self.content_path(key)
+            .and_then(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+    }
+
+    pub fn partial_path(&self, key: &Key) -> PathBuf {
+        self.tmp.join(key.file())
+    }
+
+    /// Bytes already received for an upload of `key` (the `PUT-FROM` offset).
+    pub fn partial_size(&self, key: &Key) -> u64 {
+        fs::metadata(self.partial_path(key)).map_or(0, |m| m.len())
+    }
+
+    /// Opens the partial file for appending at `offset`, re-hashing what is kept.
+    pub fn begin_upload(&self, key: &Key, offset: u64) -> Result<Upload> {
+        let path = self.partial_path(key);
+        fs::create_dir_all(&self.tmp).context(|| format!("creating {}", self.tmp.display()))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .context(|| format!("opening {}", path.display()))?;
+        let have = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+        let mut verifier = Verifier::new(key);
+        // A partial file shorter than the offset we announced cannot happen unless
+        // someone else truncated it; start over from what is really there.
+        let keep = offset.min(have);
+        file.set_len(keep).context(|| format!("truncating {}", path.display()))?;
+        if keep > 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = keep;
+            file.seek(SeekFrom::Start(0)).context(|| "seeking partial file".into())?;
+            while left > 0 {
+                let n = (left.min(buf.len() as u64)) as usize;
+                file.read_exact(&mut buf[..n]).context(|| "re-reading partial file".into())?;
+                verifier.update(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+        file.seek(SeekFrom::Start(keep)).context(|| "seeking partial file".into())?;
+        Ok(Upload {
+            key: key.clone(),
+            path,
+            file,
+            verifier,
+        })
+    }
+
+    /// Verifies a finished upload and, if good, moves it into place atomically.
+    pub fn commit(&self, upload: Upload, validity: Validity) -> Result<Stored> {
+        let Upload {
+            key,
+            path,
+            file,
+            verifier,
+        } = upload;
+        let verdict = verifier.finish();
+        if validity == Validity::Invalid && !key.backend().verifiable() {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Ok(Stored::Unverifiable);
+        }
+        if !verdict.accepted() {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Ok(Stored::Rejected(verdict));
+        }
+        if self.contains(&key) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Ok(Stored::Stored);
+        }
+        file.sync_all().context(|| format!("fsync {}", path.display()))?;
+        drop(file);
+        let [dest, _] = self.object_paths(&key);
+        let key_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        if key_dir.exists() {
+            set_mode(&key_dir, 0o755)?;
+        }
+        fs::create_dir_all(&key_dir).context(|| format!("creating {}", key_dir.display()))?;
+        set_mode(&path, 0o444)?;
+        fs::rename(&path, &dest).context(|| format!("moving content to {}", dest.display()))?;
+        sync_dir(&key_dir)?;
+        if let Some(hash_dir) = key_dir.parent() {
+            sync_dir(hash_dir)?;
+        }
+        set_mode(&key_dir, 0o555)?;
+        Ok(Stored::Stored)
+    }
+
+    /// Adds content from a local file (copying it; the source is left alone).
+    pub fn add_file(&self, key: &Key, source: &Path) -> Result<Stored> {
+        if self.contains(key) {
+            return Ok(Stored::Stored);
+        }
+        let mut upload = self.begin_upload(key, 0)?;
+        let mut src = File::open(source).context(|| format!("opening {}", source.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf).context(|| format!("reading {}", source.display()))?;
+            if n == 0 {
+                break;
+            }
+            upload.write(&buf[..n])?;
+        }
+        self.commit(upload, Validity::Valid)
+    }
+
+    /// Takes a shared lock on present content; `None` if it is absent or being
+    /// removed.
+    pub fn lock_shared(&self, key: &Key) -> Result<Option<ContentLock>> {
+        let Some(path) = self.content_path(key) else {
+            return Ok(None);
+        };
+        let Some(dir) = path.parent() else {
+            return Ok(None);
+        };
+        let Ok(handle) = File::open(dir) else {
+            return Ok(None);
+        };
+        if handle.try_lock_shared().is_err() {
+            return Ok(None);
+        }
+        // Removed between lookup and lock?
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(ContentLock {
+            key: key.clone(),
+            _handle: handle,
+        }))
+    }
+
+    /// Keeps `key` locked against removal for [`LOCK_RETENTION`] from now.
+    pub fn retain_lock(&self, key: &Key) -> Result<()> {
+        let until = SystemTime::now() + LOCK_RETENTION;
+        let secs = until.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        fs::create_dir_all(&self.retention)
+            .context(|| format!("creating {}", self.retention.display()))?;
+        write_atomic(&self.retention.join(key.file()), secs.to_string().as_bytes())
+    }
+
+    fn retained(&self, key: &Key) -> bool {
+        let path = self.retention.join(key.file());
+        let Ok(text) = fs::read_to_string(&path) else {
+            return false;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match text.trim().parse::<u64>() {
+            Ok(until) if until > now => true,
+            _ => {
+                let _ = fs::remove_file(&path);
+                false
+            }
+        }
+    }
+
+    /// Removes content. Absent content counts as removed. Fails (returns false)
+    /// while the content is locked, or when `before` (monotonic seconds) has passed.
+    pub fn remove(&self, key: &Key, before: Option<i64>) -> Result<bool> {
+        let Some(path) = self.content_path(key) else {
+            return Ok(true);
+        };
+        let Some(key_dir) = path.parent().map(Path::to_path_buf) else {
+            return Ok(false);
+        };
+        let handle = File::open(&key_dir).context(|| format!("opening {}", key_dir.display()))?;
+        if handle.try_lock().is_err() || self.retained(key) {
+            return Ok(false);
+        }
+        if let Some(deadline) = before {
+            if crate::clock::monotonic_seconds() >= deadline {
+                return Ok(false);
+            }
+        }
+        set_mode(&key_dir, 0o755)?;
+        fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+        let _ = fs::remove_dir(&key_dir);
+        if let Some(hash2) = key_dir.parent() {
+            let _ = sync_dir(hash2);
+            if fs::remove_dir(hash2).is_ok() {
+                if let Some(hash1) = hash2.parent() {
+                    let _ = fs::remove_dir(hash1);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Opens present content for reading.
+    pub fn open_content(&self, key: &Key) -> Result<Option<(File, u64)>> {
+        let Some(path) = self.content_path(key) else {
+            return Ok(None);
+        };
+        let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+        Ok(Some((file, len)))
+    }
+}
+
+/// An upload in progress: bytes go to the partial file and the verifier together.
+#[derive(Debug)]
+pub struct Upload {
+    key: Key,
+    path: PathBuf,
+    file: File,
+    verifier: Verifier,
+}
+
+impl Upload {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .context(|| format!("writing {}", self.path.display()))?;
+        self.verifier.update(bytes);
+        Ok(())
+    }
+
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Bytes in the partial file so far.
+    pub fn len(&self) -> u64 {
+        self.verifier.bytes_seen()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A shared lock on content; dropping it unlocks.
+#[derive(Debug)]
+pub struct ContentLock {
+    key: Key,
+    _handle: File,
+}
+
+impl ContentLock {
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .context(|| format!("chmod {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context(|| format!("fsync {}", dir.display()))
+}
+
+/// Writes a small file atomically: temp file in the same directory, fsync, rename,
+/// fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;
