@@ -104,7 +104,10 @@ impl ShellCommand {
             };
             let mut words = split_shell_words(cmd)?;
             // "git-annex-shell 'p2pstdio' …" as a login shell command.
-            if words.first().is_some_and(|w| w.ends_with("git-annex-shell")) {
+            if words
+                .first()
+                .is_some_and(|w| w.ends_with("git-annex-shell"))
+            {
                 words.remove(0);
             }
             return ShellCommand::parse(&words);
@@ -137,7 +140,9 @@ impl ShellCommand {
             i += 1;
         }
         let mut positional = positional.into_iter();
-        let command = positional.next().ok_or_else(|| Error::Usage("missing command".into()))?;
+        let command = positional
+            .next()
+            .ok_or_else(|| Error::Usage("missing command".into()))?;
         let dir = positional
             .next()
             .ok_or_else(|| Error::Usage("missing directory".into()))?;
@@ -211,18 +216,22 @@ pub fn configlist(dir: &str) -> Result<String> {
 
 /// `p2pstdio`: serves one P2P session on stdin/stdout. Returns why it ended;
 /// the caller maps protocol errors to a non-zero exit like git-annex-shell.
-pub async fn p2pstdio(dir: &str, client: Option<&str>, expected: Option<&str>) -> Result<CloseReason> {
+pub async fn p2pstdio(
+    dir: &str,
+    client: Option<&str>,
+    expected: Option<&str>,
+) -> Result<CloseReason> {
     let store = open_store(dir)?;
     if client.is_none() {
         return Err(Error::Usage("missing UUID parameter".into()));
     }
-    if let Some(want) = expected {
-        if want != store.uuid().as_str() {
-            return Err(Error::Usage(format!(
-                "expected repository UUID {want} but found UUID {}",
-                store.uuid()
-            )));
-        }
+    if let Some(want) = expected
+        && want != store.uuid().as_str()
+    {
+        return Err(Error::Usage(format!(
+            "expected repository UUID {want} but found UUID {}",
+            store.uuid()
+        )));
     }
     let mode = mode_from_env(|k| std::env::var(k).ok());
     let server = Server::new(ServerConfig {
@@ -265,7 +274,10 @@ mod tests {
     #[test]
     fn parses_git_annex_command_lines() {
         assert_eq!(
-            ShellCommand::parse(&args(&["p2pstdio", "/r", "--debug", "aaaa", "--uuid", "bbbb"])).unwrap(),
+            ShellCommand::parse(&args(&[
+                "p2pstdio", "/r", "--debug", "aaaa", "--uuid", "bbbb"
+            ]))
+            .unwrap(),
             ShellCommand::P2pStdio {
                 dir: "/r".into(),
                 client: Some("aaaa".into()),
@@ -273,8 +285,11 @@ mod tests {
             }
         );
         assert_eq!(
-            ShellCommand::parse(&args(&["configlist", "/~/annex", "--", "autoinit=1", "--"])).unwrap(),
-            ShellCommand::ConfigList { dir: "/~/annex".into() }
+            ShellCommand::parse(&args(&["configlist", "/~/annex", "--", "autoinit=1", "--"]))
+                .unwrap(),
+            ShellCommand::ConfigList {
+                dir: "/~/annex".into()
+            }
         );
         assert_eq!(
             ShellCommand::parse(&args(&["p2pstdio", "/r", "--uuid", "bbbb"])).unwrap(),
@@ -285,7 +300,11 @@ mod tests {
             }
         );
         assert_eq!(
-            ShellCommand::parse(&args(&["-c", "git-annex-shell 'p2pstdio' '/a b/it'\"'\"'s' 'cccc'"])).unwrap(),
+            ShellCommand::parse(&args(&[
+                "-c",
+                "git-annex-shell 'p2pstdio' '/a b/it'\"'\"'s' 'cccc'"
+            ]))
+            .unwrap(),
             ShellCommand::P2pStdio {
                 dir: "/a b/it's".into(),
                 client: Some("cccc".into()),
@@ -300,8 +319,14 @@ mod tests {
     #[test]
     fn home_relative_directories() {
         let home = Path::new("/home/me");
-        assert_eq!(resolve_dir("/~/annex", Some(home)), PathBuf::from("/home/me/annex"));
-        assert_eq!(resolve_dir("/~bob/x", Some(home)), PathBuf::from("/home/bob/x"));
+        assert_eq!(
+            resolve_dir("/~/annex", Some(home)),
+            PathBuf::from("/home/me/annex")
+        );
+        assert_eq!(
+            resolve_dir("/~bob/x", Some(home)),
+            PathBuf::from("/home/bob/x")
+        );
         assert_eq!(resolve_dir("/srv/r", Some(home)), PathBuf::from("/srv/r"));
     }
 

@@ -7,15 +7,14 @@ use std::time::Instant;
 
 /// Whole seconds on the boot-time clock.
 pub fn monotonic_seconds() -> i64 {
-    if let Ok(text) = std::fs::read_to_string("/proc/uptime") {
-        if let Some(secs) = text
+    if let Ok(text) = std::fs::read_to_string("/proc/uptime")
+        && let Some(secs) = text
             .split_whitespace()
             .next()
             .and_then(|s| s.split('.').next())
             .and_then(|s| s.parse::<i64>().ok())
-        {
-            return secs;
-        }
+    {
+        return secs;
     }
     // No /proc: a process-local monotonic clock is still monotonic.
     static START: OnceLock<Instant> = OnceLock::new();

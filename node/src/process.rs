@@ -45,12 +45,12 @@ impl ShellConnection {
         };
         let mut session = ClientSession::new(stdout, stdin);
         let uuid = session.expect_auth_success().await?;
-        if let Some(want) = expected {
-            if &uuid != want {
-                return Err(Error::Protocol(format!(
-                    "remote uuid {uuid} is not the expected {want}"
-                )));
-            }
+        if let Some(want) = expected
+            && &uuid != want
+        {
+            return Err(Error::Protocol(format!(
+                "remote uuid {uuid} is not the expected {want}"
+            )));
         }
         Ok((ShellConnection { session, child }, uuid))
     }
@@ -59,6 +59,9 @@ impl ShellConnection {
     pub async fn finish(self) -> Result<std::process::ExitStatus> {
         let ShellConnection { session, mut child } = self;
         session.close().await?;
-        child.wait().await.context(|| "waiting for p2pstdio server".into())
+        child
+            .wait()
+            .await
+            .context(|| "waiting for p2pstdio server".into())
     }
 }

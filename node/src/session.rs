@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::client::{Client, ClientOutput, Reply, RequestError};
 use protocol::message::{MAX_LINE, Message, Version};
-use protocol::server::{CloseReason, PutStart, ServeMode, Server, ServerOutput, Validity};
+use protocol::server::{CloseReason, PutStart, ServeMode, Server, ServerOutput};
 use protocol::verify::Verifier;
 use protocol::{AssociatedFile, AuthToken, Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -142,7 +142,9 @@ where
                     let grant = ctx.auth.and_then(|a| a.check(&uuid, &token));
                     server.handle_auth(grant);
                 }
-                ServerOutput::CheckPresent { key } => server.handle_present(Ok(store.contains(&key))),
+                ServerOutput::CheckPresent { key } => {
+                    server.handle_present(Ok(store.contains(&key)))
+                }
                 ServerOutput::Lock { key } => match store.lock_shared(&key) {
                     Ok(Some(l)) => {
                         lock = Some(l);
@@ -155,12 +157,11 @@ where
                     }
                 },
                 ServerOutput::Unlock { connection_lost } => {
-                    if let Some(l) = lock.take() {
-                        if connection_lost {
-                            if let Err(e) = store.retain_lock(l.key()) {
-                                tracing::warn!("cannot retain lock on {}: {e}", l.key());
-                            }
-                        }
+                    if let Some(l) = lock.take()
+                        && connection_lost
+                        && let Err(e) = store.retain_lock(l.key())
+                    {
+                        tracing::warn!("cannot retain lock on {}: {e}", l.key());
                     }
                 }
                 ServerOutput::Remove { key, before } => {
@@ -206,9 +207,13 @@ where
                     server.handle_stored(ok);
                 }
                 ServerOutput::ConfirmPresent { key } => server.handle_stored(store.contains(&key)),
-                ServerOutput::ContentSize { key } => server.handle_content_size(store.content_size(&key)),
+                ServerOutput::ContentSize { key } => {
+                    server.handle_content_size(store.content_size(&key))
+                }
                 ServerOutput::SendPayload { key, offset, len } => {
-                    let valid = send_payload(&mut io.writer, store, &key, offset, len, &mut payload).await?;
+                    let valid =
+                        send_payload(&mut io.writer, store, &key, offset, len, &mut payload)
+                            .await?;
                     server.handle_payload_sent(valid);
                 }
                 ServerOutput::Connect { service } => match ctx.git {
@@ -273,11 +278,11 @@ async fn receive_payload<R: AsyncRead + Unpin>(
             return Ok((false, upload));
         }
         let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        if let Some(up) = &mut upload {
-            if let Err(e) = up.write(&avail[..n]) {
-                tracing::warn!("cannot store {key}: {e}");
-                upload = None;
-            }
+        if let Some(up) = &mut upload
+            && let Err(e) = up.write(&avail[..n])
+        {
+            tracing::warn!("cannot store {key}: {e}");
+            upload = None;
         }
         reader.consume(n);
         left -= n as u64;
@@ -303,7 +308,9 @@ async fn send_payload<W: AsyncWrite + Unpin>(
     let mut left = len;
     while left > 0 {
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let got = file.read(&mut buf[..n]).context(|| format!("reading {key}"))?;
+        let got = file
+            .read(&mut buf[..n])
+            .context(|| format!("reading {key}"))?;
         if got == 0 {
             return Err(Error::Protocol(format!("{key} shrank while being sent")));
         }
@@ -388,16 +395,27 @@ where
                         let Payload::Upload { file, progress } = &mut payload else {
                             return Err(Error::Protocol("unexpected payload request".into()));
                         };
-                        file.seek(SeekFrom::Start(offset)).context(|| "seeking content".into())?;
+                        file.seek(SeekFrom::Start(offset))
+                            .context(|| "seeking content".into())?;
                         let mut left = len;
                         let mut done = offset;
                         while left > 0 {
-                            let n = self.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                            let got = file.read(&mut self.buf[..n]).context(|| "reading content".into())?;
+                            let n = self
+                                .buf
+                                .len()
+                                .min(usize::try_from(left).unwrap_or(usize::MAX));
+                            let got = file
+                                .read(&mut self.buf[..n])
+                                .context(|| "reading content".into())?;
                             if got == 0 {
-                                return Err(Error::Protocol("content shrank while being sent".into()));
+                                return Err(Error::Protocol(
+                                    "content shrank while being sent".into(),
+                                ));
                             }
-                            self.writer.write_all(&self.buf[..got]).await.map_err(io_err)?;
+                            self.writer
+                                .write_all(&self.buf[..got])
+                                .await
+                                .map_err(io_err)?;
                             left -= got as u64;
                             done += got as u64;
                             progress(done);
@@ -425,7 +443,8 @@ where
                             }
                             let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                             use std::io::Write;
-                            file.write_all(&avail[..n]).context(|| "writing download".into())?;
+                            file.write_all(&avail[..n])
+                                .context(|| "writing download".into())?;
                             verifier.update(&avail[..n]);
                             self.reader.consume(n);
                             left -= n as u64;
@@ -439,9 +458,7 @@ where
                             return Err(Error::Protocol("unexpected verification".into()));
                         };
                         let v = std::mem::replace(*verifier, Verifier::new(key));
-                        let verdict = v.finish();
-                        let ok = verdict.accepted()
-                            && !(validity == Validity::Invalid && !key.backend().verifiable());
+                        let ok = v.finish().accepted_given(validity);
                         self.client.handle_get_verified(ok);
                     }
                     ClientOutput::Done(r) => {
@@ -455,10 +472,15 @@ where
                 }
             }
             self.writer.flush().await.map_err(io_err)?;
-            match read_line(&mut self.reader, &mut self.line).await.map_err(io_err)? {
+            match read_line(&mut self.reader, &mut self.line)
+                .await
+                .map_err(io_err)?
+            {
                 LineRead::Line => self.client.handle_line(&self.line),
                 LineRead::Eof => self.client.handle_eof(),
-                LineRead::TooLong => return Err(Error::Protocol("over-long line from peer".into())),
+                LineRead::TooLong => {
+                    return Err(Error::Protocol("over-long line from peer".into()));
+                }
             }
         }
     }
@@ -468,7 +490,9 @@ where
         self.client.expect_auth_success();
         match self.run(Payload::None).await? {
             Reply::Authenticated(u) => Ok(u),
-            other => Err(Error::Protocol(format!("expected AUTH-SUCCESS, got {other:?}"))),
+            other => Err(Error::Protocol(format!(
+                "expected AUTH-SUCCESS, got {other:?}"
+            ))),
         }
     }
 
@@ -544,10 +568,20 @@ where
         source: &Path,
         progress: Progress<'_>,
     ) -> Result<PutOutcome> {
-        let mut f = std::fs::File::open(source).context(|| format!("opening {}", source.display()))?;
-        let size = f.metadata().context(|| format!("stat {}", source.display()))?.len();
+        let mut f =
+            std::fs::File::open(source).context(|| format!("opening {}", source.display()))?;
+        let size = f
+            .metadata()
+            .context(|| format!("stat {}", source.display()))?
+            .len();
         self.client.put(key.clone(), file, size, false);
-        match self.run(Payload::Upload { file: &mut f, progress }).await? {
+        match self
+            .run(Payload::Upload {
+                file: &mut f,
+                progress,
+            })
+            .await?
+        {
             Reply::Put {
                 stored,
                 already,
@@ -580,17 +614,22 @@ where
             .truncate(false)
             .open(partial)
             .context(|| format!("opening {}", partial.display()))?;
-        let have = f.metadata().context(|| format!("stat {}", partial.display()))?.len();
+        let have = f
+            .metadata()
+            .context(|| format!("stat {}", partial.display()))?
+            .len();
         let mut verifier = Verifier::new(key);
         let mut buf = vec![0u8; IO_BUFFER];
         let mut left = have;
         while left > 0 {
             let n = buf.len().min(left as usize);
-            f.read_exact(&mut buf[..n]).context(|| "re-reading partial download".into())?;
+            f.read_exact(&mut buf[..n])
+                .context(|| "re-reading partial download".into())?;
             verifier.update(&buf[..n]);
             left -= n as u64;
         }
-        f.seek(SeekFrom::End(0)).context(|| "seeking partial download".into())?;
+        f.seek(SeekFrom::End(0))
+            .context(|| "seeking partial download".into())?;
         self.client.get(key.clone(), file, have);
         let reply = self
             .run(Payload::Download {
@@ -603,9 +642,11 @@ where
             .await?;
         match reply {
             Reply::Got { ok: true } => {
-                f.sync_all().context(|| format!("fsync {}", partial.display()))?;
+                f.sync_all()
+                    .context(|| format!("fsync {}", partial.display()))?;
                 drop(f);
-                std::fs::rename(partial, dest).context(|| format!("moving to {}", dest.display()))?;
+                std::fs::rename(partial, dest)
+                    .context(|| format!("moving to {}", dest.display()))?;
                 Ok(true)
             }
             Reply::Got { ok: false } => {

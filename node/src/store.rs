@@ -73,8 +73,16 @@ impl Store {
     /// Candidate object paths in lookup order; new content goes to the first.
     pub fn object_paths(&self, key: &Key) -> [PathBuf; 2] {
         let file = key.file();
-        let mixed = self.objects.join(key.hash_dir_mixed()).join(&file).join(&file);
-        let lower = self.objects.join(key.hash_dir_lower()).join(&file).join(&file);
+        let mixed = self
+            .objects
+            .join(key.hash_dir_mixed())
+            .join(&file)
+            .join(&file);
+        let lower = self
+            .objects
+            .join(key.hash_dir_lower())
+            .join(&file)
+            .join(&file);
         match self.repo.layout {
             Layout::NonBare => [mixed, lower],
             Layout::Bare => [lower, mixed],
@@ -119,24 +127,31 @@ impl Store {
             .truncate(false)
             .open(&path)
             .context(|| format!("opening {}", path.display()))?;
-        let have = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+        let have = file
+            .metadata()
+            .context(|| format!("stat {}", path.display()))?
+            .len();
         let mut verifier = Verifier::new(key);
         // A partial file shorter than the offset we announced cannot happen unless
         // someone else truncated it; start over from what is really there.
         let keep = offset.min(have);
-        file.set_len(keep).context(|| format!("truncating {}", path.display()))?;
+        file.set_len(keep)
+            .context(|| format!("truncating {}", path.display()))?;
         if keep > 0 {
             let mut buf = vec![0u8; 1 << 20];
             let mut left = keep;
-            file.seek(SeekFrom::Start(0)).context(|| "seeking partial file".into())?;
+            file.seek(SeekFrom::Start(0))
+                .context(|| "seeking partial file".into())?;
             while left > 0 {
                 let n = (left.min(buf.len() as u64)) as usize;
-                file.read_exact(&mut buf[..n]).context(|| "re-reading partial file".into())?;
+                file.read_exact(&mut buf[..n])
+                    .context(|| "re-reading partial file".into())?;
                 verifier.update(&buf[..n]);
                 left -= n as u64;
             }
         }
-        file.seek(SeekFrom::Start(keep)).context(|| "seeking partial file".into())?;
+        file.seek(SeekFrom::Start(keep))
+            .context(|| "seeking partial file".into())?;
         Ok(Upload {
             key: key.clone(),
             path,
@@ -154,22 +169,22 @@ impl Store {
             verifier,
         } = upload;
         let verdict = verifier.finish();
-        if validity == Validity::Invalid && !key.backend().verifiable() {
+        if !verdict.accepted_given(validity) {
             drop(file);
             let _ = fs::remove_file(&path);
-            return Ok(Stored::Unverifiable);
-        }
-        if !verdict.accepted() {
-            drop(file);
-            let _ = fs::remove_file(&path);
-            return Ok(Stored::Rejected(verdict));
+            return Ok(if verdict.accepted() {
+                Stored::Unverifiable
+            } else {
+                Stored::Rejected(verdict)
+            });
         }
         if self.contains(&key) {
             drop(file);
             let _ = fs::remove_file(&path);
             return Ok(Stored::Stored);
         }
-        file.sync_all().context(|| format!("fsync {}", path.display()))?;
+        file.sync_all()
+            .context(|| format!("fsync {}", path.display()))?;
         drop(file);
         let [dest, _] = self.object_paths(&key);
         let key_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -196,7 +211,9 @@ impl Store {
         let mut src = File::open(source).context(|| format!("opening {}", source.display()))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = src.read(&mut buf).context(|| format!("reading {}", source.display()))?;
+            let n = src
+                .read(&mut buf)
+                .context(|| format!("reading {}", source.display()))?;
             if n == 0 {
                 break;
             }
@@ -236,7 +253,10 @@ impl Store {
         let secs = until.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         fs::create_dir_all(&self.retention)
             .context(|| format!("creating {}", self.retention.display()))?;
-        write_atomic(&self.retention.join(key.file()), secs.to_string().as_bytes())
+        write_atomic(
+            &self.retention.join(key.file()),
+            secs.to_string().as_bytes(),
+        )
     }
 
     fn retained(&self, key: &Key) -> bool {
@@ -269,20 +289,20 @@ impl Store {
         if handle.try_lock().is_err() || self.retained(key) {
             return Ok(false);
         }
-        if let Some(deadline) = before {
-            if crate::clock::monotonic_seconds() >= deadline {
-                return Ok(false);
-            }
+        if let Some(deadline) = before
+            && crate::clock::monotonic_seconds() >= deadline
+        {
+            return Ok(false);
         }
         set_mode(&key_dir, 0o755)?;
         fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
         let _ = fs::remove_dir(&key_dir);
         if let Some(hash2) = key_dir.parent() {
             let _ = sync_dir(hash2);
-            if fs::remove_dir(hash2).is_ok() {
-                if let Some(hash1) = hash2.parent() {
-                    let _ = fs::remove_dir(hash1);
-                }
+            if fs::remove_dir(hash2).is_ok()
+                && let Some(hash1) = hash2.parent()
+            {
+                let _ = fs::remove_dir(hash1);
             }
         }
         Ok(true)
@@ -294,7 +314,10 @@ impl Store {
             return Ok(None);
         };
         let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
-        let len = file.metadata().context(|| format!("stat {}", path.display()))?.len();
+        let len = file
+            .metadata()
+            .context(|| format!("stat {}", path.display()))?
+            .len();
         Ok(Some((file, len)))
     }
 }
@@ -359,7 +382,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut f = File::create(&tmp)?;

@@ -36,12 +36,21 @@ pub enum Reply {
     Present(bool),
     Locked(bool),
     /// `SUCCESS`/`FAILURE`, with the `-PLUS` UUIDs of a gateway.
-    Removed { ok: bool, plus: Vec<Uuid> },
+    Removed {
+        ok: bool,
+        plus: Vec<Uuid>,
+    },
     Timestamp(i64),
     /// `ALREADY-HAVE[-PLUS]`, or the result of sending the content.
-    Put { stored: bool, already: bool, plus: Vec<Uuid> },
+    Put {
+        stored: bool,
+        already: bool,
+        plus: Vec<Uuid>,
+    },
     /// The content arrived and the caller accepted it.
-    Got { ok: bool },
+    Got {
+        ok: bool,
+    },
     /// `CONNECT` was sent; relay `DATA` frames now.
     Connected,
     Changed(Vec<String>),
@@ -64,12 +73,19 @@ pub enum ClientOutput {
     /// Write `len` raw bytes of the content starting at `offset`, then call
     /// [`Client::handle_payload_sent`] (or close the connection if the content
     /// cannot give that many bytes).
-    SendPayload { offset: u64, len: u64 },
+    SendPayload {
+        offset: u64,
+        len: u64,
+    },
     /// Read exactly `len` raw bytes and append them to the download, then call
     /// [`Client::handle_payload_received`].
-    ReceivePayload { len: u64 },
+    ReceivePayload {
+        len: u64,
+    },
     /// Verify the downloaded content, then call [`Client::handle_get_verified`].
-    VerifyGet { validity: Validity },
+    VerifyGet {
+        validity: Validity,
+    },
     Done(Result<Reply, RequestError>),
     Close(String),
 }
@@ -182,11 +198,17 @@ impl Client {
     }
 
     pub fn check_present(&mut self, key: Key) {
-        self.begin(Message::CheckPresent(key), Await::SuccessFailure { lock: false });
+        self.begin(
+            Message::CheckPresent(key),
+            Await::SuccessFailure { lock: false },
+        );
     }
 
     pub fn lock_content(&mut self, key: Key) {
-        self.begin(Message::LockContent(key), Await::SuccessFailure { lock: true });
+        self.begin(
+            Message::LockContent(key),
+            Await::SuccessFailure { lock: true },
+        );
     }
 
     /// Ends a lock taken by a successful `lock_content`.
@@ -216,7 +238,10 @@ impl Client {
     /// was stored out of band and only `DATA-PRESENT` is sent.
     pub fn put(&mut self, key: Key, file: AssociatedFile, size: u64, data_present: bool) {
         let data_present = data_present && self.version >= 4;
-        self.begin(Message::Put(file, key), Await::PutReply { size, data_present });
+        self.begin(
+            Message::Put(file, key),
+            Await::PutReply { size, data_present },
+        );
     }
 
     /// Download from `offset` (the size of the caller's partial file).
@@ -235,15 +260,19 @@ impl Client {
 
     fn protocol_violation(&mut self, expected: &str) {
         self.send(Message::Error(format!("expected {expected}")));
-        self.done(Err(RequestError::Unexpected(format!("expected {expected}"))));
+        self.done(Err(RequestError::Unexpected(format!(
+            "expected {expected}"
+        ))));
     }
 
     pub fn handle_eof(&mut self) {
         if !matches!(self.state, Await::Idle | Await::Broken) {
-            self.out.push_back(ClientOutput::Done(Err(RequestError::Closed)));
+            self.out
+                .push_back(ClientOutput::Done(Err(RequestError::Closed)));
         }
         self.state = Await::Broken;
-        self.out.push_back(ClientOutput::Close("connection closed by peer".into()));
+        self.out
+            .push_back(ClientOutput::Close("connection closed by peer".into()));
     }
 
     /// One line from the server, without its `\n`.
@@ -285,12 +314,16 @@ impl Client {
                 _ => self.protocol_violation("SUCCESS or FAILURE"),
             },
             Await::RemoveReply => match msg {
-                Some(M::Success) => self.done(Ok(Reply::Removed { ok: true, plus: vec![] })),
+                Some(M::Success) => self.done(Ok(Reply::Removed {
+                    ok: true,
+                    plus: vec![],
+                })),
                 Some(M::SuccessPlus(plus)) => self.done(Ok(Reply::Removed { ok: true, plus })),
-                Some(M::Failure) => self.done(Ok(Reply::Removed { ok: false, plus: vec![] })),
-                Some(M::FailurePlus(plus)) => {
-                    self.done(Ok(Reply::Removed { ok: false, plus }))
-                }
+                Some(M::Failure) => self.done(Ok(Reply::Removed {
+                    ok: false,
+                    plus: vec![],
+                })),
+                Some(M::FailurePlus(plus)) => self.done(Ok(Reply::Removed { ok: false, plus })),
                 Some(M::Error(e)) => self.done(Err(RequestError::Remote(e))),
                 _ => self.protocol_violation("SUCCESS or FAILURE"),
             },
@@ -311,7 +344,8 @@ impl Client {
                             self.finish_payload(true);
                         } else {
                             self.state = Await::SendingPayload;
-                            self.out.push_back(ClientOutput::SendPayload { offset, len });
+                            self.out
+                                .push_back(ClientOutput::SendPayload { offset, len });
                         }
                     }
                 }
@@ -366,8 +400,8 @@ impl Client {
             | Await::ReceivingPayload
             | Await::Verifying) => {
                 // Nothing was asked: the server is out of step with us.
+                let _ = other;
                 self.state = Await::Broken;
-                drop(other);
                 self.out
                     .push_back(ClientOutput::Close("unexpected line from server".into()));
             }
@@ -384,7 +418,11 @@ impl Client {
 
     fn finish_payload(&mut self, valid: bool) {
         if self.version >= 1 {
-            self.send(if valid { Message::Valid } else { Message::Invalid });
+            self.send(if valid {
+                Message::Valid
+            } else {
+                Message::Invalid
+            });
         }
         self.state = Await::PutResult;
     }
@@ -417,7 +455,11 @@ impl Client {
     /// Answer to [`ClientOutput::VerifyGet`]: whether the content was accepted.
     pub fn handle_get_verified(&mut self, ok: bool) {
         if matches!(self.state, Await::Verifying) {
-            self.send(if ok { Message::Success } else { Message::Failure });
+            self.send(if ok {
+                Message::Success
+            } else {
+                Message::Failure
+            });
             self.done(Ok(Reply::Got { ok }));
         }
     }
@@ -446,12 +488,17 @@ mod tests {
         c.handle_line(b"AUTH-SUCCESS bbbb");
         assert_eq!(
             drain(&mut c),
-            vec![ClientOutput::Done(Ok(Reply::Authenticated(Uuid::parse("bbbb").unwrap())))]
+            vec![ClientOutput::Done(Ok(Reply::Authenticated(
+                Uuid::parse("bbbb").unwrap()
+            )))]
         );
         c.negotiate_version(4);
         assert_eq!(drain(&mut c), vec![ClientOutput::Send(Message::Version(4))]);
         c.handle_line(b"VERSION 3");
-        assert_eq!(drain(&mut c), vec![ClientOutput::Done(Ok(Reply::Version(3)))]);
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Done(Ok(Reply::Version(3)))]
+        );
         c.put(key(), AssociatedFile::new("hello.txt"), 6, false);
         drain(&mut c);
         c.handle_line(b"PUT-FROM 2");
@@ -516,7 +563,10 @@ mod tests {
             ]
         );
         c.remove_before(10, key());
-        assert_eq!(drain(&mut c), vec![ClientOutput::Send(Message::Remove(key()))]);
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Send(Message::Remove(key()))]
+        );
         c.handle_line(b"ERROR this repository is append-only; removal denied");
         assert_eq!(
             drain(&mut c),
@@ -534,7 +584,10 @@ mod tests {
         c.negotiate_version(4);
         drain(&mut c);
         c.handle_line(b"ERROR unknown command");
-        assert_eq!(drain(&mut c), vec![ClientOutput::Done(Ok(Reply::Version(0)))]);
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Done(Ok(Reply::Version(0)))]
+        );
         c.bypass(vec![Uuid::parse("g").unwrap()]);
         assert_eq!(drain(&mut c), vec![ClientOutput::Done(Ok(Reply::Sent))]);
     }

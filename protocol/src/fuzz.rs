@@ -10,7 +10,6 @@ use crate::key::Key;
 use crate::message::{Decoded, LineDecoder, MAX_VERSION};
 use crate::server::{
     CloseReason, GitAccess, PutStart, ServeMode, Server, ServerConfig, ServerOutput, Start,
-    Validity,
 };
 use crate::uuid::Uuid;
 use crate::verify::Verifier;
@@ -125,9 +124,7 @@ impl MemoryDriver {
                     let data = self.store.partial.remove(&key).unwrap_or_default();
                     let mut v = Verifier::new(&key);
                     v.update(&data);
-                    let verdict = v.finish();
-                    let ok = verdict.accepted()
-                        && !(validity == Validity::Invalid && !key.backend().verifiable());
+                    let ok = v.finish().accepted_given(validity);
                     if ok {
                         self.store.objects.insert(key, data);
                     }
@@ -143,7 +140,9 @@ impl MemoryDriver {
                 }
                 ServerOutput::SendPayload { key, offset, len } => {
                     let data = self.store.objects.get(&key).cloned().unwrap_or_default();
-                    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
                     let end = start
                         .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
                         .min(data.len());

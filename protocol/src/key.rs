@@ -74,7 +74,9 @@ impl Key {
         let mut order = 0u8;
         for field in parts {
             let mut chars = field.chars();
-            let tag = chars.next().ok_or_else(|| KeyError::BadField(field.into()))?;
+            let tag = chars
+                .next()
+                .ok_or_else(|| KeyError::BadField(field.into()))?;
             let digits = chars.as_str();
             let (rank, negative_ok) = match tag {
                 's' => (1, false),
@@ -113,19 +115,23 @@ impl Key {
             mtime,
             chunk,
         };
-        if key.backend().has_extension() {
-            if let Some(dot) = key.name().find('.') {
-                if key.name().len() - dot > MAX_EXTENSION_LEN {
-                    return Err(KeyError::LongExtension);
-                }
-            }
+        if key.backend().has_extension()
+            && let Some(dot) = key.name().find('.')
+            && key.name().len() - dot > MAX_EXTENSION_LEN
+        {
+            return Err(KeyError::LongExtension);
         }
         Ok(key)
     }
 
     /// Builds the key of a hash backend for content of `size` bytes with the given
     /// digest (lowercase hex) and extension (with its leading dot, or empty).
-    pub fn from_hash(backend: &str, size: u64, hex: &str, extension: &str) -> Result<Key, KeyError> {
+    pub fn from_hash(
+        backend: &str,
+        size: u64,
+        hex: &str,
+        extension: &str,
+    ) -> Result<Key, KeyError> {
         Key::parse(&format!("{backend}-s{size}--{hex}{extension}"))
     }
 
@@ -320,7 +326,8 @@ pub fn select_extension(file_name: &str) -> String {
 mod tests {
     use super::*;
 
-    const FOO: &str = "SHA256E-s3--2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae.txt";
+    const FOO: &str =
+        "SHA256E-s3--2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae.txt";
 
     #[test]
     fn hash_dir_vectors_from_the_spec() {
@@ -330,7 +337,11 @@ mod tests {
                 "2K/49/",
                 "999/812/",
             ),
-            ("SHA1--e69de29bb2d1d6434b8b29ae775ad8c2e48c5391", "25/F0/", "850/07e/"),
+            (
+                "SHA1--e69de29bb2d1d6434b8b29ae775ad8c2e48c5391",
+                "25/F0/",
+                "850/07e/",
+            ),
             (
                 "SHA256E-s0--e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
                 "pX/ZJ/",
@@ -382,7 +393,10 @@ mod tests {
         assert_eq!(Key::from_file(&k.file()).unwrap(), k);
         let plain = Key::parse(FOO).unwrap();
         assert_eq!(plain.file(), FOO);
-        assert_eq!(plain.hash_part(), "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae");
+        assert_eq!(
+            plain.hash_part(),
+            "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+        );
     }
 
     #[test]

@@ -215,7 +215,11 @@ fn read_unsigned(s: &str) -> Result<u64, ParseError> {
 }
 
 fn parse0(rest: &str, m: Message) -> Result<Message, ParseError> {
-    if rest.is_empty() { Ok(m) } else { Err(ParseError) }
+    if rest.is_empty() {
+        Ok(m)
+    } else {
+        Err(ParseError)
+    }
 }
 
 impl Message {
@@ -228,7 +232,10 @@ impl Message {
         match cmd {
             "AUTH" => {
                 let (u, t) = separate(rest);
-                Ok(M::Auth(parse_uuid(u)?, AuthToken::parse(t).ok_or(ParseError)?))
+                Ok(M::Auth(
+                    parse_uuid(u)?,
+                    AuthToken::parse(t).ok_or(ParseError)?,
+                ))
             }
             "AUTH-SUCCESS" => Ok(M::AuthSuccess(parse_uuid(rest)?)),
             "AUTH-FAILURE" => parse0(rest, M::AuthFailure),
@@ -279,7 +286,9 @@ impl Message {
             },
             "CONNECTDONE" => {
                 let code = read_integer(rest).ok_or(ParseError)?;
-                Ok(M::ConnectDone(code.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32))
+                Ok(M::ConnectDone(
+                    code.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+                ))
             }
             "NOTIFYCHANGE" => parse0(rest, M::NotifyChange),
             "CHANGED" => Ok(M::Changed(

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use crate::key::Key;
 use crate::message::{AssociatedFile, MAX_VERSION, Message, Service, Version};
 use crate::uuid::{AuthToken, Uuid};
+pub use crate::verify::Validity;
 
 /// What a client may do (`ServerMode` in git-annex).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,17 +70,6 @@ pub struct ServerConfig {
 
 /// Authentication attempts allowed on one connection before it is closed.
 pub const MAX_AUTH_ATTEMPTS: u32 = 8;
-
-/// Whether the sender of `DATA` vouched for the bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validity {
-    /// `VALID`: the file did not change while it was read.
-    Valid,
-    /// `INVALID`: it may have; verify before accepting, or reject.
-    Invalid,
-    /// No verdict (protocol v0, or a malformed line in its place): verify fully.
-    Unknown,
-}
 
 /// Where to start an upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,16 +146,23 @@ pub enum ServerOutput {
 
 #[derive(Debug)]
 enum State {
-    Unauthenticated { failures: u32 },
+    Unauthenticated {
+        failures: u32,
+    },
     Ready,
     /// A driver answer is outstanding.
     Waiting(Pending),
     /// `LOCKCONTENT` succeeded; the next message must be `UNLOCKCONTENT`.
     Locked,
     /// `PUT-FROM` sent; the next message must be `DATA` (or `DATA-PRESENT`).
-    AwaitData { key: Key, offset: u64 },
+    AwaitData {
+        key: Key,
+        offset: u64,
+    },
     /// Payload received; v1+ expects `VALID`/`INVALID`.
-    AwaitValidity { key: Key },
+    AwaitValidity {
+        key: Key,
+    },
     /// Content sent; the client answers `SUCCESS`/`FAILURE`.
     AwaitGetResult,
     Closed,
@@ -202,7 +199,9 @@ impl Server {
         let mut out = VecDeque::new();
         let (state, mode) = match config.start {
             Start::Preauthenticated { mode } => {
-                out.push_back(ServerOutput::Send(Message::AuthSuccess(config.uuid.clone())));
+                out.push_back(ServerOutput::Send(Message::AuthSuccess(
+                    config.uuid.clone(),
+                )));
                 (State::Ready, mode)
             }
             Start::RequireAuth => (State::Unauthenticated { failures: 0 }, ServeMode::ReadOnly),
@@ -255,7 +254,11 @@ impl Server {
     }
 
     fn success(&mut self, ok: bool) {
-        self.send(if ok { Message::Success } else { Message::Failure });
+        self.send(if ok {
+            Message::Success
+        } else {
+            Message::Failure
+        });
     }
 
     /// One line from the client, without its `\n`.
@@ -271,7 +274,9 @@ impl Server {
             State::Ready => self.ready(msg),
             State::Locked => {
                 self.state = State::Ready;
-                self.out.push_back(ServerOutput::Unlock { connection_lost: false });
+                self.out.push_back(ServerOutput::Unlock {
+                    connection_lost: false,
+                });
                 if msg != Some(Message::UnlockContent) {
                     self.send(Message::Error("expected UNLOCKCONTENT".into()));
                 }
@@ -332,7 +337,9 @@ impl Server {
             return;
         }
         if matches!(state, State::Locked) {
-            self.out.push_back(ServerOutput::Unlock { connection_lost: true });
+            self.out.push_back(ServerOutput::Unlock {
+                connection_lost: true,
+            });
         }
         let between_requests = matches!(state, State::Ready | State::Unauthenticated { .. });
         let reason = match error {
@@ -374,7 +381,9 @@ impl Server {
                 self.send(M::Version(v));
             }
             M::Bypass(_) => {}
-            M::CheckPresent(key) => self.request(Pending::Present, ServerOutput::CheckPresent { key }),
+            M::CheckPresent(key) => {
+                self.request(Pending::Present, ServerOutput::CheckPresent { key })
+            }
             M::LockContent(key) => self.request(Pending::Lock, ServerOutput::Lock { key }),
             M::Remove(key) => self.remove(key, None),
             M::RemoveBefore(ts, key) => self.remove(key, Some(ts)),
@@ -397,22 +406,27 @@ impl Server {
                 ServerOutput::ContentSize { key },
             ),
             M::Connect(service) => {
-                if self.config.git == GitAccess::Refused {
+                // git-annex checks the mode before anything else (p2p-16): a push
+                // to a read-only or append-only server is refused in words.
+                if service == Service::ReceivePack && self.mode != ServeMode::ReadWrite {
+                    self.send(M::Error(READ_ONLY_ERROR.into()));
+                    self.close(CloseReason::AfterConnect);
+                } else if self.config.git == GitAccess::Refused {
                     self.close(CloseReason::Unsupported(
                         "relaying to git not supported on this connection",
                     ));
-                } else if service == Service::ReceivePack && self.mode != ServeMode::ReadWrite {
-                    self.send(M::Error(READ_ONLY_ERROR.into()));
-                    self.close(CloseReason::AfterConnect);
                 } else {
                     self.state = State::Closed;
                     self.out.push_back(ServerOutput::Connect { service });
-                    self.out.push_back(ServerOutput::Close(CloseReason::AfterConnect));
+                    self.out
+                        .push_back(ServerOutput::Close(CloseReason::AfterConnect));
                 }
             }
             M::NotifyChange => {
                 if self.config.git == GitAccess::Refused {
-                    self.close(CloseReason::Unsupported("NOTIFYCHANGE unsupported on this connection"));
+                    self.close(CloseReason::Unsupported(
+                        "NOTIFYCHANGE unsupported on this connection",
+                    ));
                 } else {
                     self.request(Pending::Changed, ServerOutput::WaitRefChange);
                 }
@@ -582,7 +596,11 @@ impl Server {
 
     fn payload_sent(&mut self, valid: bool) {
         if self.version >= 1 {
-            self.send(if valid { Message::Valid } else { Message::Invalid });
+            self.send(if valid {
+                Message::Valid
+            } else {
+                Message::Invalid
+            });
         }
         self.state = State::AwaitGetResult;
     }

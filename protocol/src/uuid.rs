@@ -179,7 +179,11 @@ mod tests {
         let plain = Uuid::parse("9f514001-6dc0-4d83-9af3-c64c96626892").unwrap();
         assert!(!plain.is_cluster());
         // The wiki's example is not a valid cluster uuid (DOC≠CODE in the spec).
-        assert!(!Uuid::parse("5b070cc8-29b8-11ef-80e1-0fd524be241b").unwrap().is_cluster());
+        assert!(
+            !Uuid::parse("5b070cc8-29b8-11ef-80e1-0fd524be241b")
+                .unwrap()
+                .is_cluster()
+        );
         let made = Uuid::new_cluster([7; 16]);
         assert!(made.is_cluster(), "{made}");
         assert_eq!(made.as_str().len(), 36);

@@ -125,11 +125,17 @@ impl Hash {
 impl Backend {
     pub fn from_name(name: &str) -> Backend {
         if let Some(hash) = Hash::from_base(name) {
-            return Backend::Hashed { hash, extension: false };
+            return Backend::Hashed {
+                hash,
+                extension: false,
+            };
         }
         if let Some(base) = name.strip_suffix('E') {
             if let Some(hash) = Hash::from_base(base) {
-                return Backend::Hashed { hash, extension: true };
+                return Backend::Hashed {
+                    hash,
+                    extension: true,
+                };
             }
             if is_other_hash(base) {
                 return Backend::UnverifiableHash { extension: true };
@@ -145,7 +151,10 @@ impl Backend {
     pub fn has_extension(self) -> bool {
         matches!(
             self,
-            Backend::Hashed { extension: true, .. } | Backend::UnverifiableHash { extension: true }
+            Backend::Hashed {
+                extension: true,
+                ..
+            } | Backend::UnverifiableHash { extension: true }
         )
     }
 
@@ -248,6 +257,17 @@ pub struct Verifier {
     seen: u64,
 }
 
+/// Whether the sender of `DATA` vouched for the bytes (`VALID`/`INVALID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// `VALID`: the file did not change while it was read.
+    Valid,
+    /// `INVALID`: it may have; accept only content whose hash proves it.
+    Invalid,
+    /// No verdict (protocol v0, or a malformed line in its place): verify fully.
+    Unknown,
+}
+
 /// The outcome of a verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -255,13 +275,26 @@ pub enum Verdict {
     Good,
     /// Only the size could be checked, and it matches (WORM, URL, unknown hashes).
     SizeOnly,
-    WrongSize { expected: u64, got: u64 },
+    WrongSize {
+        expected: u64,
+        got: u64,
+    },
     WrongHash,
 }
 
 impl Verdict {
     pub fn accepted(&self) -> bool {
         matches!(self, Verdict::Good | Verdict::SizeOnly)
+    }
+
+    /// Whether to keep content the sender declared so: content that only a size
+    /// check vouches for is refused when the sender said `INVALID`.
+    pub fn accepted_given(&self, validity: Validity) -> bool {
+        match self {
+            Verdict::Good => true,
+            Verdict::SizeOnly => validity != Validity::Invalid,
+            Verdict::WrongSize { .. } | Verdict::WrongHash => false,
+        }
     }
 }
 
@@ -278,7 +311,10 @@ impl Verifier {
     pub fn new(key: &Key) -> Verifier {
         let backend = key.backend();
         let (expected_hash, hasher) = match backend.hash() {
-            Some(hash) => (Some(key.hash_part().to_ascii_lowercase()), Some(hash.hasher())),
+            Some(hash) => (
+                Some(key.hash_part().to_ascii_lowercase()),
+                Some(hash.hasher()),
+            ),
             None => (None, None),
         };
         Verifier {
@@ -301,13 +337,13 @@ impl Verifier {
     }
 
     pub fn finish(self) -> Verdict {
-        if let Some(expected) = self.key_size {
-            if expected != self.seen {
-                return Verdict::WrongSize {
-                    expected,
-                    got: self.seen,
-                };
-            }
+        if let Some(expected) = self.key_size
+            && expected != self.seen
+        {
+            return Verdict::WrongSize {
+                expected,
+                got: self.seen,
+            };
         }
         match (self.hasher, self.expected_hash) {
             (Some(h), Some(expected)) => {
@@ -336,7 +372,11 @@ mod tests {
     #[test]
     fn known_digests() {
         // Digests of "foo" from coreutils / b2sum / b3sum.
-        check("SHA256", b"foo", "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae");
+        check(
+            "SHA256",
+            b"foo",
+            "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        );
         check("SHA1", b"foo", "0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33");
         check("MD5", b"foo", "acbd18db4cc2f85cedef654fccc4a4d8");
         check(
@@ -354,7 +394,11 @@ mod tests {
             b"foo",
             "b8fe9f7f6255a6fa08f668ab632a8d081ad87983c77cd274e48ce450f0b349fd",
         );
-        check("BLAKE2B160", b"foo", "983ceba2afea8694cc933336b27b907f90c53a88");
+        check(
+            "BLAKE2B160",
+            b"foo",
+            "983ceba2afea8694cc933336b27b907f90c53a88",
+        );
         check(
             "BLAKE2S224",
             b"foo",
@@ -388,7 +432,13 @@ mod tests {
         assert_eq!(v.finish(), Verdict::WrongHash);
         let mut v = Verifier::new(&key);
         v.update(b"fooo");
-        assert_eq!(v.finish(), Verdict::WrongSize { expected: 3, got: 4 });
+        assert_eq!(
+            v.finish(),
+            Verdict::WrongSize {
+                expected: 3,
+                got: 4
+            }
+        );
     }
 
     #[test]

@@ -39,9 +39,20 @@ fn bare_layout_uses_lower_case_hash_dirs_and_freezes() {
     assert_eq!(put(&store, b"foo"), Stored::Stored);
     let key = key_for(b"foo");
     let path = store.content_path(&key).unwrap();
-    assert!(path.starts_with(tmp.path().canonicalize().unwrap().join("annex/objects").join(key.hash_dir_lower())));
+    assert!(
+        path.starts_with(
+            tmp.path()
+                .canonicalize()
+                .unwrap()
+                .join("annex/objects")
+                .join(key.hash_dir_lower())
+        )
+    );
     assert_eq!(fs::read(&path).unwrap(), b"foo");
-    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o444);
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
     assert!(!store.partial_path(&key).exists());
 }
 
@@ -52,7 +63,10 @@ fn bad_content_is_never_visible_and_partial_is_dropped() {
     let key = key_for(b"good");
     let mut up = store.begin_upload(&key, 0).unwrap();
     up.write(b"evil").unwrap();
-    assert!(matches!(store.commit(up, Validity::Valid).unwrap(), Stored::Rejected(_)));
+    assert!(matches!(
+        store.commit(up, Validity::Valid).unwrap(),
+        Stored::Rejected(_)
+    ));
     assert!(!store.contains(&key));
     assert_eq!(store.partial_size(&key), 0);
 }
@@ -78,7 +92,10 @@ fn resume_rehashes_the_kept_prefix() {
     drop(up);
     let mut up = store.begin_upload(&key2, 10).unwrap();
     up.write(&content2[10..]).unwrap();
-    assert!(matches!(store.commit(up, Validity::Valid).unwrap(), Stored::Rejected(_)));
+    assert!(matches!(
+        store.commit(up, Validity::Valid).unwrap(),
+        Stored::Rejected(_)
+    ));
 }
 
 #[test]
@@ -92,12 +109,18 @@ fn locks_block_removal_across_handles() {
     let other = Store::open(tmp.path()).unwrap();
     assert!(!other.remove(&key, None).unwrap());
     assert!(other.contains(&key));
-    assert!(other.lock_shared(&key).unwrap().is_some(), "shared locks coexist");
+    assert!(
+        other.lock_shared(&key).unwrap().is_some(),
+        "shared locks coexist"
+    );
     drop(lock);
     assert!(other.remove(&key, None).unwrap());
     assert!(!store.contains(&key));
     assert!(store.lock_shared(&key).unwrap().is_none());
-    assert!(store.remove(&key, None).unwrap(), "absent content counts as removed");
+    assert!(
+        store.remove(&key, None).unwrap(),
+        "absent content counts as removed"
+    );
 }
 
 #[test]
@@ -121,7 +144,10 @@ fn unverifiable_keys_need_valid() {
     let key = Key::parse("WORM-s3-m1--foo").unwrap();
     let mut up = store.begin_upload(&key, 0).unwrap();
     up.write(b"abc").unwrap();
-    assert_eq!(store.commit(up, Validity::Invalid).unwrap(), Stored::Unverifiable);
+    assert_eq!(
+        store.commit(up, Validity::Invalid).unwrap(),
+        Stored::Unverifiable
+    );
     let mut up = store.begin_upload(&key, 0).unwrap();
     up.write(b"abc").unwrap();
     assert_eq!(store.commit(up, Validity::Valid).unwrap(), Stored::Stored);
@@ -133,7 +159,9 @@ fn unverifiable_keys_need_valid() {
 fn model_based_random_operations() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = bare_repo(tmp.path());
-    let contents: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1 + 1000 * usize::from(i)]).collect();
+    let contents: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| vec![i; 1 + 1000 * usize::from(i)])
+        .collect();
     let mut model: BTreeMap<usize, bool> = BTreeMap::new();
     let mut state: u64 = 42;
     for _ in 0..400 {

@@ -21,8 +21,14 @@ fn empty_tokens_keep_their_separator() {
         Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap(),
         AuthToken::parse("").unwrap(),
     );
-    assert_eq!(auth.to_string(), "AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa ");
-    assert_eq!(parse("AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa "), Ok(auth));
+    assert_eq!(
+        auth.to_string(),
+        "AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa "
+    );
+    assert_eq!(
+        parse("AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa "),
+        Ok(auth)
+    );
     assert_eq!(Message::SuccessPlus(vec![]).to_string(), "SUCCESS-PLUS");
 }
 
@@ -51,17 +57,29 @@ fn arity_rules() {
     assert_eq!(parse("BYPASS "), Ok(Message::Bypass(vec![])));
     assert_eq!(
         parse("BYPASS  u1   u2 "),
-        Ok(Message::Bypass(vec![Uuid::parse("u1").unwrap(), Uuid::parse("u2").unwrap()]))
+        Ok(Message::Bypass(vec![
+            Uuid::parse("u1").unwrap(),
+            Uuid::parse("u2").unwrap()
+        ]))
     );
-    assert_eq!(parse("ERROR two  words "), Ok(Message::Error("two  words ".into())));
+    assert_eq!(
+        parse("ERROR two  words "),
+        Ok(Message::Error("two  words ".into()))
+    );
     assert_eq!(parse(&format!("REMOVE-BEFORE abc {K}")), Err(ParseError));
     assert_eq!(parse("CHECKPRESENT not-a-key"), Err(ParseError));
     assert_eq!(parse("FROBNICATE x"), Err(ParseError));
     assert_eq!(
         parse("CHANGED 0123abc refs/heads/master"),
-        Ok(Message::Changed(vec!["0123abc".into(), "refs/heads/master".into()]))
+        Ok(Message::Changed(vec![
+            "0123abc".into(),
+            "refs/heads/master".into()
+        ]))
     );
-    assert_eq!(parse("CONNECT git-upload-pack"), Ok(Message::Connect(Service::UploadPack)));
+    assert_eq!(
+        parse("CONNECT git-upload-pack"),
+        Ok(Message::Connect(Service::UploadPack))
+    );
     assert_eq!(parse("CONNECT git-shell"), Err(ParseError));
     assert_eq!(parse("DATA -1"), Err(ParseError));
 }
@@ -78,10 +96,7 @@ fn associated_file_encoding_is_lossy_like_git_annex() {
     );
     assert_eq!(AssociatedFile::decode("/etc/passwd"), None);
     let get = parse(&format!("GET 5 a%b.txt {K}")).unwrap();
-    assert_eq!(
-        get,
-        Message::Get(5, AssociatedFile::new("a_b.txt"), key())
-    );
+    assert_eq!(get, Message::Get(5, AssociatedFile::new("a_b.txt"), key()));
     assert_eq!(parse(&format!("GET 0 /abs {K}")), Err(ParseError));
 }
 
@@ -94,12 +109,17 @@ fn errors_never_break_lines() {
 #[test]
 fn line_decoder_bounds() {
     assert_eq!(LineDecoder::decode(b"abc"), Decoded::Incomplete);
-    assert_eq!(LineDecoder::decode(b"abc\nrest"), Decoded::Line { consumed: 4 });
+    assert_eq!(
+        LineDecoder::decode(b"abc\nrest"),
+        Decoded::Line { consumed: 4 }
+    );
     let mut long = vec![b'A'; MAX_LINE];
     long.push(b'\n');
     assert_eq!(
         LineDecoder::decode(&long),
-        Decoded::Line { consumed: MAX_LINE + 1 }
+        Decoded::Line {
+            consumed: MAX_LINE + 1
+        }
     );
     let mut too_long = vec![b'A'; MAX_LINE + 1];
     assert_eq!(LineDecoder::decode(&too_long), Decoded::TooLong);
@@ -118,8 +138,12 @@ fn arb_key() -> impl Strategy<Value = Key> {
             Key::parse(&format!("SHA256E-s{}--{h}{e}", s.parse::<u64>().unwrap())).unwrap()
         }),
         ("[0-9]{1,6}", "[0-9]{1,10}", "[!-~ ]{1,40}").prop_map(|(s, m, n)| {
-            Key::parse(&format!("WORM-s{}-m{}--{n}", s.parse::<u64>().unwrap(), m.parse::<i64>().unwrap()))
-                .unwrap()
+            Key::parse(&format!(
+                "WORM-s{}-m{}--{n}",
+                s.parse::<u64>().unwrap(),
+                m.parse::<i64>().unwrap()
+            ))
+            .unwrap()
         }),
     ]
 }

@@ -1,13 +1,16 @@
 use super::*;
 use crate::fuzz::{MemoryDriver, MemoryStore};
 
-const HELLO: &str = "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.txt";
-const WORLD: &str = "SHA256E-s26--808b73473846350b7de5ac8e0c3d12318d9da9fa5ad1e37d161b3dd640381043.txt";
+const HELLO: &str =
+    "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.txt";
+const WORLD: &str =
+    "SHA256E-s26--808b73473846350b7de5ac8e0c3d12318d9da9fa5ad1e37d161b3dd640381043.txt";
 const AUTH: &str = "AUTH-SUCCESS bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb\n";
 
 fn with_hello() -> MemoryStore {
     let mut s = MemoryStore::default();
-    s.objects.insert(Key::parse(HELLO).unwrap(), b"hello\n".to_vec());
+    s.objects
+        .insert(Key::parse(HELLO).unwrap(), b"hello\n".to_vec());
     s
 }
 
@@ -39,7 +42,9 @@ fn put_verifies_and_stores() {
     let d = expect(
         ServeMode::ReadWrite,
         MemoryStore::default(),
-        &format!("VERSION 1\nPUT world.txt {WORLD}\nDATA 26\nworld, this is a P2P test\nVALID\nPUT world.txt {WORLD}\n"),
+        &format!(
+            "VERSION 1\nPUT world.txt {WORLD}\nDATA 26\nworld, this is a P2P test\nVALID\nPUT world.txt {WORLD}\n"
+        ),
         "VERSION 1\nPUT-FROM 0\nSUCCESS\nALREADY-HAVE\n",
     );
     assert!(d.store.objects.contains_key(&Key::parse(WORLD).unwrap()));
@@ -51,7 +56,9 @@ fn wrong_content_is_refused_and_not_kept() {
     let d = expect(
         ServeMode::ReadWrite,
         MemoryStore::default(),
-        &format!("VERSION 1\nPUT world.txt {WORLD}\nDATA 26\nXXXXXXXXXXXXXXXXXXXXXXXXXXVALID\nPUT world.txt {WORLD}\n"),
+        &format!(
+            "VERSION 1\nPUT world.txt {WORLD}\nDATA 26\nXXXXXXXXXXXXXXXXXXXXXXXXXXVALID\nPUT world.txt {WORLD}\n"
+        ),
         "VERSION 1\nPUT-FROM 0\nFAILURE\nPUT-FROM 0\n",
     );
     assert!(d.store.objects.is_empty());
@@ -71,7 +78,9 @@ fn short_data_keeps_partial_and_resumes() {
     expect(
         ServeMode::ReadWrite,
         store,
-        &format!("VERSION 4\nPUT r {WORLD}\nDATA 15\n is a P2P test\nVALID\nCHECKPRESENT {WORLD}\n"),
+        &format!(
+            "VERSION 4\nPUT r {WORLD}\nDATA 15\n is a P2P test\nVALID\nCHECKPRESENT {WORLD}\n"
+        ),
         "VERSION 4\nPUT-FROM 11\nSUCCESS\nSUCCESS\n",
     );
 }
@@ -81,7 +90,9 @@ fn get_with_offsets_and_absent_content() {
     expect(
         ServeMode::ReadOnly,
         with_hello(),
-        &format!("VERSION 4\nGET 0 hello.txt {HELLO}\nSUCCESS\nGET 2 hello.txt {HELLO}\nSUCCESS\nGET 100 hello.txt {HELLO}\nSUCCESS\nGET 0  {WORLD}\nFAILURE\n"),
+        &format!(
+            "VERSION 4\nGET 0 hello.txt {HELLO}\nSUCCESS\nGET 2 hello.txt {HELLO}\nSUCCESS\nGET 100 hello.txt {HELLO}\nSUCCESS\nGET 0  {WORLD}\nFAILURE\n"
+        ),
         "VERSION 4\nDATA 6\nhello\nVALID\nDATA 4\nllo\nVALID\nDATA 0\nVALID\nDATA 0\nINVALID\n",
     );
     // Version 0: no VALID/INVALID at all.
@@ -98,7 +109,9 @@ fn lock_then_anything_but_unlock_is_an_error() {
     let d = expect(
         ServeMode::ReadWrite,
         with_hello(),
-        &format!("VERSION 1\nLOCKCONTENT {HELLO}\nUNLOCKCONTENT {HELLO}\nLOCKCONTENT {HELLO}\nCHECKPRESENT {HELLO}\nUNLOCKCONTENT\nLOCKCONTENT {HELLO}\nUNLOCKCONTENT\n"),
+        &format!(
+            "VERSION 1\nLOCKCONTENT {HELLO}\nUNLOCKCONTENT {HELLO}\nLOCKCONTENT {HELLO}\nCHECKPRESENT {HELLO}\nUNLOCKCONTENT\nLOCKCONTENT {HELLO}\nUNLOCKCONTENT\n"
+        ),
         "VERSION 1\nSUCCESS\nERROR expected UNLOCKCONTENT\nSUCCESS\nERROR expected UNLOCKCONTENT\nERROR unexpected command\nSUCCESS\n",
     );
     assert_eq!(d.store.locked, None);
@@ -109,8 +122,12 @@ fn server_modes() {
     expect(
         ServeMode::ReadOnly,
         with_hello(),
-        &format!("VERSION 1\nPUT w {WORLD}\nREMOVE {HELLO}\nREMOVE-BEFORE 9 {HELLO}\nCHECKPRESENT {HELLO}\n"),
-        &format!("VERSION 1\nERROR {READ_ONLY_ERROR}\nERROR {READ_ONLY_ERROR}\nERROR {READ_ONLY_ERROR}\nSUCCESS\n"),
+        &format!(
+            "VERSION 1\nPUT w {WORLD}\nREMOVE {HELLO}\nREMOVE-BEFORE 9 {HELLO}\nCHECKPRESENT {HELLO}\n"
+        ),
+        &format!(
+            "VERSION 1\nERROR {READ_ONLY_ERROR}\nERROR {READ_ONLY_ERROR}\nERROR {READ_ONLY_ERROR}\nSUCCESS\n"
+        ),
     );
     expect(
         ServeMode::AppendOnly,
@@ -127,7 +144,9 @@ fn remove_before_respects_the_clock() {
     expect(
         ServeMode::ReadWrite,
         store,
-        &format!("VERSION 1\nGETTIMESTAMP\nREMOVE-BEFORE 99 {HELLO}\nCHECKPRESENT {HELLO}\nREMOVE-BEFORE 160 {HELLO}\nCHECKPRESENT {HELLO}\nREMOVE {HELLO}\n"),
+        &format!(
+            "VERSION 1\nGETTIMESTAMP\nREMOVE-BEFORE 99 {HELLO}\nCHECKPRESENT {HELLO}\nREMOVE-BEFORE 160 {HELLO}\nCHECKPRESENT {HELLO}\nREMOVE {HELLO}\n"
+        ),
         "VERSION 1\nTIMESTAMP 100\nFAILURE\nSUCCESS\nSUCCESS\nFAILURE\nSUCCESS\n",
     );
 }
@@ -137,7 +156,9 @@ fn unknown_and_unexpected_commands() {
     expect(
         ServeMode::ReadWrite,
         with_hello(),
-        &format!("VERSION 4\nFROBNICATE x\ncheckpresent {HELLO}\nSUCCESS-PLUS u\nDATA-PRESENT\nTIMESTAMP 5\nPUT-FROM 0\nALREADY-HAVE-PLUS\nREMOVE-BEFORE abc {HELLO}\nBYPASS a b\nCHECKPRESENT {HELLO}\n"),
+        &format!(
+            "VERSION 4\nFROBNICATE x\ncheckpresent {HELLO}\nSUCCESS-PLUS u\nDATA-PRESENT\nTIMESTAMP 5\nPUT-FROM 0\nALREADY-HAVE-PLUS\nREMOVE-BEFORE abc {HELLO}\nBYPASS a b\nCHECKPRESENT {HELLO}\n"
+        ),
         "VERSION 4\nERROR unknown command\nERROR unknown command\nERROR unexpected command\nERROR unexpected command\nERROR unexpected command\nERROR unexpected command\nERROR unexpected command\nERROR unknown command\nSUCCESS\n",
     );
 }
@@ -147,7 +168,9 @@ fn data_present_needs_v4() {
     expect(
         ServeMode::ReadWrite,
         with_hello(),
-        &format!("VERSION 4\nPUT w {WORLD}\nDATA-PRESENT\nVERSION 3\nPUT w {WORLD}\nDATA-PRESENT\n"),
+        &format!(
+            "VERSION 4\nPUT w {WORLD}\nDATA-PRESENT\nVERSION 3\nPUT w {WORLD}\nDATA-PRESENT\n"
+        ),
         "VERSION 4\nPUT-FROM 0\nFAILURE\nVERSION 3\nPUT-FROM 0\nERROR expected DATA\n",
     );
 }
@@ -161,6 +184,19 @@ fn client_error_ends_the_session() {
         "VERSION 1\n",
     );
     assert_eq!(d.closed, Some(CloseReason::ClientError("oops".into())));
+}
+
+#[test]
+fn push_to_read_only_is_refused_in_words_first() {
+    for mode in [ServeMode::ReadOnly, ServeMode::AppendOnly] {
+        let d = expect(
+            mode,
+            with_hello(),
+            "VERSION 1\nCONNECT git-receive-pack\n",
+            &format!("VERSION 1\nERROR {READ_ONLY_ERROR}\n"),
+        );
+        assert_eq!(d.closed, Some(CloseReason::AfterConnect));
+    }
 }
 
 #[test]
@@ -187,14 +223,25 @@ fn auth_required_before_anything() {
     s.handle_line(b"VERSION 4");
     assert_eq!(
         s.poll_output(),
-        Some(ServerOutput::Send(Message::Error("unexpected command".into())))
+        Some(ServerOutput::Send(Message::Error(
+            "unexpected command".into()
+        )))
     );
     s.handle_line(b"AUTH aaaa badtoken");
-    assert!(matches!(s.poll_output(), Some(ServerOutput::CheckAuth { .. })));
+    assert!(matches!(
+        s.poll_output(),
+        Some(ServerOutput::CheckAuth { .. })
+    ));
     s.handle_auth(None);
-    assert_eq!(s.poll_output(), Some(ServerOutput::Send(Message::AuthFailure)));
+    assert_eq!(
+        s.poll_output(),
+        Some(ServerOutput::Send(Message::AuthFailure))
+    );
     s.handle_line(b"AUTH aaaa goodtoken");
-    assert!(matches!(s.poll_output(), Some(ServerOutput::CheckAuth { .. })));
+    assert!(matches!(
+        s.poll_output(),
+        Some(ServerOutput::CheckAuth { .. })
+    ));
     s.handle_auth(Some(ServeMode::AppendOnly));
     assert_eq!(
         s.poll_output(),
