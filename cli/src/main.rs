@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 mod annex_shell;
 
 #[derive(Parser)]
-#[command(name = "annexmesh", version, about = "git-annex clusters as a libp2p mesh")]
+#[command(
+    name = "annexmesh",
+    version,
+    about = "git-annex clusters as a libp2p mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,8 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ANNEXMESH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("ANNEXMESH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -48,13 +48,17 @@ fn sha256_key(content: &[u8], ext: &str) -> Key {
 }
 
 fn content(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 async fn connect(lab: &Lab) -> ShellConnection {
     let shell = support::git_annex_bin_dir().join("git-annex-shell");
     let home = lab.home.to_string_lossy().into_owned();
-    let path = support::path_with_git_annex().to_string_lossy().into_owned();
+    let path = support::path_with_git_annex()
+        .to_string_lossy()
+        .into_owned();
     let (mut conn, uuid) = ShellConnection::start(
         &shell,
         &lab.server,
@@ -101,7 +105,9 @@ async fn put_get_lock_remove_against_real_git_annex_shell() {
     assert!(!s.check_present(&key).await.expect("checkpresent"));
     let mut last = 0;
     let outcome = s
-        .put(&key, AssociatedFile::new("dir/src.bin"), &src, &mut |n| last = n)
+        .put(&key, AssociatedFile::new("dir/src.bin"), &src, &mut |n| {
+            last = n
+        })
         .await
         .expect("put");
     assert!(outcome.stored && !outcome.already_had, "{outcome:?}");
@@ -116,19 +122,27 @@ async fn put_get_lock_remove_against_real_git_annex_shell() {
     // Download it back and compare.
     let partial = lab.work.join("partial");
     let dest = lab.work.join("dest.bin");
-    assert!(s
-        .get(&key, AssociatedFile::none(), &partial, &dest, &mut |_| {})
-        .await
-        .expect("get"));
+    assert!(
+        s.get(&key, AssociatedFile::none(), &partial, &dest, &mut |_| {})
+            .await
+            .expect("get")
+    );
     assert_eq!(std::fs::read(&dest).expect("read dest"), data);
 
     // A key the server lacks: DATA 0 + INVALID, and we answer FAILURE.
     let absent = sha256_key(b"not there", "");
     let dest2 = lab.work.join("absent");
-    assert!(!s
-        .get(&absent, AssociatedFile::none(), &lab.work.join("p2"), &dest2, &mut |_| {})
+    assert!(
+        !s.get(
+            &absent,
+            AssociatedFile::none(),
+            &lab.work.join("p2"),
+            &dest2,
+            &mut |_| {}
+        )
         .await
-        .expect("get of absent key is a clean failure"));
+        .expect("get of absent key is a clean failure")
+    );
     assert!(!dest2.exists());
 
     // LOCKCONTENT on one connection makes a REMOVE on another fail.
@@ -175,7 +189,10 @@ async fn resumed_transfers_against_real_git_annex_shell() {
         .await
         .expect("resumed put");
     assert!(outcome.stored);
-    assert!(first.expect("progress") > 400_000, "upload resumed past the kept prefix");
+    assert!(
+        first.expect("progress") > 400_000,
+        "upload resumed past the kept prefix"
+    );
     assert!(server_has(&lab, &key));
 
     // An interrupted download: the first 123 456 bytes are already here.
@@ -183,13 +200,14 @@ async fn resumed_transfers_against_real_git_annex_shell() {
     write(&partial, &data[..123_456]);
     let dest = lab.work.join("dest.dat");
     let mut first = None;
-    assert!(conn
-        .session
-        .get(&key, AssociatedFile::none(), &partial, &dest, &mut |n| {
-            first.get_or_insert(n);
-        })
-        .await
-        .expect("resumed get"));
+    assert!(
+        conn.session
+            .get(&key, AssociatedFile::none(), &partial, &dest, &mut |n| {
+                first.get_or_insert(n);
+            })
+            .await
+            .expect("resumed get")
+    );
     assert!(first.expect("progress") > 123_456);
     assert_eq!(std::fs::read(&dest).expect("read"), data);
 
@@ -197,11 +215,19 @@ async fn resumed_transfers_against_real_git_annex_shell() {
     let mut bad = data[..1000].to_vec();
     bad[10] ^= 0xff;
     write(&partial, &bad);
-    assert!(!conn
-        .session
-        .get(&key, AssociatedFile::none(), &partial, &lab.work.join("bad"), &mut |_| {})
-        .await
-        .expect("get"));
+    assert!(
+        !conn
+            .session
+            .get(
+                &key,
+                AssociatedFile::none(),
+                &partial,
+                &lab.work.join("bad"),
+                &mut |_| {}
+            )
+            .await
+            .expect("get")
+    );
     assert!(!partial.exists(), "bad partial download removed");
     assert!(conn.finish().await.expect("finish").success());
 
