@@ -7,6 +7,8 @@
 pub mod annex_shell;
 pub mod clock;
 pub mod error;
+pub mod journal;
+pub mod lockfile;
 pub mod process;
 pub mod repo;
 pub mod session;

@@ -206,7 +206,9 @@ where
                     };
                     server.handle_stored(ok);
                 }
-                ServerOutput::ConfirmPresent { key } => server.handle_stored(store.contains(&key)),
+                ServerOutput::ConfirmPresent { key } => {
+                    server.handle_stored(store.confirm_present(&key))
+                }
                 ServerOutput::ContentSize { key } => {
                     server.handle_content_size(store.content_size(&key))
                 }

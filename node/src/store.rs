@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::Key;
+use protocol::logs::presence::Status;
 use protocol::server::Validity;
 use protocol::verify::{Verdict, Verifier};
 
 use crate::error::{IoContext, Result};
+use crate::journal::Journal;
 use crate::repo::{Layout, Repo};
 
 /// How long content stays locked after its locking connection is lost
@@ -33,6 +35,7 @@ pub const LOCK_RETENTION: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct Store {
     repo: Repo,
+    journal: Journal,
     objects: PathBuf,
     tmp: PathBuf,
     retention: PathBuf,
@@ -51,6 +54,7 @@ impl Store {
     pub fn new(repo: Repo) -> Store {
         let annex = repo.annex_dir();
         Store {
+            journal: Journal::new(&repo.git_dir),
             objects: annex.join("objects"),
             tmp: annex.join("tmp"),
             retention: annex.join("annexmesh").join("lock-retention"),
@@ -68,6 +72,18 @@ impl Store {
 
     pub fn uuid(&self) -> &protocol::Uuid {
         &self.repo.uuid
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Every change to the store records its location-log line, as git-annex
+    /// does. A failure to record is reported but loses no content.
+    fn record(&self, key: &Key, status: Status) {
+        if let Err(e) = self.journal.record_presence(key, &self.repo.uuid, status) {
+            tracing::warn!("cannot record location of {key}: {e}");
+        }
     }
 
     /// Candidate object paths in lookup order; new content goes to the first.
@@ -98,6 +114,15 @@ impl Store {
 
     pub fn contains(&self, key: &Key) -> bool {
         self.content_path(key).is_some()
+    }
+
+    /// `DATA-PRESENT`: the content was stored out of band. Records it if it is here.
+    pub fn confirm_present(&self, key: &Key) -> bool {
+        let here = self.contains(key);
+        if here {
+            self.record(key, Status::Present);
+        }
+        here
     }
 
     /// Size of the content, if present.
@@ -199,6 +224,7 @@ impl Store {
             sync_dir(hash_dir)?;
         }
         set_mode(&key_dir, 0o555)?;
+        self.record(&key, Status::Present);
         Ok(Stored::Stored)
     }
 
@@ -305,6 +331,7 @@ impl Store {
                 let _ = fs::remove_dir(hash1);
             }
         }
+        self.record(key, Status::Absent);
         Ok(true)
     }
 
@@ -381,12 +408,20 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Writes a small file atomically: temp file in the same directory, fsync, rename,
 /// fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_via(path.parent().unwrap_or(Path::new(".")), path, bytes)
+}
+
+/// Like [`write_atomic`], with the temp file in `tmp_dir` (same file system), for
+/// directories whose every file means something (git-annex's journal).
+pub fn write_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = tmp_dir.join(format!(".{name}.tmp{}-{n}", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -25,6 +25,7 @@ pub mod client;
 pub mod fuzz;
 pub mod hex;
 pub mod key;
+pub mod logs;
 pub mod message;
 pub mod server;
 pub mod uuid;
