@@ -113,18 +113,6 @@ pub fn log_clock_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn journal_names_escape_underscores() {
-        assert_eq!(
-            super::journal_name("334/dc7/SHA3_256-s1--ab.log"),
-            "334_dc7_SHA3__256-s1--ab.log"
-        );
-        assert_eq!(super::journal_name("uuid.log"), "uuid.log");
-    }
-}
-
 /// Reads `refs/heads/git-annex:<path>`; `None` when the branch or file is absent.
 pub fn read_branch_file(git_dir: &Path, path: &str) -> Result<Option<Vec<u8>>> {
     let repo = gix::open_opts(git_dir, gix::open::Options::isolated())
@@ -147,4 +135,16 @@ pub fn read_branch_file(git_dir: &Path, path: &str) -> Result<Option<Vec<u8>>> {
     };
     let blob = repo.find_blob(entry.object_id()).map_err(|e| git(&e))?;
     Ok(Some(blob.data.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn journal_names_escape_underscores() {
+        assert_eq!(
+            super::journal_name("334/dc7/SHA3_256-s1--ab.log"),
+            "334_dc7_SHA3__256-s1--ab.log"
+        );
+        assert_eq!(super::journal_name("uuid.log"), "uuid.log");
+    }
 }
