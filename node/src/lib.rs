@@ -5,10 +5,16 @@
 //! decisions live in `protocol`.
 
 pub mod annex_shell;
+pub mod auth;
 pub mod clock;
+pub mod config;
 pub mod error;
+pub mod git;
+pub mod init;
 pub mod journal;
 pub mod lockfile;
+pub mod net;
+pub mod peer;
 pub mod process;
 pub mod repo;
 pub mod session;

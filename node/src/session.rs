@@ -76,8 +76,13 @@ pub trait GitService: Send + Sync {
 
 /// The byte stream of a session, as seen by a [`GitService`] relay.
 pub trait RelayIo {
-    fn reader(&mut self) -> &mut (dyn tokio::io::AsyncBufRead + Unpin + Send);
-    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send);
+    #[allow(clippy::type_complexity)]
+    fn split(
+        &mut self,
+    ) -> (
+        &mut (dyn tokio::io::AsyncBufRead + Unpin + Send),
+        &mut (dyn AsyncWrite + Unpin + Send),
+    );
 }
 
 /// What a served session may use besides the store.
@@ -97,11 +102,13 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    fn reader(&mut self) -> &mut (dyn tokio::io::AsyncBufRead + Unpin + Send) {
-        &mut self.reader
-    }
-    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
-        &mut self.writer
+    fn split(
+        &mut self,
+    ) -> (
+        &mut (dyn tokio::io::AsyncBufRead + Unpin + Send),
+        &mut (dyn AsyncWrite + Unpin + Send),
+    ) {
+        (&mut self.reader, &mut self.writer)
     }
 }
 

@@ -6,14 +6,23 @@ use std::path::Path;
 
 #[test]
 fn manifest_has_no_runtime_dependencies() {
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .expect("read Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("read Cargo.toml");
     let deps = manifest
         .split("[dependencies]")
         .nth(1)
         .and_then(|rest| rest.split("\n[").next())
         .expect("a [dependencies] section");
-    for banned in ["tokio", "libp2p", "futures", "gix", "async-std", "mio", "rand"] {
+    for banned in [
+        "tokio",
+        "libp2p",
+        "futures",
+        "gix",
+        "async-std",
+        "mio",
+        "rand",
+    ] {
         assert!(
             !deps.lines().any(|l| l.trim_start().starts_with(banned)),
             "protocol must not depend on {banned}"

@@ -6,6 +6,7 @@
 //! each log a state-based CRDT, which is how annexmesh gossips them.
 
 pub mod presence;
+pub mod uuid_based;
 
 use std::fmt;
 

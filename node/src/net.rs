@@ -1,0 +1,289 @@
+//! The libp2p side of a peer: the swarm, its behaviour, and [`Net`], a cloneable
+//! handle through which any task dials, listens and opens streams. One task owns
+//! the swarm; others talk to it over a bounded channel (rust-libp2p's
+//! file-sharing example shape).
+//!
+//! The annex P2P protocol runs as the stream protocol [`P2P_PROTOCOL`]: one
+//! stream is one P2P connection, byte for byte what git-annex sends over ssh.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, ListenerId};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+
+/// The annex P2P protocol as a libp2p stream protocol.
+pub const P2P_PROTOCOL: StreamProtocol = StreamProtocol::new("/annex/p2p/1");
+
+/// Like [`P2P_PROTOCOL`], but the stream starts with one line
+/// `TARGET <uuid>\n` naming the repository wanted behind the peer (a gateway's
+/// cluster or node); the P2P session follows.
+pub const TARGET_PROTOCOL: StreamProtocol = StreamProtocol::new("/annex/p2p-target/1");
+
+/// How long an idle connection stays open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Commands queued to the swarm task.
+const COMMAND_QUEUE: usize = 64;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub stream: libp2p_stream::Behaviour,
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair) -> Behaviour {
+        Behaviour {
+            identify: identify::Behaviour::new(
+                identify::Config::new("/annexmesh/1".into(), key.public())
+                    .with_agent_version(format!("annexmesh/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::default(),
+            stream: libp2p_stream::Behaviour::new(),
+        }
+    }
+}
+
+/// An authenticated, multiplexed transport, boxed so real and simulated networks
+/// build the same swarm.
+pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+/// TCP with noise and yamux (plus QUIC with the `quic` feature).
+pub fn tcp_transport(key: &Keypair) -> Result<BoxedTransport> {
+    let noise = noise::Config::new(key).map_err(|e| Error::Protocol(format!("noise: {e}")))?;
+    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    #[cfg(feature = "quic")]
+    {
+        let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        return Ok(tcp
+            .or_transport(quic)
+            .map(|either, _| either.into_inner())
+            .boxed());
+    }
+    #[cfg(not(feature = "quic"))]
+    Ok(tcp.boxed())
+}
+
+/// The in-process memory transport with noise and yamux (simnet and tests).
+pub fn memory_transport(key: &Keypair) -> Result<BoxedTransport> {
+    let noise = noise::Config::new(key).map_err(|e| Error::Protocol(format!("noise: {e}")))?;
+    Ok(libp2p::core::transport::MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+pub fn build_swarm(key: Keypair, transport: BoxedTransport) -> Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .map_err(|e| Error::Protocol(format!("transport: {e}")))?
+        .with_behaviour(Behaviour::new)
+        .map_err(|e| Error::Protocol(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+enum Command {
+    Listen(Multiaddr, oneshot::Sender<Result<Multiaddr>>),
+    Dial(PeerId, Multiaddr, oneshot::Sender<Result<()>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+}
+
+/// A handle on a running swarm. Cheap to clone.
+#[derive(Clone)]
+pub struct Net {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+}
+
+impl Net {
+    /// Moves the swarm onto its own task. The task ends when every `Net` handle
+    /// (and the streams' control) is dropped.
+    pub fn spawn(swarm: Swarm<Behaviour>) -> Net {
+        let peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        tokio::spawn(drive(swarm, rx));
+        Net {
+            peer_id,
+            commands: tx,
+            control,
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The stream control, for accepting and opening streams.
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Protocol("the swarm has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Protocol("the swarm has stopped".into()))
+    }
+
+    /// Starts listening; returns the concrete address (port chosen, `/p2p/` added).
+    pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr> {
+        let addr = self.ask(|tx| Command::Listen(addr, tx)).await??;
+        Ok(with_peer(addr, self.peer_id))
+    }
+
+    /// Every address listened on, each ending in `/p2p/<PeerId>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        let addrs = self.ask(Command::ListenAddrs).await?;
+        Ok(addrs
+            .into_iter()
+            .map(|a| with_peer(a, self.peer_id))
+            .collect())
+    }
+
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Dials an address that ends in `/p2p/<PeerId>` and waits for the connection.
+    pub async fn dial(&self, addr: &Multiaddr) -> Result<PeerId> {
+        let peer = peer_of(addr)?;
+        self.ask(|tx| Command::Dial(peer, addr.clone(), tx))
+            .await??;
+        Ok(peer)
+    }
+
+    /// Opens a stream of `protocol` to the peer at `addr` (dialing it if needed).
+    pub async fn open(&self, addr: &Multiaddr, protocol: StreamProtocol) -> Result<libp2p::Stream> {
+        let peer = self.dial(addr).await?;
+        self.open_to(peer, protocol).await
+    }
+
+    /// Opens a stream to an already known peer.
+    pub async fn open_to(&self, peer: PeerId, protocol: StreamProtocol) -> Result<libp2p::Stream> {
+        let mut control = self.control.clone();
+        control
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| Error::Protocol(format!("cannot open a stream to {peer}: {e}")))
+    }
+}
+
+/// The PeerId an address ends with.
+pub fn peer_of(addr: &Multiaddr) -> Result<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Ok(peer),
+        _ => Err(Error::Usage(format!(
+            "{addr} does not end in /p2p/<PeerId>"
+        ))),
+    }
+}
+
+/// `addr` with `/p2p/<peer>` at the end (unless it is already there).
+pub fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr
+    } else {
+        addr.with(Protocol::P2p(peer))
+    }
+}
+
+async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
+    let mut pending_listen: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr>>> =
+        HashMap::new();
+    let mut pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>> = HashMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Command::Listen(addr, reply) => match swarm.listen_on(addr) {
+                        Ok(id) => {
+                            pending_listen.insert(id, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(Error::Protocol(format!("cannot listen: {e}"))));
+                        }
+                    },
+                    Command::Dial(peer, addr, reply) => {
+                        if swarm.is_connected(&peer) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        swarm.add_peer_address(peer, addr.clone());
+                        let first = !pending_dial.contains_key(&peer);
+                        pending_dial.entry(peer).or_default().push(reply);
+                        if first && let Err(e) = swarm.dial(addr) {
+                            for r in pending_dial.remove(&peer).unwrap_or_default() {
+                                let _ = r.send(Err(Error::Protocol(format!("cannot dial {peer}: {e}"))));
+                            }
+                        }
+                    }
+                    Command::ListenAddrs(reply) => {
+                        let _ = reply.send(swarm.listeners().cloned().collect());
+                    }
+                    Command::ConnectedPeers(reply) => {
+                        let _ = reply.send(swarm.connected_peers().copied().collect());
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    if let Some(reply) = pending_listen.remove(&listener_id) {
+                        let _ = reply.send(Ok(address));
+                    }
+                }
+                SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                    if let Some(reply) = pending_listen.remove(&listener_id) {
+                        let _ = reply.send(Err(Error::Protocol(format!("listener closed: {reason:?}"))));
+                    }
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    for r in pending_dial.remove(&peer_id).unwrap_or_default() {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
+                    if !swarm.is_connected(&peer) =>
+                {
+                    for r in pending_dial.remove(&peer).unwrap_or_default() {
+                        let _ = r.send(Err(Error::Protocol(format!("cannot connect to {peer}: {error}"))));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    for addr in info.listen_addrs {
+                        swarm.add_peer_address(peer_id, addr);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}

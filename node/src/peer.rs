@@ -1,0 +1,277 @@
+//! A running annexmesh peer: a repository's store served over libp2p.
+//!
+//! Every inbound `/annex/p2p/1` stream is one P2P session: the client must
+//! `AUTH` first (a token from git-annex's `p2pauth`, or a granted PeerId), then
+//! it gets the protocol as git-annex's remotedaemon serves it, `CONNECT` and
+//! `NOTIFYCHANGE` included. Streams are bounded per peer and in total; excess
+//! streams are refused at once rather than queued.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use protocol::message::MAX_VERSION;
+use protocol::server::{CloseReason, GitAccess, Server, ServerConfig, Start};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::auth::AccessRules;
+use crate::error::{Error, Result};
+use crate::git::GitRelay;
+use crate::net::{BoxedTransport, Net, P2P_PROTOCOL, TARGET_PROTOCOL, build_swarm};
+use crate::session::{ServeContext, serve};
+use crate::store::Store;
+
+/// Bounds on concurrent sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub streams_total: usize,
+    pub streams_per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // git-annex's remotedaemon serves at most 100 connections per network.
+        Limits {
+            streams_total: 100,
+            streams_per_peer: 32,
+        }
+    }
+}
+
+/// What to start a peer with.
+pub struct PeerOptions {
+    pub store: Store,
+    pub keypair: Keypair,
+    pub transport: BoxedTransport,
+    pub listen: Vec<Multiaddr>,
+    pub grants: Vec<(PeerId, protocol::server::ServeMode)>,
+    pub limits: Limits,
+    /// Serve `CONNECT` (git over the protocol).
+    pub serve_git: bool,
+}
+
+/// A started peer. Dropping it (or [`Peer::shutdown`]) stops serving.
+pub struct Peer {
+    pub net: Net,
+    pub addrs: Vec<Multiaddr>,
+    pub store: Store,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<usize>,
+}
+
+impl Peer {
+    pub async fn start(options: PeerOptions) -> Result<Peer> {
+        let PeerOptions {
+            store,
+            keypair,
+            transport,
+            listen,
+            grants,
+            limits,
+            serve_git,
+        } = options;
+        let swarm = build_swarm(keypair, transport)?;
+        let net = Net::spawn(swarm);
+        let mut addrs = Vec::new();
+        for addr in listen {
+            addrs.push(net.listen(addr).await?);
+        }
+        let rules = AccessRules::new(&store.repo().git_dir, net.peer_id(), grants);
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(accept_loop(
+            net.clone(),
+            store.clone(),
+            rules,
+            limits,
+            serve_git,
+            stopped,
+        )?);
+        Ok(Peer {
+            net,
+            addrs,
+            store,
+            stop,
+            server,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.net.peer_id()
+    }
+
+    /// Stops accepting and ends every session. Content being uploaded stays in
+    /// its (invisible) partial file, ready for a resume. Returns how many
+    /// sessions were cut short.
+    pub async fn shutdown(self) -> usize {
+        let _ = self.stop.send(true);
+        self.server.await.unwrap_or(0)
+    }
+}
+
+/// Registers the stream protocols and returns the loop serving them. Errors here
+/// (a protocol registered twice) are reported before anything runs.
+fn accept_loop(
+    net: Net,
+    store: Store,
+    rules: AccessRules,
+    limits: Limits,
+    serve_git: bool,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<impl std::future::Future<Output = usize>> {
+    let mut control = net.control();
+    let plain = control
+        .accept(P2P_PROTOCOL)
+        .map_err(|e| Error::Protocol(format!("{P2P_PROTOCOL}: {e}")))?;
+    let targeted = control
+        .accept(TARGET_PROTOCOL)
+        .map_err(|e| Error::Protocol(format!("{TARGET_PROTOCOL}: {e}")))?;
+    let mut incoming = futures::stream::select(
+        plain.map(|(p, s)| (p, s, P2P_PROTOCOL)),
+        targeted.map(|(p, s)| (p, s, TARGET_PROTOCOL)),
+    );
+    let shared = Arc::new(Shared {
+        store,
+        rules,
+        serve_git,
+        total: Semaphore::new(limits.streams_total),
+        per_peer: Mutex::new(HashMap::new()),
+        per_peer_limit: limits.streams_per_peer,
+    });
+    Ok(async move {
+        let mut sessions = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        tracing::error!("a session panicked: {e}");
+                    }
+                }
+                next = incoming.next() => {
+                    let Some((peer, stream, protocol)) = next else { break };
+                    let Some(slot) = Slot::take(&shared, peer) else {
+                        tracing::warn!("refusing a stream from {peer}: too many sessions");
+                        drop(stream);
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    sessions.spawn(async move {
+                        let _slot = slot;
+                        match serve_stream(&shared, peer, stream, protocol).await {
+                            Ok(reason) => tracing::debug!("session with {peer} ended: {reason:?}"),
+                            Err(e) => tracing::info!("session with {peer} failed: {e}"),
+                        }
+                    });
+                }
+            }
+        }
+        let cut = sessions.len();
+        sessions.shutdown().await;
+        cut
+    })
+}
+
+struct Shared {
+    store: Store,
+    rules: AccessRules,
+    serve_git: bool,
+    total: Semaphore,
+    per_peer: Mutex<HashMap<PeerId, usize>>,
+    per_peer_limit: usize,
+}
+
+/// One session's claim on the limits; released on drop.
+struct Slot {
+    shared: Arc<Shared>,
+    peer: PeerId,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, peer: PeerId) -> Option<Slot> {
+        let permit = shared.total.try_acquire().ok()?;
+        let mut map = shared.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(peer).or_insert(0);
+        if *count >= shared.per_peer_limit {
+            return None;
+        }
+        *count += 1;
+        permit.forget();
+        Some(Slot {
+            shared: shared.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.total.add_permits(1);
+        let mut map = self
+            .shared
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    shared: &Shared,
+    peer: PeerId,
+    stream: libp2p::Stream,
+    protocol: StreamProtocol,
+) -> Result<CloseReason> {
+    let (reader, mut writer) = tokio::io::split(stream.compat());
+    let mut reader = tokio::io::BufReader::new(reader);
+    let store = &shared.store;
+    if protocol == TARGET_PROTOCOL {
+        // `TARGET <uuid>\n` first: this peer serves only its own repository.
+        let mut line = String::new();
+        let n = (&mut reader)
+            .take(256)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| Error::Protocol(format!("target line: {e}")))?;
+        let target = line.trim_end().strip_prefix("TARGET ").unwrap_or("");
+        if n == 0 || target != store.uuid().as_str() {
+            let msg = format!("ERROR this peer does not serve repository {target}\n");
+            let _ = writer.write_all(msg.as_bytes()).await;
+            let _ = writer.shutdown().await;
+            return Ok(CloseReason::ProtocolError(format!(
+                "unknown target {target}"
+            )));
+        }
+    }
+    let server = Server::new(ServerConfig {
+        uuid: store.uuid().clone(),
+        start: Start::RequireAuth,
+        git: if shared.serve_git {
+            GitAccess::Served
+        } else {
+            GitAccess::Refused
+        },
+        max_version: i64::from(MAX_VERSION),
+    });
+    let relay = GitRelay {
+        git_dir: store.repo().git_dir.clone(),
+    };
+    let access = shared.rules.for_peer(peer);
+    let ctx = ServeContext {
+        auth: Some(&access),
+        git: Some(&relay),
+    };
+    serve(server, reader, writer, store, &ctx).await
+}
