@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Two real annexmesh peers in one process on libp2p's memory transport: the
 //! annex P2P protocol over `/annex/p2p/1`, with authentication.
 
