@@ -2,12 +2,14 @@
 //! `annexmesh annex-shell`.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod annex_shell;
+mod client;
+mod daemon;
 
 #[derive(Parser)]
 #[command(
@@ -16,12 +18,87 @@ mod annex_shell;
     about = "git-annex clusters as a libp2p mesh"
 )]
 struct Cli {
+    /// The repository to act on (default: the current directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    repo: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make the repository an annexmesh peer: adopt an existing git-annex
+    /// repository, or create a new bare one; create its identity and config.
+    Init {
+        /// Description recorded for a new repository.
+        #[arg(long, default_value = "annexmesh")]
+        description: String,
+    },
+    /// Run the peer in the foreground: serve the repository over libp2p.
+    Daemon {
+        /// Multiaddrs to listen on (added to the config's `listen`).
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<String>,
+        /// Peers to connect to at start.
+        #[arg(long, value_name = "MULTIADDR")]
+        peer: Vec<String>,
+        /// Do not serve git (CONNECT) to clients.
+        #[arg(long)]
+        no_git: bool,
+    },
+    /// git-annex P2P pairing helpers.
+    P2p {
+        /// Print `p2p-annex::libp2p:<multiaddr>:<token>` lines for `git annex p2p --link`.
+        #[arg(long, required = true)]
+        gen_addresses: bool,
+    },
+    /// Let a peer in without a token (by its PeerId).
+    Grant {
+        peer: String,
+        /// read-write, append-only or read-only.
+        #[arg(long, default_value = "read-write")]
+        mode: String,
+    },
+    /// Remember a peer's address under a name.
+    AddPeer { name: String, address: String },
+    /// Upload a file to a peer; prints its key.
+    Put {
+        file: PathBuf,
+        #[arg(long, value_name = "PEER")]
+        to: String,
+        /// Key backend (SHA256E, SHA512E, BLAKE3_256, …).
+        #[arg(long, default_value = "SHA256E")]
+        backend: String,
+        #[command(flatten)]
+        auth: client::AuthArgs,
+    },
+    /// Download a key from a peer (resumes an interrupted download).
+    Get {
+        key: String,
+        #[arg(long, value_name = "PEER")]
+        from: String,
+        /// Output file (default: the key's name in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        auth: client::AuthArgs,
+    },
+    /// Remove a key from a peer.
+    Drop {
+        key: String,
+        #[arg(long, value_name = "PEER")]
+        from: String,
+        #[command(flatten)]
+        auth: client::AuthArgs,
+    },
+    /// Ask a peer whether it has a key (exit 0 yes, 1 no).
+    Checkpresent {
+        key: String,
+        #[arg(long, value_name = "PEER")]
+        from: String,
+        #[command(flatten)]
+        auth: client::AuthArgs,
+    },
     /// Stand in for git-annex-shell (configlist, p2pstdio), with its arguments.
     #[command(name = "annex-shell", disable_help_flag = true)]
     AnnexShell {
@@ -46,8 +123,52 @@ fn main() -> ExitCode {
         return annex_shell::run("git-annex-shell", args);
     }
     let cli = Cli::parse_from(argv);
+    if let Command::AnnexShell { args } = cli.command {
+        return annex_shell::run("annexmesh annex-shell", args);
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("annexmesh: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let repo = cli.repo.unwrap_or_else(|| PathBuf::from("."));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Command::AnnexShell { args } => annex_shell::run("annexmesh annex-shell", args),
+        Command::Init { description } => daemon::init(&repo, &description),
+        Command::Daemon {
+            listen,
+            peer,
+            no_git,
+        } => runtime.block_on(daemon::run(&repo, listen, peer, !no_git)),
+        Command::P2p { .. } => daemon::gen_addresses(&repo),
+        Command::Grant { peer, mode } => daemon::grant(&repo, &peer, &mode),
+        Command::AddPeer { name, address } => daemon::add_peer(&repo, &name, &address),
+        Command::Put {
+            file,
+            to,
+            backend,
+            auth,
+        } => runtime.block_on(client::put(&repo, &file, &to, &backend, &auth)),
+        Command::Get {
+            key,
+            from,
+            output,
+            auth,
+        } => runtime.block_on(client::get(&repo, &key, &from, output, &auth)),
+        Command::Drop { key, from, auth } => {
+            runtime.block_on(client::drop(&repo, &key, &from, &auth))
+        }
+        Command::Checkpresent { key, from, auth } => {
+            runtime.block_on(client::checkpresent(&repo, &key, &from, &auth))
+        }
+        Command::AnnexShell { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

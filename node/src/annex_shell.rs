@@ -240,14 +240,46 @@ pub async fn p2pstdio(
         git: GitAccess::Refused,
         max_version: i64::from(MAX_VERSION),
     });
-    serve(
-        server,
-        tokio::io::stdin(),
-        tokio::io::stdout(),
-        &store,
-        &ServeContext::default(),
-    )
-    .await
+    let (reader, writer) = stdio();
+    serve(server, reader, writer, &store, &ServeContext::default()).await
+}
+
+/// Pipe size asked for stdin/stdout (the default 64 KiB costs a wake-up per 64 KiB).
+const PIPE_SIZE: usize = 1 << 20;
+
+type BoxedReader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type BoxedWriter = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// stdin/stdout for a session. When they are pipes (as under ssh) they are
+/// enlarged and used non-blocking through the reactor; otherwise tokio's
+/// blocking-thread stdio is used.
+fn stdio() -> (BoxedReader, BoxedWriter) {
+    use std::os::fd::AsFd;
+    let reader: BoxedReader = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| {
+            crate::sys::grow_pipe(&fd, PIPE_SIZE);
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()
+        })
+        .map_or_else(
+            || Box::new(tokio::io::stdin()) as BoxedReader,
+            |r| Box::new(r),
+        );
+    let writer: BoxedWriter = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| {
+            crate::sys::grow_pipe(&fd, PIPE_SIZE);
+            tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok()
+        })
+        .map_or_else(
+            || Box::new(tokio::io::stdout()) as BoxedWriter,
+            |w| Box::new(w),
+        );
+    (reader, writer)
 }
 
 /// Whether git-annex-shell would exit non-zero after a session that ended so.

@@ -71,7 +71,7 @@ impl Journal {
             .truncate(false)
             .open(&self.lock)
             .context(|| format!("opening {}", self.lock.display()))?;
-        crate::lockfile::lock_exclusive(&lockfile).context(|| "locking the journal".into())?;
+        crate::sys::lock_exclusive(&lockfile).context(|| "locking the journal".into())?;
         let old = self.read(branch_path)?;
         let new = change(&old);
         crate::store::write_atomic_via(&self.tmp, &self.file_for(branch_path), &new)?;

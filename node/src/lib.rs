@@ -12,13 +12,15 @@ pub mod error;
 pub mod git;
 pub mod init;
 pub mod journal;
-pub mod lockfile;
+
 pub mod net;
 pub mod peer;
 pub mod process;
+pub mod remote;
 pub mod repo;
 pub mod session;
 pub mod store;
+pub mod sys;
 
 pub use error::{Error, Result};
 pub use repo::Repo;

@@ -287,3 +287,77 @@ async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command
         }
     }
 }
+
+/// A peer address as annexmesh and its git-annex helper spell it: a multiaddr
+/// ending in `/p2p/<PeerId>`, optionally followed by `/annex-uuid/<uuid>` to name
+/// a repository behind that peer (a gateway's cluster or one of its nodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddress {
+    pub addr: Multiaddr,
+    pub target: Option<protocol::Uuid>,
+}
+
+impl PeerAddress {
+    pub fn parse(s: &str) -> Result<PeerAddress> {
+        let (base, target) = match s.split_once("/annex-uuid/") {
+            Some((base, uuid)) => (
+                base,
+                Some(
+                    protocol::Uuid::parse(uuid)
+                        .map_err(|e| Error::Usage(format!("bad uuid in {s}: {e}")))?,
+                ),
+            ),
+            None => (s, None),
+        };
+        let addr: Multiaddr = base
+            .parse()
+            .map_err(|e| Error::Usage(format!("bad multiaddr {base:?}: {e}")))?;
+        peer_of(&addr)?;
+        Ok(PeerAddress { addr, target })
+    }
+
+    /// Opens a P2P stream to the address: plain, or naming the target.
+    pub async fn open(&self, net: &Net) -> Result<libp2p::Stream> {
+        match &self.target {
+            None => net.open(&self.addr, P2P_PROTOCOL).await,
+            Some(uuid) => {
+                use futures::AsyncWriteExt;
+                let mut s = net.open(&self.addr, TARGET_PROTOCOL).await?;
+                s.write_all(format!("TARGET {uuid}\n").as_bytes())
+                    .await
+                    .map_err(|e| Error::Protocol(format!("target line: {e}")))?;
+                Ok(s)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if let Some(t) = &self.target {
+            write!(f, "/annex-uuid/{t}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses() {
+        let peer = PeerId::random();
+        let a = PeerAddress::parse(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")).unwrap();
+        assert_eq!(a.target, None);
+        let b = PeerAddress::parse(&format!(
+            "/ip4/127.0.0.1/tcp/4001/p2p/{peer}/annex-uuid/acae2ff6-6c1e-8bec-b8b9-397a3755f397"
+        ))
+        .unwrap();
+        assert!(b.target.as_ref().unwrap().is_cluster());
+        assert_eq!(PeerAddress::parse(&b.to_string()).unwrap(), b);
+        assert!(PeerAddress::parse("/ip4/127.0.0.1/tcp/4001").is_err());
+        assert!(PeerAddress::parse("garbage").is_err());
+    }
+}

@@ -43,6 +43,8 @@ impl ShellConnection {
         let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
             return Err(Error::Protocol("child has no pipes".into()));
         };
+        crate::sys::grow_pipe(&stdout, 1 << 20);
+        crate::sys::grow_pipe(&stdin, 1 << 20);
         let mut session = ClientSession::new(stdout, stdin);
         let uuid = session.expect_auth_success().await?;
         if let Some(want) = expected

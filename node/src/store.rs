@@ -23,7 +23,7 @@ use protocol::logs::presence::Status;
 use protocol::server::Validity;
 use protocol::verify::{Verdict, Verifier};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::journal::Journal;
 use crate::repo::{Layout, Repo};
 
@@ -177,11 +177,18 @@ impl Store {
         }
         file.seek(SeekFrom::Start(keep))
             .context(|| "seeking partial file".into())?;
+        let left = key.size().map_or(u64::MAX, |s| s.saturating_sub(keep));
+        let hasher = if left >= HASH_THREAD_MIN {
+            Hasher::spawn(verifier)
+        } else {
+            Hasher::Inline(verifier)
+        };
         Ok(Upload {
             key: key.clone(),
             path,
             file,
-            verifier,
+            hasher,
+            written: keep,
         })
     }
 
@@ -191,9 +198,10 @@ impl Store {
             key,
             path,
             file,
-            verifier,
+            hasher,
+            ..
         } = upload;
-        let verdict = verifier.finish();
+        let verdict = hasher.finish()?.finish();
         if !verdict.accepted_given(validity) {
             drop(file);
             let _ = fs::remove_file(&path);
@@ -349,13 +357,77 @@ impl Store {
     }
 }
 
-/// An upload in progress: bytes go to the partial file and the verifier together.
+/// Uploads expected to be at least this large are hashed on their own thread,
+/// so hashing overlaps with receiving and writing.
+const HASH_THREAD_MIN: u64 = 8 << 20;
+
+/// Chunks in flight to a hashing thread (each at most one read buffer).
+const HASH_QUEUE: usize = 4;
+
+/// An upload in progress: bytes go to the partial file and to the hash.
 #[derive(Debug)]
 pub struct Upload {
     key: Key,
     path: PathBuf,
     file: File,
-    verifier: Verifier,
+    hasher: Hasher,
+    written: u64,
+}
+
+/// Where an upload's bytes are hashed.
+#[derive(Debug)]
+enum Hasher {
+    Inline(Verifier),
+    Thread {
+        chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
+        spare: std::sync::mpsc::Receiver<Vec<u8>>,
+        done: std::thread::JoinHandle<Verifier>,
+    },
+}
+
+impl Hasher {
+    fn spawn(mut verifier: Verifier) -> Hasher {
+        let (chunks, incoming) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (recycle, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let done = std::thread::spawn(move || {
+            for chunk in incoming {
+                verifier.update(&chunk);
+                let _ = recycle.try_send(chunk);
+            }
+            verifier
+        });
+        Hasher::Thread {
+            chunks,
+            spare,
+            done,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Hasher::Inline(v) => v.update(bytes),
+            Hasher::Thread { chunks, spare, .. } => {
+                let mut buf = spare.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(bytes);
+                chunks
+                    .send(buf)
+                    .map_err(|_| Error::Protocol("the hashing thread died".into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Verifier> {
+        match self {
+            Hasher::Inline(v) => Ok(v),
+            Hasher::Thread { chunks, done, .. } => {
+                drop(chunks);
+                done.join()
+                    .map_err(|_| Error::Protocol("the hashing thread panicked".into()))
+            }
+        }
+    }
 }
 
 impl Upload {
@@ -363,7 +435,8 @@ impl Upload {
         self.file
             .write_all(bytes)
             .context(|| format!("writing {}", self.path.display()))?;
-        self.verifier.update(bytes);
+        self.hasher.update(bytes)?;
+        self.written += bytes.len() as u64;
         Ok(())
     }
 
@@ -373,7 +446,7 @@ impl Upload {
 
     /// Bytes in the partial file so far.
     pub fn len(&self) -> u64 {
-        self.verifier.bytes_seen()
+        self.written
     }
 
     pub fn is_empty(&self) -> bool {

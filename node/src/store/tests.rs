@@ -199,3 +199,37 @@ fn model_based_random_operations() {
         }
     }
 }
+
+#[test]
+fn large_uploads_hash_on_a_thread_and_still_catch_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = bare_repo(tmp.path());
+    let content: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let key = key_for(&content);
+    let mut up = store.begin_upload(&key, 0).unwrap();
+    assert!(matches!(up.hasher, Hasher::Thread { .. }));
+    for chunk in content.chunks(1 << 20) {
+        up.write(chunk).unwrap();
+    }
+    assert_eq!(up.len(), content.len() as u64);
+    assert_eq!(store.commit(up, Validity::Valid).unwrap(), Stored::Stored);
+    assert_eq!(
+        fs::read(store.content_path(&key).unwrap()).unwrap(),
+        content
+    );
+
+    let mut bad = content.clone();
+    bad[5 << 20] ^= 1;
+    let mut evil = content.clone();
+    evil.reverse();
+    let key2 = key_for(&evil);
+    let mut up = store.begin_upload(&key2, 0).unwrap();
+    for chunk in bad.chunks(1 << 20) {
+        up.write(chunk).unwrap();
+    }
+    assert!(matches!(
+        store.commit(up, Validity::Valid).unwrap(),
+        Stored::Rejected(_)
+    ));
+    assert!(!store.contains(&key2));
+}

@@ -1,0 +1,172 @@
+//! `annexmesh init`, `daemon`, `p2p --gen-addresses`, `grant`, `add-peer`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use libp2p::Multiaddr;
+use node::Repo;
+use node::auth::{AccessRules, NETNAME};
+use node::config::{Config, Grant, PeerEntry, load_or_create_identity, parse_mode, state_dir};
+use node::net::tcp_transport;
+use node::peer::{Limits, Peer, PeerOptions};
+use node::store::{Store, write_atomic};
+use protocol::AuthToken;
+use rand::RngCore;
+
+pub fn init(path: &Path, description: &str) -> anyhow::Result<ExitCode> {
+    let mut random = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut random);
+    let done = node::init::init(path, description, random)?;
+    println!(
+        "{} {} (uuid {}, peer {})",
+        if done.created { "created" } else { "adopted" },
+        done.repo.top.display(),
+        done.repo.uuid,
+        done.peer_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(path: &Path) -> anyhow::Result<Repo> {
+    Repo::open(path).with_context(|| format!("{} (run `annexmesh init` first?)", path.display()))
+}
+
+/// The file where a running daemon records its addresses.
+fn addresses_file(repo: &Repo) -> std::path::PathBuf {
+    state_dir(repo).join("addresses")
+}
+
+pub async fn run(
+    path: &Path,
+    listen: Vec<String>,
+    peers: Vec<String>,
+    serve_git: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = open(path)?;
+    let config = Config::load(&repo)?;
+    let key = load_or_create_identity(&state_dir(&repo))?;
+    let mut addrs: Vec<Multiaddr> = Vec::new();
+    for a in config.listen.iter().chain(listen.iter()) {
+        addrs.push(Multiaddr::from_str(a).with_context(|| format!("bad listen address {a}"))?);
+    }
+    if addrs.is_empty() {
+        addrs.push(Multiaddr::from_str("/ip4/127.0.0.1/tcp/0")?);
+    }
+    let peer = Peer::start(PeerOptions {
+        store: Store::new(repo.clone()),
+        transport: tcp_transport(&key)?,
+        keypair: key,
+        listen: addrs,
+        grants: config.peer_grants()?,
+        limits: Limits::default(),
+        serve_git,
+    })
+    .await?;
+    let mut text = String::new();
+    for a in &peer.addrs {
+        println!("listening on {a}");
+        text.push_str(&format!("{a}\n"));
+    }
+    write_atomic(&addresses_file(&repo), text.as_bytes())?;
+    for p in &peers {
+        let addr = config.resolve_peer(p)?;
+        match peer.net.dial(&addr).await {
+            Ok(id) => println!("connected to {id}"),
+            Err(e) => eprintln!("annexmesh: cannot connect to {p}: {e}"),
+        }
+    }
+    wait_for_signal().await?;
+    let cut = peer.shutdown().await;
+    let _ = std::fs::remove_file(addresses_file(&repo));
+    eprintln!("annexmesh: stopped ({cut} session(s) interrupted)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// The addresses other peers can reach: the running daemon's, else configured
+/// listen addresses with fixed ports.
+fn reachable(repo: &Repo) -> anyhow::Result<Vec<String>> {
+    if let Ok(text) = std::fs::read_to_string(addresses_file(repo)) {
+        let addrs: Vec<String> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if !addrs.is_empty() {
+            return Ok(addrs);
+        }
+    }
+    let config = Config::load(repo)?;
+    let peer = load_or_create_identity(&state_dir(repo))?
+        .public()
+        .to_peer_id();
+    let fixed: Vec<String> = config
+        .listen
+        .iter()
+        .filter(|a| !a.ends_with("/tcp/0") && !a.ends_with("/udp/0/quic-v1"))
+        .map(|a| format!("{a}/p2p/{peer}"))
+        .collect();
+    if fixed.is_empty() {
+        bail!("no known address: start `annexmesh daemon`, or configure a fixed listen port");
+    }
+    Ok(fixed)
+}
+
+pub fn gen_addresses(path: &Path) -> anyhow::Result<ExitCode> {
+    let repo = open(path)?;
+    let me = load_or_create_identity(&state_dir(&repo))?
+        .public()
+        .to_peer_id();
+    let rules = AccessRules::new(&repo.git_dir, me, vec![]);
+    for addr in reachable(&repo)? {
+        let mut random = [0u8; 512];
+        rand::thread_rng().fill_bytes(&mut random);
+        let token = AuthToken::generate(&random);
+        let address = format!("p2p-annex::{NETNAME}:{addr}");
+        rules.add_token(&token, &address)?;
+        println!("{address}:{}", token.as_str());
+    }
+    eprintln!(
+        "These addresses allow access to this repository. Only share them with people you trust."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn grant(path: &Path, peer: &str, mode: &str) -> anyhow::Result<ExitCode> {
+    let repo = open(path)?;
+    parse_mode(mode)?;
+    libp2p::PeerId::from_str(peer).with_context(|| format!("bad PeerId {peer}"))?;
+    let mut config = Config::load(&repo)?;
+    config.grants.retain(|g| g.peer != peer);
+    config.grants.push(Grant {
+        peer: peer.to_owned(),
+        mode: mode.to_owned(),
+    });
+    config.save(&repo)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn add_peer(path: &Path, name: &str, address: &str) -> anyhow::Result<ExitCode> {
+    let repo = open(path)?;
+    node::net::PeerAddress::parse(address)?;
+    let mut config = Config::load(&repo)?;
+    config.peers.retain(|p| p.name != name);
+    config.peers.push(PeerEntry {
+        name: name.to_owned(),
+        address: address.to_owned(),
+    });
+    config.save(&repo)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+//! Our client side over libp2p: connect to a peer's repository and get a P2P
+//! session on it (used by `annexmesh put/get/drop/checkpresent`).
+
+use libp2p::identity::Keypair;
+use protocol::message::MAX_VERSION;
+use protocol::{AuthToken, Uuid};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use crate::error::{Error, Result};
+use crate::net::{BoxedTransport, Net, PeerAddress, build_swarm};
+use crate::session::ClientSession;
+
+pub type StreamSession =
+    ClientSession<ReadHalf<Compat<libp2p::Stream>>, WriteHalf<Compat<libp2p::Stream>>>;
+
+/// A client endpoint: a swarm used only to dial out.
+pub struct Endpoint {
+    pub net: Net,
+}
+
+impl Endpoint {
+    pub fn new(key: Keypair, transport: BoxedTransport) -> Result<Endpoint> {
+        Ok(Endpoint {
+            net: Net::spawn(build_swarm(key, transport)?),
+        })
+    }
+
+    /// Opens a session: `AUTH` as `me` with `token`, then `VERSION 4`.
+    /// Returns the session and the UUID the peer answered with.
+    pub async fn connect(
+        &self,
+        address: &PeerAddress,
+        me: Uuid,
+        token: AuthToken,
+    ) -> Result<(StreamSession, Uuid)> {
+        let stream = address.open(&self.net).await?;
+        let (r, w) = tokio::io::split(stream.compat());
+        let mut session = ClientSession::new(r, w);
+        let Some(uuid) = session.auth(me, token).await? else {
+            return Err(Error::Protocol(format!(
+                "{address} refused our authentication (no token or grant for us)"
+            )));
+        };
+        if let Some(want) = &address.target
+            && want != &uuid
+        {
+            return Err(Error::Protocol(format!(
+                "{address} answered as {uuid}, not {want}"
+            )));
+        }
+        session.negotiate_version(i64::from(MAX_VERSION)).await?;
+        Ok((session, uuid))
+    }
+}
