@@ -181,7 +181,7 @@ impl Store {
         let hasher = if left >= HASH_THREAD_MIN {
             Hasher::spawn(verifier)
         } else {
-            Hasher::Inline(verifier)
+            Hasher::Inline(Box::new(verifier))
         };
         Ok(Upload {
             key: key.clone(),
@@ -377,7 +377,7 @@ pub struct Upload {
 /// Where an upload's bytes are hashed.
 #[derive(Debug)]
 enum Hasher {
-    Inline(Verifier),
+    Inline(Box<Verifier>),
     Thread {
         chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
         spare: std::sync::mpsc::Receiver<Vec<u8>>,
@@ -420,7 +420,7 @@ impl Hasher {
 
     fn finish(self) -> Result<Verifier> {
         match self {
-            Hasher::Inline(v) => Ok(v),
+            Hasher::Inline(v) => Ok(*v),
             Hasher::Thread { chunks, done, .. } => {
                 drop(chunks);
                 done.join()
