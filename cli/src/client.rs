@@ -25,6 +25,8 @@ pub struct AuthArgs {
 struct Connection {
     session: StreamSession,
     peer_uuid: Uuid,
+    /// Keeps the swarm task alive for as long as the session.
+    _endpoint: Endpoint,
 }
 
 /// Our identity and UUID: the repository's when there is one, else fresh ones.
@@ -59,10 +61,11 @@ async fn connect(repo_path: &Path, peer: &str, auth: &AuthArgs) -> anyhow::Resul
     };
     let endpoint = Endpoint::new(key.clone(), tcp_transport(&key)?)?;
     let (session, peer_uuid) = endpoint.connect(&address, me, token).await?;
-    // The endpoint's swarm task lives as long as its Net handles; the session's
-    // stream keeps the connection.
-    std::mem::forget(endpoint);
-    Ok(Connection { session, peer_uuid })
+    Ok(Connection {
+        session,
+        peer_uuid,
+        _endpoint: endpoint,
+    })
 }
 
 fn bar(total: u64, what: String) -> ProgressBar {
