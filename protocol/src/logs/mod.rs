@@ -5,19 +5,20 @@
 //! union of their lines and resolves "newest per field" when reading. That makes
 //! each log a state-based CRDT, which is how annexmesh gossips them.
 
+pub mod catalog;
 pub mod presence;
 pub mod uuid_based;
 
 use std::fmt;
 
 /// A log timestamp (`VectorClock`): POSIX seconds, possibly fractional in old lines.
-/// Kept as the exact text read plus a comparable value, so lines round-trip.
+/// Compared by value; the exact text read is kept only when it is not the
+/// canonical `<seconds>s`, so lines round-trip without a string per clock.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Clock {
-    /// Whole seconds and the fraction scaled to nanoseconds, for ordering.
     seconds: i64,
     nanos: u32,
-    text: String,
+    text: Option<Box<str>>,
 }
 
 impl Clock {
@@ -26,7 +27,7 @@ impl Clock {
         Clock {
             seconds,
             nanos: 0,
-            text: format!("{seconds}s"),
+            text: None,
         }
     }
 
@@ -57,10 +58,11 @@ impl Clock {
                 nanos = 1_000_000_000 - nanos;
             }
         }
+        let canonical = nanos == 0 && *s == *format!("{seconds}s");
         Some(Clock {
             seconds,
             nanos,
-            text: s.to_owned(),
+            text: (!canonical).then(|| s.into()),
         })
     }
 
@@ -89,13 +91,19 @@ impl Ord for Clock {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.seconds, self.nanos)
             .cmp(&(other.seconds, other.nanos))
-            .then_with(|| self.text.cmp(&other.text))
+            .then_with(|| match (&self.text, &other.text) {
+                (None, None) => std::cmp::Ordering::Equal,
+                _ => self.to_string().cmp(&other.to_string()),
+            })
     }
 }
 
 impl fmt::Display for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        match &self.text {
+            Some(t) => f.write_str(t),
+            None => write!(f, "{}s", self.seconds),
+        }
     }
 }
 

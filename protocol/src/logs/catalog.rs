@@ -1,0 +1,449 @@
+//! The git-annex branch as a CRDT.
+//!
+//! git-annex merges two versions of a branch file by the union of their lines,
+//! and readers take the newest line per field. So each file is, semantically, a
+//! map from field to its newest line: a last-writer-wins register per field,
+//! ordered by clock (ties broken by the line's text, the way a sorted union then
+//! reads: later line for map and UUID-based logs, earlier line for presence
+//! logs). Keeping only the winner per field is a join-semilattice:
+//!
+//! * `merge(a, b) == merge(b, a)` (commutative),
+//! * `merge(a, merge(b, c)) == merge(merge(a, b), c)` (associative),
+//! * `merge(a, a) == a` (idempotent),
+//!
+//! so peers converge whatever order, duplication or loss their messages see
+//! (property-tested below). Files whose format we do not interpret keep every
+//! distinct line (a grow-only set), which is a semilattice too.
+//!
+//! Lines are carried verbatim, so a catalog can be written back as a
+//! byte-identical git-annex branch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+
+use super::{Clock, lines, presence, uuid_based};
+
+/// How a branch file's lines are read (annex-spec §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `<uuid> <value> timestamp=<clock>`; field = uuid; tie → later line.
+    UuidBased,
+    /// `<clock> <field> <value>`; tie → later line.
+    Map,
+    /// `<clock> <status> <info>`; field = info; tie → earlier line.
+    Presence,
+    /// `<clock> <value>`; one field; tie → later line.
+    SingleValue,
+    /// Anything else: every distinct line is kept.
+    Opaque,
+}
+
+impl Family {
+    pub fn of(path: &str) -> Family {
+        match path {
+            "uuid.log" | "remote.log" | "trust.log" | "group.log" | "preferred-content.log"
+            | "required-content.log" | "schedule.log" | "activity.log" | "difference.log"
+            | "multicast.log" => Family::UuidBased,
+            "proxy.log" | "cluster.log" | "maxsize.log" | "export.log" | "config.log"
+            | "group-preferred-content.log" => Family::Map,
+            "numcopies.log" | "mincopies.log" => Family::SingleValue,
+            p if p.ends_with(".log") && p.matches('/').count() == 2 => Family::Presence,
+            p if p.ends_with(".log.web") || p.ends_with(".log.ek") => Family::Presence,
+            _ => Family::Opaque,
+        }
+    }
+}
+
+/// One parsed line: its clock and verbatim text; the field is a slice of the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    clock: Clock,
+    text: Box<str>,
+    field: (u32, u32),
+}
+
+impl Entry {
+    fn field(&self) -> &str {
+        &self.text[self.field.0 as usize..self.field.1 as usize]
+    }
+}
+
+/// Byte range of `part` inside `whole` (`part` must be a sub-slice of it).
+fn range_in(whole: &str, part: &str) -> (u32, u32) {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    (start as u32, (start + part.len()) as u32)
+}
+
+/// Parses a line of `family`; `None` for unparsable lines, which git-annex skips too.
+fn parse(family: Family, line: &str) -> Option<Entry> {
+    if line.len() > u32::MAX as usize / 2 {
+        return None;
+    }
+    let (field, clock) = match family {
+        Family::UuidBased => {
+            let l = uuid_based::Line::parse(line)?;
+            let (uuid, _) = line.split_once(' ').unwrap_or((line, ""));
+            (range_in(line, uuid), l.clock)
+        }
+        Family::Presence => {
+            let l = presence::Line::parse(line)?;
+            let info = &line[line.len() - l.info.len()..];
+            (range_in(line, info), l.clock)
+        }
+        Family::Map => {
+            let (clock, rest) = line.split_once(' ')?;
+            let clock = Clock::parse(clock)?;
+            // The space after the field is mandatory, even with an empty value.
+            let (field, _value) = rest.split_once(' ')?;
+            if field.is_empty() {
+                return None;
+            }
+            (range_in(line, field), clock)
+        }
+        Family::SingleValue => {
+            let (clock, _value) = line.split_once(' ')?;
+            ((0, 0), Clock::parse(clock)?)
+        }
+        Family::Opaque => return None,
+    };
+    Some(Entry {
+        clock,
+        text: line.into(),
+        field,
+    })
+}
+
+/// Whether `new` beats `old` for the same field.
+fn wins(family: Family, new: &Entry, old: &Entry) -> bool {
+    match new.clock.cmp(&old.clock) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => match family {
+            Family::Presence => new.text < old.text,
+            _ => new.text > old.text,
+        },
+    }
+}
+
+/// One branch file as a CRDT. Entries are kept in a vector sorted by field:
+/// most files (location logs) have one to a few fields, and a vector costs a
+/// fraction of a tree node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFile {
+    family: Family,
+    fields: Vec<Entry>,
+    opaque: Option<Box<BTreeSet<Box<str>>>>,
+}
+
+impl LogFile {
+    pub fn new(family: Family) -> LogFile {
+        LogFile {
+            family,
+            fields: Vec::new(),
+            opaque: None,
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Adds one line; returns whether the state changed.
+    pub fn insert_line(&mut self, line: &str) -> bool {
+        if self.family == Family::Opaque {
+            return !line.is_empty()
+                && self
+                    .opaque
+                    .get_or_insert_with(Default::default)
+                    .insert(line.into());
+        }
+        let Some(entry) = parse(self.family, line) else {
+            return false;
+        };
+        match self
+            .fields
+            .binary_search_by(|e| e.field().cmp(entry.field()))
+        {
+            Ok(i) => {
+                if wins(self.family, &entry, &self.fields[i]) {
+                    self.fields[i] = entry;
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(i) => {
+                self.fields.insert(i, entry);
+                self.fields.shrink_to_fit();
+                true
+            }
+        }
+    }
+
+    /// Adds every line of a file's content; returns whether anything changed.
+    pub fn insert_content(&mut self, content: &[u8]) -> bool {
+        let mut changed = false;
+        for l in lines(content) {
+            changed |= self.insert_line(l);
+        }
+        changed
+    }
+
+    /// The CRDT join.
+    pub fn merge(&mut self, other: &LogFile) -> bool {
+        let mut changed = false;
+        for l in other.lines() {
+            changed |= self.insert_line(l);
+        }
+        changed
+    }
+
+    /// The winning lines (every line for opaque files), sorted by field.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.fields
+            .iter()
+            .map(|e| &*e.text)
+            .chain(self.opaque.iter().flat_map(|set| set.iter().map(|l| &**l)))
+    }
+
+    /// The file as git-annex would write it (one line per field, `\n`-ended).
+    pub fn content(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in self.lines() {
+            out.extend_from_slice(l.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// The newest line of one field.
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.fields
+            .binary_search_by(|e| e.field().cmp(field))
+            .ok()
+            .map(|i| &*self.fields[i].text)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len() + self.opaque.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A whole branch's worth of files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    files: BTreeMap<Box<str>, LogFile>,
+}
+
+impl Catalog {
+    pub fn new() -> Catalog {
+        Catalog::default()
+    }
+
+    /// Adds a line to a file; returns whether the catalog changed.
+    pub fn insert_line(&mut self, path: &str, line: &str) -> bool {
+        self.file_mut(path).insert_line(line)
+    }
+
+    pub fn insert_content(&mut self, path: &str, content: &[u8]) -> bool {
+        self.file_mut(path).insert_content(content)
+    }
+
+    fn file_mut(&mut self, path: &str) -> &mut LogFile {
+        if !self.files.contains_key(path) {
+            self.files.insert(path.into(), LogFile::new(Family::of(path)));
+        }
+        self.files
+            .get_mut(path)
+            .expect("inserted just above")
+    }
+
+    /// The CRDT join; returns the paths that changed.
+    pub fn merge(&mut self, other: &Catalog) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (path, file) in &other.files {
+            if self.file_mut(path).merge(file) {
+                changed.push(path.to_string());
+            }
+        }
+        changed
+    }
+
+    pub fn file(&self, path: &str) -> Option<&LogFile> {
+        self.files.get(path)
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, &LogFile)> {
+        self.files.iter().map(|(p, f)| (&**p, f))
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn families() {
+        assert_eq!(Family::of("uuid.log"), Family::UuidBased);
+        assert_eq!(Family::of("proxy.log"), Family::Map);
+        assert_eq!(Family::of("numcopies.log"), Family::SingleValue);
+        assert_eq!(Family::of("fbd/530/SHA256E-s3--x.txt.log"), Family::Presence);
+        assert_eq!(Family::of("fbd/530/SHA256E-s3--x.txt.log.met"), Family::Opaque);
+    }
+
+    #[test]
+    fn newest_per_field_with_git_annex_ties() {
+        let mut f = LogFile::new(Family::Presence);
+        assert!(f.insert_line("10s 1 aaaa"));
+        assert!(!f.insert_line("9s 0 aaaa"));
+        assert!(f.insert_line("11s 0 aaaa"));
+        assert!(f.insert_line("10s 1 bbbb"));
+        // Presence ties go to the earlier (smaller) line.
+        assert!(f.insert_line("10s 0 bbbb"));
+        assert!(!f.insert_line("10s 1 bbbb"));
+        assert_eq!(f.content(), b"11s 0 aaaa\n10s 0 bbbb\n");
+        let mut m = LogFile::new(Family::Map);
+        m.insert_line("5s u n1:a");
+        m.insert_line("5s u n2:b");
+        assert_eq!(m.get("u"), Some("5s u n2:b"), "map ties go to the later line");
+        assert!(!m.insert_line("5s garbage"), "the field's space is mandatory");
+        assert!(m.insert_line("6s v "), "empty value");
+    }
+
+    fn arb_line(family: Family) -> BoxedStrategy<String> {
+        let clock = prop_oneof![
+            (0i64..20).prop_map(|s| format!("{s}s")),
+            (0i64..20, 0u32..3).prop_map(|(s, f)| format!("{s}.{f}s")),
+        ];
+        let field = prop::sample::select(vec!["aaaa", "bbbb", "cccc"]);
+        match family {
+            Family::Presence => (clock, prop::sample::select(vec!["0", "1", "X"]), field)
+                .prop_map(|(c, s, f)| format!("{c} {s} {f}"))
+                .boxed(),
+            Family::Map => (clock, field, "[a-z:0-9 ]{0,8}")
+                .prop_map(|(c, f, v)| format!("{c} {f} {v}"))
+                .boxed(),
+            Family::UuidBased => (clock, field, "[a-z=*. ]{0,8}")
+                .prop_map(|(c, f, v)| format!("{f} {v} timestamp={c}"))
+                .boxed(),
+            Family::SingleValue => (clock, 0u8..5)
+                .prop_map(|(c, v)| format!("{c} {v}"))
+                .boxed(),
+            Family::Opaque => "[a-z ]{1,6}".boxed(),
+        }
+    }
+
+    fn arb_catalog() -> impl Strategy<Value = Catalog> {
+        let paths = vec![
+            "uuid.log",
+            "proxy.log",
+            "numcopies.log",
+            "fbd/530/K.log",
+            "fbd/530/K.log.met",
+        ];
+        prop::collection::vec(
+            prop::sample::select(paths).prop_flat_map(|p| {
+                arb_line(Family::of(p)).prop_map(move |l| (p.to_owned(), l))
+            }),
+            0..24,
+        )
+        .prop_map(|entries| {
+            let mut c = Catalog::new();
+            for (p, l) in entries {
+                c.insert_line(&p, &l);
+            }
+            c
+        })
+    }
+
+    fn merged(a: &Catalog, b: &Catalog) -> Catalog {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_catalog(), b in arb_catalog()) {
+            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_catalog(), b in arb_catalog(), c in arb_catalog()) {
+            prop_assert_eq!(merged(&a, &merged(&b, &c)), merged(&merged(&a, &b), &c));
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_catalog(), b in arb_catalog()) {
+            prop_assert_eq!(merged(&a, &a), a.clone());
+            let ab = merged(&a, &b);
+            prop_assert_eq!(merged(&ab, &b), ab.clone());
+        }
+
+        #[test]
+        fn insertion_order_does_not_matter(
+            lines in prop::collection::vec(arb_line(Family::Presence), 0..30),
+            seed in any::<u64>(),
+        ) {
+            let mut forward = LogFile::new(Family::Presence);
+            for l in &lines {
+                forward.insert_line(l);
+            }
+            let mut shuffled = lines.clone();
+            let mut s = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            let mut backward = LogFile::new(Family::Presence);
+            for l in &shuffled {
+                backward.insert_line(l);
+            }
+            prop_assert_eq!(forward, backward);
+        }
+
+        /// Reading a sorted union of two files (git-annex's merge) gives the
+        /// same winners as our merge.
+        #[test]
+        fn agrees_with_git_annex_union_merge(
+            a in prop::collection::vec(arb_line(Family::Map), 0..10),
+            b in prop::collection::vec(arb_line(Family::Map), 0..10),
+        ) {
+            let mut union: Vec<&String> = a.iter().chain(b.iter()).collect();
+            union.sort();
+            union.dedup();
+            // git-annex's reader: newest per field, ties to the later line.
+            let mut expect: BTreeMap<String, (Clock, String)> = BTreeMap::new();
+            for l in union {
+                let Some((clock, rest)) = l.split_once(' ') else { continue };
+                let Some(clock) = Clock::parse(clock) else { continue };
+                let Some((field, _)) = rest.split_once(' ') else { continue };
+                match expect.get(field) {
+                    Some((c, _)) if *c > clock => {}
+                    _ => { expect.insert(field.to_owned(), (clock, l.clone())); }
+                }
+            }
+            let mut ours = LogFile::new(Family::Map);
+            for l in a.iter().chain(b.iter()) {
+                ours.insert_line(l);
+            }
+            let want: Vec<&str> = expect.values().map(|(_, l)| l.as_str()).collect();
+            let got: Vec<&str> = ours.lines().collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
