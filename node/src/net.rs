@@ -108,6 +108,7 @@ enum Command {
     Dial(PeerId, Multiaddr, oneshot::Sender<Result<()>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Disconnect(PeerId, oneshot::Sender<()>),
 }
 
 /// A handle on a running swarm. Cheap to clone.
@@ -171,6 +172,13 @@ impl Net {
         self.ask(Command::ConnectedPeers).await
     }
 
+    /// Closes every connection to `peer` gracefully and waits until they are
+    /// closed. Stream data already written (and stream closes) is flushed to
+    /// the socket first, so a short-lived process can call this before it exits.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<()> {
+        self.ask(|tx| Command::Disconnect(peer, tx)).await
+    }
+
     /// Dials an address that ends in `/p2p/<PeerId>` and waits for the connection.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<PeerId> {
         let peer = peer_of(addr)?;
@@ -218,6 +226,7 @@ async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command
     let mut pending_listen: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr>>> =
         HashMap::new();
     let mut pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>> = HashMap::new();
+    let mut pending_disconnect: HashMap<PeerId, Vec<oneshot::Sender<()>>> = HashMap::new();
     loop {
         tokio::select! {
             biased;
@@ -252,6 +261,13 @@ async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command
                     Command::ConnectedPeers(reply) => {
                         let _ = reply.send(swarm.connected_peers().copied().collect());
                     }
+                    Command::Disconnect(peer, reply) => {
+                        if swarm.disconnect_peer_id(peer).is_ok() {
+                            pending_disconnect.entry(peer).or_default().push(reply);
+                        } else {
+                            let _ = reply.send(());
+                        }
+                    }
                 }
             }
             event = swarm.select_next_some() => match event {
@@ -268,6 +284,11 @@ async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     for r in pending_dial.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(Ok(()));
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    for r in pending_disconnect.remove(&peer_id).unwrap_or_default() {
+                        let _ = r.send(());
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }

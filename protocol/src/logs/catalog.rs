@@ -132,7 +132,7 @@ fn wins(family: Family, new: &Entry, old: &Entry) -> bool {
 pub struct LogFile {
     family: Family,
     fields: Vec<Entry>,
-    opaque: Option<Box<BTreeSet<Box<str>>>>,
+    opaque: BTreeSet<Box<str>>,
 }
 
 impl LogFile {
@@ -140,7 +140,7 @@ impl LogFile {
         LogFile {
             family,
             fields: Vec::new(),
-            opaque: None,
+            opaque: BTreeSet::new(),
         }
     }
 
@@ -151,11 +151,7 @@ impl LogFile {
     /// Adds one line; returns whether the state changed.
     pub fn insert_line(&mut self, line: &str) -> bool {
         if self.family == Family::Opaque {
-            return !line.is_empty()
-                && self
-                    .opaque
-                    .get_or_insert_with(Default::default)
-                    .insert(line.into());
+            return !line.is_empty() && self.opaque.insert(line.into());
         }
         let Some(entry) = parse(self.family, line) else {
             return false;
@@ -203,7 +199,7 @@ impl LogFile {
         self.fields
             .iter()
             .map(|e| &*e.text)
-            .chain(self.opaque.iter().flat_map(|set| set.iter().map(|l| &**l)))
+            .chain(self.opaque.iter().map(|l| &**l))
     }
 
     /// The file as git-annex would write it (one line per field, `\n`-ended).
@@ -225,7 +221,7 @@ impl LogFile {
     }
 
     pub fn len(&self) -> usize {
-        self.fields.len() + self.opaque.as_ref().map_or(0, |s| s.len())
+        self.fields.len() + self.opaque.len()
     }
 
     pub fn is_empty(&self) -> bool {
