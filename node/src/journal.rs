@@ -58,7 +58,13 @@ impl Journal {
     }
 
     /// Applies `change` to a branch file's content under the journal lock.
-    pub fn modify(&self, branch_path: &str, change: impl FnOnce(&[u8]) -> Vec<u8>) -> Result<()> {
+    /// Applies `change` to a branch file's content under the journal lock;
+    /// returns the new content.
+    pub fn modify(
+        &self,
+        branch_path: &str,
+        change: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let _guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(&self.dir)
             .context(|| format!("creating {}", self.dir.display()))?;
@@ -76,11 +82,17 @@ impl Journal {
         let new = change(&old);
         crate::store::write_atomic_via(&self.tmp, &self.file_for(branch_path), &new)?;
         drop(lockfile);
-        Ok(())
+        Ok(new)
     }
 
     /// Records that repository `uuid` now has (or lacks) `key`'s content.
-    pub fn record_presence(&self, key: &Key, uuid: &protocol::Uuid, status: Status) -> Result<()> {
+    /// Returns the location log's new content.
+    pub fn record_presence(
+        &self,
+        key: &Key,
+        uuid: &protocol::Uuid,
+        status: Status,
+    ) -> Result<Vec<u8>> {
         let now = log_clock_now();
         self.modify(&presence::location_log_path(key), |old| {
             presence::record(old, uuid.as_str(), status, now)

@@ -13,6 +13,7 @@ pub mod git;
 pub mod init;
 pub mod journal;
 
+pub mod meta;
 pub mod net;
 pub mod peer;
 pub mod process;

@@ -16,7 +16,9 @@ use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, noise, ping, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -40,20 +42,50 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub stream: libp2p_stream::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
 }
 
+/// Largest gossip message (metadata deltas are batched below this).
+pub const MAX_GOSSIP: usize = 256 * 1024;
+
 impl Behaviour {
-    pub fn new(key: &Keypair) -> Behaviour {
-        Behaviour {
+    pub fn new(
+        key: &Keypair,
+    ) -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+        let config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .max_transmit_size(MAX_GOSSIP)
+            .build()?;
+        let gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)?;
+        Ok(Behaviour {
             identify: identify::Behaviour::new(
                 identify::Config::new("/annexmesh/1".into(), key.public())
                     .with_agent_version(format!("annexmesh/{}", env!("CARGO_PKG_VERSION"))),
             ),
             ping: ping::Behaviour::default(),
             stream: libp2p_stream::Behaviour::new(),
-        }
+            gossipsub,
+        })
     }
 }
+
+/// What the swarm reports to the rest of the peer.
+#[derive(Debug, Clone)]
+pub enum NetEvent {
+    Connected(PeerId),
+    Disconnected(PeerId),
+    /// A gossip message, from its (signature-checked) author.
+    Gossip {
+        author: Option<PeerId>,
+        topic: String,
+        data: Vec<u8>,
+    },
+}
+
+/// Events buffered per subscriber before the oldest are dropped (gossip is
+/// lossy by design; anti-entropy repairs what is lost).
+const EVENT_BUFFER: usize = 1024;
 
 /// An authenticated, multiplexed transport, boxed so real and simulated networks
 /// build the same swarm.
@@ -108,6 +140,8 @@ enum Command {
     Dial(PeerId, Multiaddr, oneshot::Sender<Result<()>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Subscribe(String, oneshot::Sender<Result<()>>),
+    Publish(String, Vec<u8>, oneshot::Sender<Result<bool>>),
     Disconnect(PeerId, oneshot::Sender<()>),
 }
 
@@ -117,6 +151,7 @@ pub struct Net {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
+    events: tokio::sync::broadcast::Sender<NetEvent>,
 }
 
 impl Net {
@@ -126,12 +161,31 @@ impl Net {
         let peer_id = *swarm.local_peer_id();
         let control = swarm.behaviour().stream.new_control();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        tokio::spawn(drive(swarm, rx));
+        let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+        tokio::spawn(drive(swarm, rx, events.clone()));
         Net {
             peer_id,
             commands: tx,
             control,
+            events,
         }
+    }
+
+    /// Subscribes to connection and gossip events from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<NetEvent> {
+        self.events.subscribe()
+    }
+
+    /// Joins a gossip topic.
+    pub async fn subscribe(&self, topic: &str) -> Result<()> {
+        self.ask(|tx| Command::Subscribe(topic.to_owned(), tx))
+            .await?
+    }
+
+    /// Publishes on a topic. `Ok(false)` when no peer is there to hear it yet.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<bool> {
+        self.ask(|tx| Command::Publish(topic.to_owned(), data, tx))
+            .await?
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -222,7 +276,11 @@ pub fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
-async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
+async fn drive(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    events: tokio::sync::broadcast::Sender<NetEvent>,
+) {
     let mut pending_listen: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr>>> =
         HashMap::new();
     let mut pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>> = HashMap::new();
@@ -261,6 +319,28 @@ async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command
                     Command::ConnectedPeers(reply) => {
                         let _ = reply.send(swarm.connected_peers().copied().collect());
                     }
+                    Command::Subscribe(topic, reply) => {
+                        let r = swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .subscribe(&gossipsub::IdentTopic::new(topic))
+                            .map(|_| ())
+                            .map_err(|e| Error::Protocol(format!("subscribe: {e}")));
+                        let _ = reply.send(r);
+                    }
+                    Command::Publish(topic, data, reply) => {
+                        let r = match swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .publish(gossipsub::IdentTopic::new(topic), data)
+                        {
+                            Ok(_) => Ok(true),
+                            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                            | Err(gossipsub::PublishError::Duplicate) => Ok(false),
+                            Err(e) => Err(Error::Protocol(format!("publish: {e}"))),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Command::Disconnect(peer, reply) => {
                         if swarm.disconnect_peer_id(peer).is_ok() {
                             pending_disconnect.entry(peer).or_default().push(reply);
@@ -281,15 +361,26 @@ async fn drive(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command
                         let _ = reply.send(Err(Error::Protocol(format!("listener closed: {reason:?}"))));
                     }
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                     for r in pending_dial.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(Ok(()));
                     }
+                    if num_established.get() == 1 {
+                        let _ = events.send(NetEvent::Connected(peer_id));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+                    let _ = events.send(NetEvent::Gossip {
+                        author: message.source,
+                        topic: message.topic.into_string(),
+                        data: message.data,
+                    });
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     for r in pending_disconnect.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(());
                     }
+                    let _ = events.send(NetEvent::Disconnected(peer_id));
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                     if !swarm.is_connected(&peer) =>

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::Key;
-use protocol::logs::presence::Status;
+use protocol::logs::presence::{self, Status};
 use protocol::server::Validity;
 use protocol::verify::{Verdict, Verifier};
 
@@ -31,11 +31,24 @@ use crate::repo::{Layout, Repo};
 /// (git-annex's `p2pDefaultLockContentRetentionDuration`).
 pub const LOCK_RETENTION: Duration = Duration::from_secs(600);
 
+/// Hears about branch-file changes a store makes.
+pub trait StoreObserver: Send + Sync {
+    /// `content` is the file's whole new content.
+    fn changed(&self, path: &str, content: &[u8]);
+}
+
+impl std::fmt::Debug for dyn StoreObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreObserver")
+    }
+}
+
 /// An object store over one repository.
 #[derive(Debug, Clone)]
 pub struct Store {
     repo: Repo,
     journal: Journal,
+    observer: Option<std::sync::Arc<dyn StoreObserver>>,
     objects: PathBuf,
     tmp: PathBuf,
     retention: PathBuf,
@@ -55,6 +68,7 @@ impl Store {
         let annex = repo.annex_dir();
         Store {
             journal: Journal::new(&repo.git_dir),
+            observer: None,
             objects: annex.join("objects"),
             tmp: annex.join("tmp"),
             retention: annex.join("annexmesh").join("lock-retention"),
@@ -81,9 +95,20 @@ impl Store {
     /// Every change to the store records its location-log line, as git-annex
     /// does. A failure to record is reported but loses no content.
     fn record(&self, key: &Key, status: Status) {
-        if let Err(e) = self.journal.record_presence(key, &self.repo.uuid, status) {
-            tracing::warn!("cannot record location of {key}: {e}");
+        match self.journal.record_presence(key, &self.repo.uuid, status) {
+            Ok(content) => {
+                if let Some(observer) = &self.observer {
+                    observer.changed(&presence::location_log_path(key), &content);
+                }
+            }
+            Err(e) => tracing::warn!("cannot record location of {key}: {e}"),
         }
+    }
+
+    /// Tells `observer` about every branch file this store changes (the mesh's
+    /// metadata service gossips them).
+    pub fn set_observer(&mut self, observer: std::sync::Arc<dyn StoreObserver>) {
+        self.observer = Some(observer);
     }
 
     /// Candidate object paths in lookup order; new content goes to the first.
