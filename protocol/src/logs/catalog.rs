@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-
 use super::{Clock, lines, presence, uuid_based};
 
 /// How a branch file's lines are read (annex-spec §3.2).
@@ -41,10 +40,21 @@ pub enum Family {
 impl Family {
     pub fn of(path: &str) -> Family {
         match path {
-            "uuid.log" | "remote.log" | "trust.log" | "group.log" | "preferred-content.log"
-            | "required-content.log" | "schedule.log" | "activity.log" | "difference.log"
+            "uuid.log"
+            | "remote.log"
+            | "trust.log"
+            | "group.log"
+            | "preferred-content.log"
+            | "required-content.log"
+            | "schedule.log"
+            | "activity.log"
+            | "difference.log"
             | "multicast.log" => Family::UuidBased,
-            "proxy.log" | "cluster.log" | "maxsize.log" | "export.log" | "config.log"
+            "proxy.log"
+            | "cluster.log"
+            | "maxsize.log"
+            | "export.log"
+            | "config.log"
             | "group-preferred-content.log" => Family::Map,
             "numcopies.log" | "mincopies.log" => Family::SingleValue,
             p if p.ends_with(".log") && p.matches('/').count() == 2 => Family::Presence,
@@ -251,11 +261,10 @@ impl Catalog {
 
     fn file_mut(&mut self, path: &str) -> &mut LogFile {
         if !self.files.contains_key(path) {
-            self.files.insert(path.into(), LogFile::new(Family::of(path)));
+            self.files
+                .insert(path.into(), LogFile::new(Family::of(path)));
         }
-        self.files
-            .get_mut(path)
-            .expect("inserted just above")
+        self.files.get_mut(path).expect("inserted just above")
     }
 
     /// The CRDT join; returns the paths that changed.
@@ -297,8 +306,14 @@ mod tests {
         assert_eq!(Family::of("uuid.log"), Family::UuidBased);
         assert_eq!(Family::of("proxy.log"), Family::Map);
         assert_eq!(Family::of("numcopies.log"), Family::SingleValue);
-        assert_eq!(Family::of("fbd/530/SHA256E-s3--x.txt.log"), Family::Presence);
-        assert_eq!(Family::of("fbd/530/SHA256E-s3--x.txt.log.met"), Family::Opaque);
+        assert_eq!(
+            Family::of("fbd/530/SHA256E-s3--x.txt.log"),
+            Family::Presence
+        );
+        assert_eq!(
+            Family::of("fbd/530/SHA256E-s3--x.txt.log.met"),
+            Family::Opaque
+        );
     }
 
     #[test]
@@ -315,8 +330,15 @@ mod tests {
         let mut m = LogFile::new(Family::Map);
         m.insert_line("5s u n1:a");
         m.insert_line("5s u n2:b");
-        assert_eq!(m.get("u"), Some("5s u n2:b"), "map ties go to the later line");
-        assert!(!m.insert_line("5s garbage"), "the field's space is mandatory");
+        assert_eq!(
+            m.get("u"),
+            Some("5s u n2:b"),
+            "map ties go to the later line"
+        );
+        assert!(
+            !m.insert_line("5s garbage"),
+            "the field's space is mandatory"
+        );
         assert!(m.insert_line("6s v "), "empty value");
     }
 
@@ -352,9 +374,8 @@ mod tests {
             "fbd/530/K.log.met",
         ];
         prop::collection::vec(
-            prop::sample::select(paths).prop_flat_map(|p| {
-                arb_line(Family::of(p)).prop_map(move |l| (p.to_owned(), l))
-            }),
+            prop::sample::select(paths)
+                .prop_flat_map(|p| arb_line(Family::of(p)).prop_map(move |l| (p.to_owned(), l))),
             0..24,
         )
         .prop_map(|entries| {

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod presence;
 pub mod uuid_based;
+pub mod view;
 
 use std::fmt;
 
