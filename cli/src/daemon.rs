@@ -6,14 +6,18 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use libp2p::Multiaddr;
+use libp2p::PeerId;
 use node::Repo;
 use node::auth::{AccessRules, NETNAME};
 use node::config::{Config, Grant, PeerEntry, load_or_create_identity, parse_mode, state_dir};
+use node::mesh::Mesh;
+use node::meta::{Allowed, MetaOptions};
 use node::net::tcp_transport;
-use node::peer::{Limits, Peer, PeerOptions};
+use node::peer::{Limits, PeerOptions};
 use node::store::{Store, write_atomic};
 use protocol::AuthToken;
 use rand::RngCore;
+use std::collections::HashSet;
 
 pub fn init(path: &Path, description: &str) -> anyhow::Result<ExitCode> {
     let mut random = [0u8; 16];
@@ -54,16 +58,31 @@ pub async fn run(
     if addrs.is_empty() {
         addrs.push(Multiaddr::from_str("/ip4/127.0.0.1/tcp/0")?);
     }
-    let peer = Peer::start(PeerOptions {
-        store: Store::new(repo.clone()),
-        transport: tcp_transport(&key)?,
-        keypair: key,
-        listen: addrs,
-        grants: config.peer_grants()?,
-        limits: Limits::default(),
-        serve_git,
-    })
+    let grants = config.peer_grants()?;
+    // Metadata is taken from granted and configured peers only.
+    let mut trusted: HashSet<PeerId> = grants.iter().map(|(p, _)| *p).collect();
+    for p in &config.peers {
+        if let Ok(addr) = node::net::PeerAddress::parse(&p.address) {
+            trusted.extend(node::net::peer_of(&addr.addr).ok());
+        }
+    }
+    let mesh = Mesh::start(
+        PeerOptions {
+            store: Store::new(repo.clone()),
+            transport: tcp_transport(&key)?,
+            keypair: key,
+            listen: addrs,
+            grants,
+            limits: Limits::default(),
+            serve_git,
+        },
+        MetaOptions {
+            allowed: Allowed::Peers(trusted),
+            ..MetaOptions::default()
+        },
+    )
     .await?;
+    let peer = &mesh.peer;
     let mut text = String::new();
     for a in &peer.addrs {
         println!("listening on {a}");
@@ -78,7 +97,7 @@ pub async fn run(
         }
     }
     wait_for_signal().await?;
-    let cut = peer.shutdown().await;
+    let cut = mesh.shutdown().await;
     let _ = std::fs::remove_file(addresses_file(&repo));
     eprintln!("annexmesh: stopped ({cut} session(s) interrupted)");
     Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod annex_shell;
 mod client;
 mod daemon;
+mod query;
 
 #[derive(Parser)]
 #[command(
@@ -99,6 +100,20 @@ enum Command {
         #[command(flatten)]
         auth: client::AuthArgs,
     },
+    /// Which repositories have a key (from the shared location logs).
+    Whereis {
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A repository's uuid, description, addresses, what it proxies, and how
+    /// many keys and bytes it holds (default: this repository).
+    Info {
+        /// A uuid or description.
+        peer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stand in for git-annex-shell (configlist, p2pstdio), with its arguments.
     #[command(name = "annex-shell", disable_help_flag = true)]
     AnnexShell {
@@ -168,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpresent { key, from, auth } => {
             runtime.block_on(client::checkpresent(&repo, &key, &from, &auth))
         }
+        Command::Whereis { key, json } => query::whereis(&repo, &key, json),
+        Command::Info { peer, json } => query::info(&repo, peer.as_deref(), json),
         Command::AnnexShell { .. } => Ok(ExitCode::SUCCESS),
     }
 }

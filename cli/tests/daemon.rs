@@ -270,3 +270,107 @@ fn strangers_are_refused_and_tokens_work() {
     );
     assert!(daemon.stop().success());
 }
+
+fn peer_id_of(init_output: &str) -> String {
+    init_output
+        .rsplit("peer ")
+        .next()
+        .and_then(|s| s.strip_suffix(")\n"))
+        .expect("peer id in init output")
+        .to_owned()
+}
+
+/// Two daemons that trust each other: what one stores, the other learns by
+/// gossip, persists in its git-annex branch, and shows in `whereis`/`info`.
+#[test]
+fn metadata_spreads_between_daemons() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let s = |p: &PathBuf| p.to_str().expect("utf8").to_owned();
+    let peer_a = peer_id_of(&ok(
+        &["--repo", &s(&a), "init", "--description", "alpha"],
+        tmp.path(),
+    ));
+    let peer_b = peer_id_of(&ok(
+        &["--repo", &s(&b), "init", "--description", "beta"],
+        tmp.path(),
+    ));
+    ok(&["--repo", &s(&a), "grant", &peer_b], tmp.path());
+    ok(&["--repo", &s(&b), "grant", &peer_a], tmp.path());
+    let da = Daemon::start(&a);
+    let db = Daemon::start(&b);
+    ok(&["--repo", &s(&a), "add-peer", "b", &db.addr], tmp.path());
+    // B dials A so the two are connected; restart B with --peer.
+    drop(db);
+    let db = {
+        let mut child = Command::new(annexmesh_bin())
+            .args([
+                "--repo",
+                &s(&b),
+                "daemon",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--peer",
+                &da.addr,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("daemon b");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = lines
+            .next()
+            .expect("address")
+            .expect("read")
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_owned();
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child, addr }
+    };
+
+    // A's client stores a file on B.
+    let file = tmp.path().join("doc.txt");
+    std::fs::write(&file, b"shared metadata\n").expect("write");
+    let key = ok(
+        &[
+            "--repo",
+            &s(&a),
+            "put",
+            file.to_str().expect("utf8"),
+            "--to",
+            &db.addr,
+        ],
+        tmp.path(),
+    );
+    let key = key.trim().to_owned();
+
+    // B's location record reaches A and lands in A's branch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = annexmesh(&["--repo", &s(&a), "whereis", &key, "--json"], tmp.path());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("\"beta\"") {
+            assert!(text.contains("\"copies\":1"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never learned where {key} is: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let info = ok(&["--repo", &s(&a), "info", "beta"], tmp.path());
+    assert!(info.contains("description: beta"), "{info}");
+    assert!(info.contains("annexed keys: 1"), "{info}");
+    assert!(info.contains(&format!("address: {}", db.addr)), "{info}");
+    let json = ok(&["--repo", &s(&a), "info", "beta", "--json"], tmp.path());
+    assert!(
+        json.contains("\"keys\":1") && json.contains("\"bytes\":16"),
+        "{json}"
+    );
+    assert!(db.stop().success());
+    assert!(da.stop().success());
+}

@@ -6,6 +6,7 @@
 
 pub mod annex_shell;
 pub mod auth;
+pub mod branch;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod git;
 pub mod init;
 pub mod journal;
 
+pub mod mesh;
 pub mod meta;
 pub mod net;
 pub mod peer;

@@ -239,6 +239,21 @@ impl LogFile {
     }
 }
 
+/// The content of a map log (`proxy.log`, `cluster.log`, …) after setting
+/// `field` to `value` at wall-clock second `now`, compacted, with the clock
+/// advanced past the field's newest entry (git-annex's writer rules).
+pub fn record_map(content: &[u8], field: &str, value: &str, now: i64) -> Vec<u8> {
+    let mut file = LogFile::new(Family::Map);
+    file.insert_content(content);
+    let newest = file
+        .get(field)
+        .and_then(|l| l.split_once(' '))
+        .and_then(|(c, _)| Clock::parse(c));
+    let clock = Clock::advance(now, newest.as_ref());
+    file.insert_line(&format!("{clock} {field} {value}"));
+    file.content()
+}
+
 /// A whole branch's worth of files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
@@ -300,6 +315,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn map_records_advance_past_skewed_clocks() {
+        let out = record_map(b"100s gw a:A\n", "gw", "b:B", 50);
+        assert_eq!(out, b"101s gw b:B\n");
+        let out = record_map(&out, "other", "", 200);
+        assert_eq!(out, b"101s gw b:B\n200s other \n");
+    }
 
     #[test]
     fn families() {
