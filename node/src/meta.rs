@@ -243,7 +243,7 @@ impl Meta {
         self.lock()
             .catalog
             .file(path)
-            .map(|f| f.lines().map(str::to_owned).collect())
+            .map(|f| f.lines().map(std::borrow::Cow::into_owned).collect())
             .unwrap_or_default()
     }
 
@@ -292,7 +292,12 @@ impl Meta {
         st.catalog
             .files()
             .filter(|(p, _)| cells.contains(&bucket_of(p)))
-            .map(|(p, f)| (p.to_owned(), f.lines().map(str::to_owned).collect()))
+            .map(|(p, f)| {
+                (
+                    p.to_owned(),
+                    f.lines().map(std::borrow::Cow::into_owned).collect(),
+                )
+            })
             .collect()
     }
 

@@ -18,6 +18,7 @@
 //! Lines are carried verbatim, so a catalog can be written back as a
 //! byte-identical git-annex branch.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Clock, lines, presence, uuid_based};
@@ -64,17 +65,101 @@ impl Family {
     }
 }
 
-/// One parsed line: its clock and verbatim text; the field is a slice of the text.
+/// Interned repository UUIDs for compact presence lines. Bounded: past
+/// [`MAX_INTERNED`] distinct UUIDs, new ones are simply stored as text, so a
+/// hostile peer cannot grow it without limit.
+mod intern {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+
+    pub const MAX_INTERNED: usize = 1 << 16;
+
+    #[derive(Default)]
+    struct Table {
+        ids: HashMap<&'static str, u32>,
+        names: Vec<&'static str>,
+    }
+
+    fn table() -> &'static RwLock<Table> {
+        static TABLE: OnceLock<RwLock<Table>> = OnceLock::new();
+        TABLE.get_or_init(Default::default)
+    }
+
+    pub fn id(name: &str) -> Option<u32> {
+        if let Some(id) = table()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .get(name)
+        {
+            return Some(*id);
+        }
+        let mut t = table().write().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = t.ids.get(name) {
+            return Some(*id);
+        }
+        if t.names.len() >= MAX_INTERNED {
+            return None;
+        }
+        // Bounded above: at most MAX_INTERNED short strings live for the process.
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let id = t.names.len() as u32;
+        t.names.push(leaked);
+        t.ids.insert(leaked, id);
+        Some(id)
+    }
+
+    pub fn name(id: u32) -> &'static str {
+        table()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .names
+            .get(id as usize)
+            .copied()
+            .unwrap_or("")
+    }
+}
+
+/// A line kept verbatim: its clock, text, and the field as a slice of the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
+struct TextEntry {
     clock: Clock,
     text: Box<str>,
     field: (u32, u32),
 }
 
+/// One parsed line. Canonical presence lines (`<secs>s <status> <uuid>`, the
+/// bulk of any branch) take 16 bytes; everything else keeps its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Presence { secs: i64, uuid: u32, status: u8 },
+    Text(Box<TextEntry>),
+}
+
 impl Entry {
     fn field(&self) -> &str {
-        &self.text[self.field.0 as usize..self.field.1 as usize]
+        match self {
+            Entry::Presence { uuid, .. } => intern::name(*uuid),
+            Entry::Text(t) => &t.text[t.field.0 as usize..t.field.1 as usize],
+        }
+    }
+
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Entry::Presence { secs, uuid, status } => Cow::Owned(format!(
+                "{secs}s {} {}",
+                *status as char,
+                intern::name(*uuid)
+            )),
+            Entry::Text(t) => Cow::Borrowed(&t.text),
+        }
+    }
+
+    fn clock(&self) -> Cow<'_, Clock> {
+        match self {
+            Entry::Presence { secs, .. } => Cow::Owned(Clock::from_seconds(*secs)),
+            Entry::Text(t) => Cow::Borrowed(&t.clock),
+        }
     }
 }
 
@@ -97,6 +182,17 @@ fn parse(family: Family, line: &str) -> Option<Entry> {
         }
         Family::Presence => {
             let l = presence::Line::parse(line)?;
+            let status = line.split(' ').nth(1).and_then(|s| s.bytes().next());
+            if let Some(status) = status
+                && *line == *format!("{}s {} {}", l.clock.seconds(), status as char, l.info)
+                && let Some(uuid) = intern::id(&l.info)
+            {
+                return Some(Entry::Presence {
+                    secs: l.clock.seconds(),
+                    uuid,
+                    status,
+                });
+            }
             let info = &line[line.len() - l.info.len()..];
             (range_in(line, info), l.clock)
         }
@@ -116,41 +212,51 @@ fn parse(family: Family, line: &str) -> Option<Entry> {
         }
         Family::Opaque => return None,
     };
-    Some(Entry {
+    Some(Entry::Text(Box::new(TextEntry {
         clock,
         text: line.into(),
         field,
-    })
+    })))
 }
 
 /// Whether `new` beats `old` for the same field.
 fn wins(family: Family, new: &Entry, old: &Entry) -> bool {
-    match new.clock.cmp(&old.clock) {
+    match new.clock().cmp(&old.clock()) {
         std::cmp::Ordering::Greater => true,
         std::cmp::Ordering::Less => false,
         std::cmp::Ordering::Equal => match family {
-            Family::Presence => new.text < old.text,
-            _ => new.text > old.text,
+            Family::Presence => new.text() < old.text(),
+            _ => new.text() > old.text(),
         },
     }
 }
 
-/// One branch file as a CRDT. Entries are kept in a vector sorted by field:
-/// most files (location logs) have one to a few fields, and a vector costs a
-/// fraction of a tree node.
+/// The entries of one file: usually a single field (a key's one location), kept
+/// inline; a vector sorted by field otherwise; every distinct line for opaque files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entries {
+    Empty,
+    One(Entry),
+    Many(Vec<Entry>),
+    Opaque(BTreeSet<Box<str>>),
+}
+
+/// One branch file as a CRDT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFile {
     family: Family,
-    fields: Vec<Entry>,
-    opaque: BTreeSet<Box<str>>,
+    entries: Entries,
 }
 
 impl LogFile {
     pub fn new(family: Family) -> LogFile {
         LogFile {
             family,
-            fields: Vec::new(),
-            opaque: BTreeSet::new(),
+            entries: if family == Family::Opaque {
+                Entries::Opaque(BTreeSet::new())
+            } else {
+                Entries::Empty
+            },
         }
     }
 
@@ -158,30 +264,65 @@ impl LogFile {
         self.family
     }
 
+    fn slice(&self) -> &[Entry] {
+        match &self.entries {
+            Entries::One(e) => std::slice::from_ref(e),
+            Entries::Many(v) => v,
+            Entries::Empty | Entries::Opaque(_) => &[],
+        }
+    }
+
     /// Adds one line; returns whether the state changed.
     pub fn insert_line(&mut self, line: &str) -> bool {
-        if self.family == Family::Opaque {
-            return !line.is_empty() && self.opaque.insert(line.into());
+        if let Entries::Opaque(set) = &mut self.entries {
+            return !line.is_empty() && set.insert(line.into());
         }
         let Some(entry) = parse(self.family, line) else {
             return false;
         };
-        match self
-            .fields
-            .binary_search_by(|e| e.field().cmp(entry.field()))
-        {
-            Ok(i) => {
-                if wins(self.family, &entry, &self.fields[i]) {
-                    self.fields[i] = entry;
-                    true
-                } else {
-                    false
-                }
-            }
-            Err(i) => {
-                self.fields.insert(i, entry);
-                self.fields.shrink_to_fit();
+        let family = self.family;
+        match std::mem::replace(&mut self.entries, Entries::Empty) {
+            Entries::Empty => {
+                self.entries = Entries::One(entry);
                 true
+            }
+            Entries::One(old) => match old.field().cmp(entry.field()) {
+                std::cmp::Ordering::Equal => {
+                    let won = wins(family, &entry, &old);
+                    self.entries = Entries::One(if won { entry } else { old });
+                    won
+                }
+                std::cmp::Ordering::Less => {
+                    self.entries = Entries::Many(vec![old, entry]);
+                    true
+                }
+                std::cmp::Ordering::Greater => {
+                    self.entries = Entries::Many(vec![entry, old]);
+                    true
+                }
+            },
+            Entries::Many(mut v) => {
+                let changed = match v.binary_search_by(|e| e.field().cmp(entry.field())) {
+                    Ok(i) => {
+                        if wins(family, &entry, &v[i]) {
+                            v[i] = entry;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    Err(i) => {
+                        v.insert(i, entry);
+                        v.shrink_to_fit();
+                        true
+                    }
+                };
+                self.entries = Entries::Many(v);
+                changed
+            }
+            Entries::Opaque(set) => {
+                self.entries = Entries::Opaque(set);
+                false
             }
         }
     }
@@ -199,17 +340,21 @@ impl LogFile {
     pub fn merge(&mut self, other: &LogFile) -> bool {
         let mut changed = false;
         for l in other.lines() {
-            changed |= self.insert_line(l);
+            changed |= self.insert_line(&l);
         }
         changed
     }
 
     /// The winning lines (every line for opaque files), sorted by field.
-    pub fn lines(&self) -> impl Iterator<Item = &str> {
-        self.fields
+    pub fn lines(&self) -> impl Iterator<Item = Cow<'_, str>> {
+        let opaque = match &self.entries {
+            Entries::Opaque(set) => Some(set.iter().map(|l| Cow::Borrowed(&**l))),
+            _ => None,
+        };
+        self.slice()
             .iter()
-            .map(|e| &*e.text)
-            .chain(self.opaque.iter().map(|l| &**l))
+            .map(Entry::text)
+            .chain(opaque.into_iter().flatten())
     }
 
     /// The file as git-annex would write it (one line per field, `\n`-ended).
@@ -223,15 +368,18 @@ impl LogFile {
     }
 
     /// The newest line of one field.
-    pub fn get(&self, field: &str) -> Option<&str> {
-        self.fields
-            .binary_search_by(|e| e.field().cmp(field))
+    pub fn get(&self, field: &str) -> Option<Cow<'_, str>> {
+        let s = self.slice();
+        s.binary_search_by(|e| e.field().cmp(field))
             .ok()
-            .map(|i| &*self.fields[i].text)
+            .map(|i| s[i].text())
     }
 
     pub fn len(&self) -> usize {
-        self.fields.len() + self.opaque.len()
+        match &self.entries {
+            Entries::Opaque(set) => set.len(),
+            _ => self.slice().len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -247,8 +395,7 @@ pub fn record_map(content: &[u8], field: &str, value: &str, now: i64) -> Vec<u8>
     file.insert_content(content);
     let newest = file
         .get(field)
-        .and_then(|l| l.split_once(' '))
-        .and_then(|(c, _)| Clock::parse(c));
+        .and_then(|l| l.split_once(' ').and_then(|(c, _)| Clock::parse(c)));
     let clock = Clock::advance(now, newest.as_ref());
     file.insert_line(&format!("{clock} {field} {value}"));
     file.content()
@@ -325,6 +472,21 @@ mod tests {
     }
 
     #[test]
+    fn compact_and_verbatim_presence_lines_mix() {
+        let mut f = LogFile::new(Family::Presence);
+        assert!(f.insert_line("1700000000s 1 aaaa"));
+        assert!(f.insert_line("1317929189.157237s 1 bbbb"));
+        assert!(f.insert_line("1700000001 0 aaaa"), "no `s`: kept verbatim");
+        assert!(!f.insert_line("1700000000s 1 aaaa"));
+        assert_eq!(
+            f.content(),
+            b"1700000001 0 aaaa\n1317929189.157237s 1 bbbb\n"
+        );
+        assert!(f.insert_line("1700000002s 1 aaaa"));
+        assert_eq!(f.get("aaaa").as_deref(), Some("1700000002s 1 aaaa"));
+    }
+
+    #[test]
     fn families() {
         assert_eq!(Family::of("uuid.log"), Family::UuidBased);
         assert_eq!(Family::of("proxy.log"), Family::Map);
@@ -354,7 +516,7 @@ mod tests {
         m.insert_line("5s u n1:a");
         m.insert_line("5s u n2:b");
         assert_eq!(
-            m.get("u"),
+            m.get("u").as_deref(),
             Some("5s u n2:b"),
             "map ties go to the later line"
         );
@@ -482,7 +644,7 @@ mod tests {
                 ours.insert_line(l);
             }
             let want: Vec<&str> = expect.values().map(|(_, l)| l.as_str()).collect();
-            let got: Vec<&str> = ours.lines().collect();
+            let got: Vec<String> = ours.lines().map(|l| l.into_owned()).collect();
             prop_assert_eq!(got, want);
         }
     }

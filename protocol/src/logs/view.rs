@@ -51,7 +51,7 @@ fn uuid_values(catalog: &Catalog, path: &str) -> BTreeMap<String, String> {
         .file(path)
         .map(|f| {
             f.lines()
-                .filter_map(uuid_based::Line::parse)
+                .filter_map(|l| uuid_based::Line::parse(&l))
                 .map(|l| (l.uuid, l.value))
                 .collect()
         })
@@ -119,9 +119,8 @@ impl<'a> View<'a> {
 
     pub fn numcopies(&self) -> Option<u32> {
         let f = self.catalog.file("numcopies.log")?;
-        f.lines()
-            .next()
-            .and_then(|l| l.split_once(' '))
+        let line = f.lines().next()?;
+        line.split_once(' ')
             .and_then(|(_, v)| v.trim().parse().ok())
     }
 
