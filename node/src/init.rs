@@ -28,6 +28,21 @@ pub struct Initialized {
 
 /// Initializes `path`; `random` supplies the new UUID's bytes.
 pub fn init(path: &Path, description: &str, random: [u8; 16]) -> Result<Initialized> {
+    init_with_key(path, description, random, None)
+}
+
+/// Like [`init`], with a given identity (stored if the peer has none yet).
+pub fn init_with_key(
+    path: &Path,
+    description: &str,
+    random: [u8; 16],
+    key: Option<&libp2p::identity::Keypair>,
+) -> Result<Initialized> {
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).context(|| format!("creating {}", parent.display()))?;
+    }
     let is_empty_dir = path.is_dir()
         && std::fs::read_dir(path)
             .context(|| format!("reading {}", path.display()))?
@@ -48,6 +63,15 @@ pub fn init(path: &Path, description: &str, random: [u8; 16]) -> Result<Initiali
         }
     };
     let dir = state_dir(&repo);
+    if let Some(given) = key
+        && !dir.join("identity.key").exists()
+    {
+        let bytes = given
+            .to_protobuf_encoding()
+            .map_err(|e| Error::Protocol(format!("encoding identity: {e}")))?;
+        std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+        crate::store::write_atomic(&dir.join("identity.key"), &bytes)?;
+    }
     let key = load_or_create_identity(&dir)?;
     if !Config::path(&repo).exists() {
         Config {

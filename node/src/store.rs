@@ -177,6 +177,13 @@ impl Store {
             .truncate(false)
             .open(&path)
             .context(|| format!("opening {}", path.display()))?;
+        // One upload per key at a time, across connections and processes (as
+        // git-annex's transfer lock): a second writer would interleave bytes.
+        if file.try_lock().is_err() {
+            return Err(Error::Protocol(format!(
+                "another upload of {key} is in progress"
+            )));
+        }
         let have = file
             .metadata()
             .context(|| format!("stat {}", path.display()))?

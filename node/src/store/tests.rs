@@ -233,3 +233,20 @@ fn large_uploads_hash_on_a_thread_and_still_catch_corruption() {
     ));
     assert!(!store.contains(&key2));
 }
+
+#[test]
+fn one_upload_per_key_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = bare_repo(tmp.path());
+    let key = key_for(b"contended");
+    let mut first = store.begin_upload(&key, 0).unwrap();
+    first.write(b"conte").unwrap();
+    let other = Store::open(tmp.path()).unwrap();
+    let err = other.begin_upload(&key, 5).unwrap_err();
+    assert!(err.to_string().contains("in progress"), "{err}");
+    first.write(b"nded").unwrap();
+    assert_eq!(
+        store.commit(first, Validity::Valid).unwrap(),
+        Stored::Stored
+    );
+}

@@ -1,0 +1,9 @@
+#![allow(clippy::unwrap_used)]
+//! simnet scenarios: real annexmesh peers on simulated links. Each test takes
+//! its seed from `SIMNET_SEED` (or a random one) and prints it if it fails.
+
+mod crash;
+mod determinism;
+mod partition;
+mod transfer;
+mod util;
