@@ -21,10 +21,17 @@
 //! more. Without local changes and with one sibling ahead, the branch is
 //! fast-forwarded instead, as git-annex does.
 //!
-//! The branch ref is compare-and-swapped (a `git push` into a bare repository
-//! can move it at any time); on a race the batch is rebuilt on the new head.
-//! Only then are the committed journal files removed, each after checking that
-//! its content is still what was committed.
+//! New objects are collected in memory and stored in one go: as loose objects
+//! for a small batch, as one pack (with its index) from [`PACK_MIN_OBJECTS`]
+//! on, since tens of thousands of loose objects take minutes to create. They
+//! are fsynced before the branch ref is compare-and-swapped onto the commit (a
+//! `git push` into a bare repository can move it at any time; on a race the
+//! batch is rebuilt on the new head), the ref is fsynced, and only then are the
+//! committed journal files removed. Each is first renamed aside and compared
+//! with what was committed: a file rewritten meanwhile by another thread of
+//! this process (fcntl locks do not exclude threads, and the journal's own
+//! in-process mutex is private to it) is joined back into the journal instead
+//! of being lost.
 //!
 //! # Compatibility notes
 //!
@@ -42,7 +49,7 @@
 //!   `transitions.log` says.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -286,15 +293,7 @@ fn write_batch(
     let _serial = COMMITTING.lock().unwrap_or_else(|p| p.into_inner());
     let annex = git_dir.join("annex");
     fs::create_dir_all(&annex).context(|| format!("creating {}", annex.display()))?;
-    let lock_path = annex.join("journal.lck");
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .context(|| format!("opening {}", lock_path.display()))?;
-    crate::sys::lock_exclusive(&lock).context(|| "locking the journal".into())?;
+    let lock = crate::journal::JournalLock::take(&annex.join("journal.lck"))?;
 
     let journalled = journal_snapshot(&annex.join("journal"))?;
     let files: Vec<(&str, &[u8])> = files
@@ -308,7 +307,7 @@ fn write_batch(
         })
         .map(|(p, c)| (p.as_str(), c.as_slice()))
         .collect();
-    let repo = open(git_dir)?;
+    let repo = open(git_dir)?.with_object_memory();
     let mut attempt = 0;
     let committed = loop {
         match build_and_commit(&repo, &journalled, &files, message)? {
@@ -355,6 +354,9 @@ fn build_and_commit(
     files: &[(&str, &[u8])],
     message: &str,
 ) -> Result<Attempt> {
+    // Objects are collected in memory and stored at the end in one go (one
+    // pack for a big batch): tens of thousands of loose objects cost minutes.
+    repo.objects.reset_object_memory();
     let local = local_head(repo)?;
     let tips = new_tips(repo, local)?;
     let local_changes = !journalled.is_empty() || !files.is_empty();
@@ -478,8 +480,13 @@ fn build_and_commit(
         .write_object(&commit)
         .map_err(git("writing a commit"))?
         .detach();
+    let objects = repo.objects.reset_object_memory().unwrap_or_default();
+    store_objects(repo, objects)?;
     Ok(match update_ref(repo, local, id)? {
-        None => Attempt::Done(Some(id)),
+        None => {
+            remember_contained(repo, tips);
+            Attempt::Done(Some(id))
+        }
         Some(why) => Attempt::Raced(why),
     })
 }
@@ -557,8 +564,301 @@ fn update_ref(
     let sig = signature();
     let mut time = gix::date::parse::TimeBuf::default();
     match repo.edit_references_as(Some(edit), Some(sig.to_ref(&mut time))) {
-        Ok(_) => Ok(None),
+        Ok(_) => {
+            // The journal files are deleted next: the ref must be on disk first.
+            let loose = repo.common_dir().join(BRANCH);
+            sync_file(&loose)?;
+            if let Some(dir) = loose.parent() {
+                sync_file(dir)?;
+            }
+            Ok(None)
+        }
         Err(e) => Ok(Some(e.to_string())),
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .context(|| format!("fsync {}", path.display()))
+}
+
+/// Below this many new objects a batch is stored as loose objects (git's
+/// `transfer.unpackLimit` default), from this many on as one pack.
+pub const PACK_MIN_OBJECTS: usize = 100;
+
+/// Stores objects collected in memory durably (fsynced before the branch can
+/// point at them, since the journal files go once it does).
+fn store_objects(repo: &gix::Repository, mut objects: gix::odb::memory::Storage) -> Result<()> {
+    let mut objects: Vec<(ObjectId, gix::objs::Kind, Vec<u8>)> = objects
+        .drain()
+        .map(|(id, (kind, data))| (id, kind, data))
+        .collect();
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let dir = repo.common_dir().join("objects");
+    let mut z = Deflater::new();
+    if objects.len() < PACK_MIN_OBJECTS || repo.object_hash() != gix::hash::Kind::Sha1 {
+        let mut dirs = BTreeSet::new();
+        for (id, kind, data) in &objects {
+            if let Some(d) = write_loose(&dir, &mut z, *id, *kind, data)? {
+                dirs.insert(d);
+            }
+        }
+        for d in dirs {
+            sync_file(&d)?;
+        }
+        sync_file(&dir)?;
+        return Ok(());
+    }
+    // Commits, then trees, then blobs, as git orders a pack.
+    objects.sort_by_key(|(id, kind, _)| (pack_type(*kind), *id));
+    write_pack(&dir.join("pack"), &mut z, &objects)
+}
+
+/// Writes one loose object; returns the directory it went to if it was new.
+fn write_loose(
+    objects: &Path,
+    z: &mut Deflater,
+    id: ObjectId,
+    kind: gix::objs::Kind,
+    data: &[u8],
+) -> Result<Option<PathBuf>> {
+    let hex = id.to_hex().to_string();
+    let dir = objects.join(&hex[..2]);
+    let path = dir.join(&hex[2..]);
+    if path.exists() {
+        return Ok(None);
+    }
+    fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+    let mut raw = Vec::with_capacity(data.len() + 32);
+    raw.extend_from_slice(kind.as_bytes());
+    raw.push(b' ');
+    raw.extend_from_slice(data.len().to_string().as_bytes());
+    raw.push(0);
+    raw.extend_from_slice(data);
+    let mut compressed = Vec::with_capacity(raw.len() / 2 + 64);
+    z.deflate(&raw, &mut compressed)?;
+    write_durable(&dir, &path, &compressed)?;
+    Ok(Some(dir))
+}
+
+/// Writes `bytes` to `path` through a temp file in `dir`: fsynced, read-only,
+/// renamed into place.
+fn write_durable(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("tmp_annexmesh_{}_{n}", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(fs::Permissions::from_mode(0o444))?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.context(|| format!("writing {}", path.display()))
+}
+
+fn pack_type(kind: gix::objs::Kind) -> u8 {
+    match kind {
+        gix::objs::Kind::Commit => 1,
+        gix::objs::Kind::Tree => 2,
+        gix::objs::Kind::Blob => 3,
+        gix::objs::Kind::Tag => 4,
+    }
+}
+
+/// Writes `objects` as one pack (version 2, no deltas) and its index
+/// (version 2) into `pack_dir`, the pack first: git finds packs by their index.
+fn write_pack(
+    pack_dir: &Path,
+    z: &mut Deflater,
+    objects: &[(ObjectId, gix::objs::Kind, Vec<u8>)],
+) -> Result<()> {
+    let count = u32::try_from(objects.len())
+        .map_err(|_| Error::Git("too many objects for one pack".into()))?;
+    let mut pack = Vec::with_capacity(objects.iter().map(|o| o.2.len() / 2 + 24).sum());
+    pack.extend_from_slice(b"PACK");
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&count.to_be_bytes());
+    let mut index: Vec<(ObjectId, u32, u64)> = Vec::with_capacity(objects.len());
+    for (id, kind, data) in objects {
+        let start = pack.len();
+        let mut size = data.len() as u64;
+        let mut byte = (pack_type(*kind) << 4) | (size & 0x0f) as u8;
+        size >>= 4;
+        while size > 0 {
+            pack.push(byte | 0x80);
+            byte = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        pack.push(byte);
+        z.deflate(data, &mut pack)?;
+        index.push((*id, crc32(&pack[start..]), start as u64));
+    }
+    let pack_sum = sha1(&pack)?;
+    pack.extend_from_slice(pack_sum.as_bytes());
+
+    index.sort_by_key(|(id, _, _)| *id);
+    let mut idx = Vec::with_capacity(1032 + index.len() * 28 + 40);
+    idx.extend_from_slice(&[0xff, b't', b'O', b'c']);
+    idx.extend_from_slice(&2u32.to_be_bytes());
+    let mut fanout = [0u32; 256];
+    for (id, _, _) in &index {
+        fanout[usize::from(id.as_bytes()[0])] += 1;
+    }
+    let mut running = 0u32;
+    for n in fanout {
+        running += n;
+        idx.extend_from_slice(&running.to_be_bytes());
+    }
+    for (id, _, _) in &index {
+        idx.extend_from_slice(id.as_bytes());
+    }
+    for (_, crc, _) in &index {
+        idx.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut large = Vec::new();
+    for (_, _, offset) in &index {
+        match u32::try_from(*offset) {
+            Ok(o) if o < 0x8000_0000 => idx.extend_from_slice(&o.to_be_bytes()),
+            _ => {
+                let slot = u32::try_from(large.len() / 8)
+                    .map_err(|_| Error::Git("pack too large".into()))?;
+                idx.extend_from_slice(&(slot | 0x8000_0000).to_be_bytes());
+                large.extend_from_slice(&offset.to_be_bytes());
+            }
+        }
+    }
+    idx.extend_from_slice(&large);
+    idx.extend_from_slice(pack_sum.as_bytes());
+    let idx_sum = sha1(&idx)?;
+    idx.extend_from_slice(idx_sum.as_bytes());
+
+    fs::create_dir_all(pack_dir).context(|| format!("creating {}", pack_dir.display()))?;
+    let name = format!("pack-{}", pack_sum.to_hex());
+    write_durable(pack_dir, &pack_dir.join(format!("{name}.pack")), &pack)?;
+    write_durable(pack_dir, &pack_dir.join(format!("{name}.idx")), &idx)?;
+    sync_file(pack_dir)
+}
+
+fn sha1(bytes: &[u8]) -> Result<ObjectId> {
+    let mut h = gix::hash::hasher(gix::hash::Kind::Sha1);
+    h.update(bytes);
+    h.try_finalize().map_err(git("hashing a pack"))
+}
+
+/// `input` as a zlib stream of stored deflate blocks.
+fn stored_zlib(input: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0x78, 0x01]);
+    if input.is_empty() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    let mut blocks = input.chunks(usize::from(u16::MAX)).peekable();
+    while let Some(block) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none()));
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(&adler32(input).to_be_bytes());
+}
+
+fn adler32(bytes: &[u8]) -> u32 {
+    const MOD: u32 = 65521;
+    let (mut a, mut b) = (1u32, 0u32);
+    // 5552 bytes is the most that cannot overflow before the modulo.
+    for chunk in bytes.chunks(5552) {
+        for &byte in chunk {
+            a += u32::from(byte);
+            b += a;
+        }
+        a %= MOD;
+        b %= MOD;
+    }
+    (b << 16) | a
+}
+
+/// CRC-32 (IEEE), as pack indexes record per entry.
+fn crc32(bytes: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *slot = c;
+        }
+        t
+    });
+    let mut c = !0u32;
+    for &b in bytes {
+        c = table[usize::from((c as u8) ^ b)] ^ (c >> 8);
+    }
+    !c
+}
+
+/// zlib streams, one per object. Small objects (nearly all of a git-annex
+/// branch) are stored uncompressed: deflate gains little on them, and
+/// resetting a compressor costs more than writing them.
+struct Deflater {
+    z: gix::zlib::stream::deflate::Compress,
+    buf: Vec<u8>,
+}
+
+/// Objects smaller than this are written as stored (uncompressed) zlib streams.
+const DEFLATE_MIN: usize = 512;
+
+impl Deflater {
+    fn new() -> Deflater {
+        Deflater {
+            z: gix::zlib::stream::deflate::Compress::new(gix::zlib::Compression::BEST_SPEED),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Appends `input` as one complete zlib stream to `out`.
+    fn deflate(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        use gix::zlib::Status;
+        use gix::zlib::stream::deflate::FlushCompress;
+        if input.len() < DEFLATE_MIN {
+            stored_zlib(input, out);
+            return Ok(());
+        }
+        self.z.reset();
+        let mut rest = input;
+        loop {
+            let (before_in, before_out) = (self.z.total_in(), self.z.total_out());
+            let status = self
+                .z
+                .compress(rest, &mut self.buf, FlushCompress::Finish)
+                .map_err(git("compressing an object"))?;
+            let consumed = (self.z.total_in() - before_in) as usize;
+            let produced = (self.z.total_out() - before_out) as usize;
+            rest = &rest[consumed..];
+            out.extend_from_slice(&self.buf[..produced]);
+            match status {
+                Status::StreamEnd => return Ok(()),
+                Status::Ok => {}
+                Status::BufError if produced > 0 || consumed > 0 => {}
+                Status::BufError => {
+                    return Err(Error::Git("zlib made no progress".into()));
+                }
+            }
+        }
     }
 }
 
@@ -755,10 +1055,11 @@ impl<'r> TreeIndex<'r> {
 }
 
 /// Sibling heads (`…/git-annex` refs other than ours) that `local` does not
-/// contain, without duplicates or heads contained in other such heads.
+/// contain, without duplicates: what git-annex would merge (`siblingBranches`,
+/// filtered by `Git.Branch.changed`).
 fn new_tips(repo: &gix::Repository, local: Option<ObjectId>) -> Result<Vec<ObjectId>> {
     let platform = repo.references().map_err(git("listing refs"))?;
-    let mut candidates = Vec::new();
+    let mut tips = Vec::new();
     for r in platform.all().map_err(git("listing refs"))? {
         let mut r = match r {
             Ok(r) => r,
@@ -776,37 +1077,57 @@ fn new_tips(repo: &gix::Repository, local: Option<ObjectId>) -> Result<Vec<Objec
             tracing::warn!("skipping {name}: cannot resolve it");
             continue;
         };
+        if Some(id) == local || tips.contains(&id) {
+            continue;
+        }
         if repo.find_commit(id).is_err() {
             tracing::warn!("skipping {name}: not a commit");
             continue;
         }
-        if Some(id) != local && !candidates.contains(&id) {
-            candidates.push(id);
-        }
-    }
-    let mut tips: Vec<ObjectId> = Vec::new();
-    for &c in &candidates {
         if let Some(l) = local
-            && is_ancestor(repo, c, l)?
+            && contains(repo, l, id)?
         {
             continue;
         }
-        tips.push(c);
+        tips.push(id);
     }
-    let mut kept = Vec::new();
-    for (i, &t) in tips.iter().enumerate() {
-        let mut contained = false;
-        for (j, &other) in tips.iter().enumerate() {
-            if i != j && is_ancestor(repo, t, other)? {
-                contained = true;
-                break;
-            }
-        }
-        if !contained {
-            kept.push(t);
-        }
+    Ok(tips)
+}
+
+/// Sibling heads known to be in the local branch, per repository. The local
+/// branch only moves forward (every update here is compare-and-swapped onto
+/// a descendant, and pushes to it are fast-forwards), so once contained, a head
+/// stays contained; remembering it keeps a stale remote-tracking ref from
+/// costing a history walk on every commit.
+static CONTAINED: Mutex<Option<HashMap<PathBuf, HashSet<ObjectId>>>> = Mutex::new(None);
+
+/// Whether the local branch at `local` contains commit `tip`.
+fn contains(repo: &gix::Repository, local: ObjectId, tip: ObjectId) -> Result<bool> {
+    let key = repo.common_dir().to_path_buf();
+    let known = |tip: &ObjectId| {
+        CONTAINED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|m| m.get(&key))
+            .is_some_and(|s| s.contains(tip))
+    };
+    if known(&tip) {
+        return Ok(true);
     }
-    Ok(kept)
+    if !is_ancestor(repo, tip, local)? {
+        return Ok(false);
+    }
+    remember_contained(repo, [tip]);
+    Ok(true)
+}
+
+fn remember_contained(repo: &gix::Repository, tips: impl IntoIterator<Item = ObjectId>) {
+    let mut memo = CONTAINED.lock().unwrap_or_else(|p| p.into_inner());
+    memo.get_or_insert_with(HashMap::new)
+        .entry(repo.common_dir().to_path_buf())
+        .or_default()
+        .extend(tips);
 }
 
 /// Whether `ancestor` is reachable from `descendant`. May answer `false` for
@@ -865,6 +1186,34 @@ mod tests {
             "", "/x", "x/", "a//b", "../x", "a/./b", ".git/x", "a/.GIT", "a\0b",
         ] {
             assert!(!valid_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn checksums_and_zlib_streams() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
+        let mut z = Deflater::new();
+        for len in [
+            0usize,
+            1,
+            100,
+            DEFLATE_MIN - 1,
+            DEFLATE_MIN,
+            70_000,
+            200_000,
+        ] {
+            let input: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            z.deflate(&input, &mut out).unwrap();
+            let mut back = vec![0u8; len + 16];
+            let mut d = gix::zlib::Decompress::new();
+            let status = d
+                .decompress(&out, &mut back, gix::zlib::FlushDecompress::Finish)
+                .unwrap();
+            assert_eq!(status, gix::zlib::Status::StreamEnd, "len {len}");
+            assert_eq!(d.total_out() as usize, len);
+            assert_eq!(&back[..len], &input[..]);
         }
     }
 

@@ -17,6 +17,38 @@ use crate::error::{Error, IoContext, Result};
 /// fcntl locks do not exclude threads of one process from each other; this does.
 static IN_PROCESS: Mutex<()> = Mutex::new(());
 
+/// The journal lock, held: the in-process mutex (fcntl locks do not exclude
+/// threads of one process) and git-annex's fcntl lock on `annex/journal.lck`
+/// (which excludes other processes). Every writer of the journal or of the
+/// branch takes it through here; a second handle on the lock file would
+/// release the fcntl lock for the whole process when closed.
+pub struct JournalLock {
+    // Field order is drop order: close the file (fcntl unlock), then the mutex.
+    _file: std::fs::File,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl JournalLock {
+    pub fn take(lock_path: &Path) -> Result<JournalLock> {
+        let guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock_path)
+            .context(|| format!("opening {}", lock_path.display()))?;
+        crate::sys::lock_exclusive(&file).context(|| "locking the journal".into())?;
+        Ok(JournalLock {
+            _file: file,
+            _guard: guard,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Journal {
     git_dir: PathBuf,
@@ -57,7 +89,6 @@ impl Journal {
         }
     }
 
-    /// Applies `change` to a branch file's content under the journal lock.
     /// Applies `change` to a branch file's content under the journal lock;
     /// returns the new content.
     pub fn modify(
@@ -65,23 +96,15 @@ impl Journal {
         branch_path: &str,
         change: impl FnOnce(&[u8]) -> Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let _guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(&self.dir)
             .context(|| format!("creating {}", self.dir.display()))?;
         std::fs::create_dir_all(&self.tmp)
             .context(|| format!("creating {}", self.tmp.display()))?;
-        let lockfile = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.lock)
-            .context(|| format!("opening {}", self.lock.display()))?;
-        crate::sys::lock_exclusive(&lockfile).context(|| "locking the journal".into())?;
+        let lock = JournalLock::take(&self.lock)?;
         let old = self.read(branch_path)?;
         let new = change(&old);
         crate::store::write_atomic_via(&self.tmp, &self.file_for(branch_path), &new)?;
-        drop(lockfile);
+        drop(lock);
         Ok(new)
     }
 

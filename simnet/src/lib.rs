@@ -64,6 +64,7 @@
 
 mod error;
 mod link;
+pub mod metadata;
 mod network;
 mod rng;
 mod sim;

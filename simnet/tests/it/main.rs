@@ -4,6 +4,7 @@
 
 mod crash;
 mod determinism;
+mod metadata;
 mod partition;
 mod transfer;
 mod util;
