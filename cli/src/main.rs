@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod annex_shell;
 mod client;
+mod cluster;
 mod daemon;
 mod query;
 
@@ -114,6 +115,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this repository the gateway of a new cluster (as `git annex initcluster`).
+    Initcluster { name: String },
+    /// Record the clusters' nodes (remotes with `annex-cluster-node`) in
+    /// cluster.log and proxy.log (as `git annex updatecluster`).
+    Updatecluster,
     /// Stand in for git-annex-shell (configlist, p2pstdio), with its arguments.
     #[command(name = "annex-shell", disable_help_flag = true)]
     AnnexShell {
@@ -185,6 +191,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whereis { key, json } => query::whereis(&repo, &key, json),
         Command::Info { peer, json } => query::info(&repo, peer.as_deref(), json),
+        Command::Initcluster { name } => cluster::initcluster(&repo, &name),
+        Command::Updatecluster => cluster::updatecluster(&repo),
         Command::AnnexShell { .. } => Ok(ExitCode::SUCCESS),
     }
 }

@@ -225,15 +225,47 @@ pub async fn p2pstdio(
     if client.is_none() {
         return Err(Error::Usage("missing UUID parameter".into()));
     }
+    let mode = mode_from_env(|k| std::env::var(k).ok());
     if let Some(want) = expected
         && want != store.uuid().as_str()
     {
+        // A gateway serves its clusters and the nodes it proxies (annex-spec §4.4).
+        match crate::cluster::resolve(&store, want) {
+            Ok(Some(crate::cluster::Served::Cluster { uuid, nodes })) => {
+                let gateway = crate::gateway::Gateway {
+                    cluster: uuid,
+                    gateway: &store,
+                    nodes,
+                    mode,
+                };
+                let (reader, writer) = stdio();
+                return gateway.serve(reader, writer).await;
+            }
+            Ok(Some(crate::cluster::Served::Node(node))) => {
+                let server = Server::new(ServerConfig {
+                    uuid: node.uuid.clone(),
+                    start: Start::Preauthenticated { mode },
+                    git: GitAccess::Refused,
+                    max_version: i64::from(MAX_VERSION),
+                });
+                let (reader, writer) = stdio();
+                return serve(
+                    server,
+                    reader,
+                    writer,
+                    &node.store,
+                    &ServeContext::default(),
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("reading cluster configuration: {e}"),
+        }
         return Err(Error::Usage(format!(
             "expected repository UUID {want} but found UUID {}",
             store.uuid()
         )));
     }
-    let mode = mode_from_env(|k| std::env::var(k).ok());
     let server = Server::new(ServerConfig {
         uuid: store.uuid().clone(),
         start: Start::Preauthenticated { mode },

@@ -96,7 +96,7 @@ pub struct StreamAccess<'a> {
 }
 
 impl Authenticator for StreamAccess<'_> {
-    fn check(&self, _client: &Uuid, token: &AuthToken) -> Option<ServeMode> {
+    fn check(&self, _client: Option<&Uuid>, token: &AuthToken) -> Option<ServeMode> {
         if let Some((_, mode)) = self.rules.grants.iter().find(|(p, _)| *p == self.peer) {
             return Some(*mode);
         }
@@ -118,7 +118,10 @@ mod tests {
         let rules = AccessRules::new(tmp.path(), me, vec![(friend, ServeMode::ReadOnly)]);
         let token = AuthToken::generate(&[3; 512]);
         let u = Uuid::parse("aaaa").unwrap();
-        assert_eq!(rules.for_peer(PeerId::random()).check(&u, &token), None);
+        assert_eq!(
+            rules.for_peer(PeerId::random()).check(Some(&u), &token),
+            None
+        );
         rules
             .add_token(
                 &token,
@@ -133,20 +136,23 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            rules.for_peer(PeerId::random()).check(&u, &token),
+            rules.for_peer(PeerId::random()).check(Some(&u), &token),
             Some(ServeMode::ReadWrite)
         );
-        assert_eq!(rules.for_peer(PeerId::random()).check(&u, &other), None);
+        assert_eq!(
+            rules.for_peer(PeerId::random()).check(Some(&u), &other),
+            None
+        );
         assert_eq!(
             rules
                 .for_peer(PeerId::random())
-                .check(&u, &AuthToken::parse("").unwrap()),
+                .check(Some(&u), &AuthToken::parse("").unwrap()),
             None
         );
         assert_eq!(
             rules
                 .for_peer(friend)
-                .check(&u, &AuthToken::parse("").unwrap()),
+                .check(Some(&u), &AuthToken::parse("").unwrap()),
             Some(ServeMode::ReadOnly)
         );
     }

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::net::{BoxedTransport, Net, PeerAddress, build_swarm};
 use crate::session::ClientSession;
 
+/// Tries at opening an authenticated session before giving up.
+const CONNECT_ATTEMPTS: u64 = 8;
+
 pub type StreamSession =
     ClientSession<ReadHalf<Compat<libp2p::Stream>>, WriteHalf<Compat<libp2p::Stream>>>;
 
@@ -34,10 +37,8 @@ impl Endpoint {
         me: Uuid,
         token: AuthToken,
     ) -> Result<(StreamSession, Uuid)> {
-        let stream = address.open(&self.net).await?;
-        let (r, w) = tokio::io::split(stream.compat());
-        let mut session = ClientSession::new(r, w);
-        let Some(uuid) = session.auth(me, token).await? else {
+        let (mut session, answer) = self.open_and_auth(address, &me, &token).await?;
+        let Some(uuid) = answer else {
             return Err(Error::Protocol(format!(
                 "{address} refused our authentication (no token or grant for us)"
             )));
@@ -51,5 +52,36 @@ impl Endpoint {
         }
         session.negotiate_version(i64::from(MAX_VERSION)).await?;
         Ok((session, uuid))
+    }
+
+    /// Opens a stream and sends `AUTH`. A stream that closes before any answer
+    /// is retried: libp2p-stream drops inbound streams that arrive while the
+    /// server's accept queue (one slot) is full, and nothing has happened yet.
+    async fn open_and_auth(
+        &self,
+        address: &PeerAddress,
+        me: &Uuid,
+        token: &AuthToken,
+    ) -> Result<(StreamSession, Option<Uuid>)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let stream = address.open(&self.net).await?;
+                let (r, w) = tokio::io::split(stream.compat());
+                let mut session = ClientSession::new(r, w);
+                let answer = session.auth(me.clone(), token.clone()).await?;
+                Ok::<_, Error>((session, answer))
+            }
+            .await;
+            match result {
+                Ok(ok) => return Ok(ok),
+                Err(e) if attempt < CONNECT_ATTEMPTS => {
+                    tracing::debug!("connecting to {address} (attempt {attempt}): {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

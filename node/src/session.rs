@@ -61,7 +61,8 @@ async fn read_line<R: AsyncRead + Unpin>(
 
 /// Decides whether an `AUTH` is good, and with which rights.
 pub trait Authenticator: Send + Sync {
-    fn check(&self, client: &Uuid, token: &AuthToken) -> Option<ServeMode>;
+    /// `client` is `None` for a client without a uuid yet (a new clone).
+    fn check(&self, client: Option<&Uuid>, token: &AuthToken) -> Option<ServeMode>;
 }
 
 /// Serves git requests (`CONNECT`, `NOTIFYCHANGE`) for transports that offer them.
@@ -146,7 +147,7 @@ where
                     io.writer.write_all(&bytes).await.map_err(stream_err)?;
                 }
                 ServerOutput::CheckAuth { uuid, token } => {
-                    let grant = ctx.auth.and_then(|a| a.check(&uuid, &token));
+                    let grant = ctx.auth.and_then(|a| a.check(uuid.as_ref(), &token));
                     server.handle_auth(grant);
                 }
                 ServerOutput::CheckPresent { key } => {

@@ -177,7 +177,7 @@ impl Client {
 
     /// `AUTH`, for transports where the client authenticates.
     pub fn auth(&mut self, me: Uuid, token: AuthToken) {
-        self.begin(Message::Auth(me, token), Await::AuthReply);
+        self.begin(Message::Auth(Some(me), token), Await::AuthReply);
     }
 
     /// Wait for the unprompted `AUTH-SUCCESS` of `git-annex-shell p2pstdio`.

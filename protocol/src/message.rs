@@ -118,7 +118,9 @@ impl AssociatedFile {
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Auth(Uuid, AuthToken),
+    /// The client's UUID may be empty: `git-remote-p2p-annex` in a new clone
+    /// (no `annex.uuid` yet) sends `AUTH  <token>`, and git-annex accepts it.
+    Auth(Option<Uuid>, AuthToken),
     AuthSuccess(Uuid),
     AuthFailure,
     Version(Version),
@@ -232,10 +234,12 @@ impl Message {
         match cmd {
             "AUTH" => {
                 let (u, t) = separate(rest);
-                Ok(M::Auth(
-                    parse_uuid(u)?,
-                    AuthToken::parse(t).ok_or(ParseError)?,
-                ))
+                let uuid = if u.is_empty() {
+                    None
+                } else {
+                    Some(parse_uuid(u)?)
+                };
+                Ok(M::Auth(uuid, AuthToken::parse(t).ok_or(ParseError)?))
             }
             "AUTH-SUCCESS" => Ok(M::AuthSuccess(parse_uuid(rest)?)),
             "AUTH-FAILURE" => parse0(rest, M::AuthFailure),
@@ -348,7 +352,10 @@ impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use Message as M;
         match self {
-            M::Auth(u, t) => write!(f, "AUTH {u} {}", t.as_str()),
+            M::Auth(u, t) => {
+                let u = u.as_ref().map_or("", Uuid::as_str);
+                write!(f, "AUTH {u} {}", t.as_str())
+            }
             M::AuthSuccess(u) => write!(f, "AUTH-SUCCESS {u}"),
             M::AuthFailure => f.write_str("AUTH-FAILURE"),
             M::Version(v) => write!(f, "VERSION {v}"),

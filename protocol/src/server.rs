@@ -103,7 +103,10 @@ pub enum ServerOutput {
     /// Write this line.
     Send(Message),
     /// Is this token valid for this client? Answer with [`Server::handle_auth`].
-    CheckAuth { uuid: Uuid, token: AuthToken },
+    CheckAuth {
+        uuid: Option<Uuid>,
+        token: AuthToken,
+    },
     /// Is the whole content present? Answer with [`Server::handle_present`].
     CheckPresent { key: Key },
     /// Lock the content against removal. Answer with [`Server::handle_locked`].
@@ -170,7 +173,7 @@ enum State {
 
 #[derive(Debug)]
 enum Pending {
-    Auth { uuid: Uuid, failures: u32 },
+    Auth { uuid: Option<Uuid>, failures: u32 },
     Present,
     Lock,
     Remove,
@@ -463,7 +466,7 @@ impl Server {
         match grant {
             Some(mode) => {
                 self.mode = mode;
-                self.client = Some(uuid);
+                self.client = uuid;
                 self.send(Message::AuthSuccess(self.config.uuid.clone()));
             }
             None => {

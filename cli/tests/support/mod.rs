@@ -203,3 +203,175 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> Fini
     );
     fin
 }
+
+/// A background process (a daemon) in its own process group, whose stdout and
+/// stderr are collected. Dropping it kills the whole group (SIGTERM, then
+/// SIGKILL), so daemons and the helpers they started are cleaned up even when
+/// a test fails.
+pub struct ProcessGuard {
+    child: std::process::Child,
+    /// Kept open so that a daemon reading stdin does not see EOF.
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl ProcessGuard {
+    /// Starts `cmd` with piped stdio in a new process group.
+    pub fn spawn(cmd: &mut Command) -> ProcessGuard {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let collect = |pipe: Option<Box<dyn Read + Send>>| {
+            let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            if let Some(mut pipe) = pipe {
+                let buf = buf.clone();
+                std::thread::spawn(move || {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = pipe.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend_from_slice(&chunk[..n]);
+                    }
+                });
+            }
+            buf
+        };
+        let stdout = collect(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = collect(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        ProcessGuard {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Waits until `found` returns something for the stdout so far; panics
+    /// (with the output) after `timeout` or if the process exits first.
+    pub fn wait_for<T>(
+        &mut self,
+        timeout: std::time::Duration,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(t) = found(&self.stdout()) {
+                return t;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() > timeout {
+                panic!(
+                    "background process {} ({exited:?}) did not print what was expected \
+                     within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.pid(),
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the process only, not its group.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    /// Sends SIGTERM to the process only and waits for it (SIGKILL to the
+    /// group after `timeout`). Returns its exit status, or `None` if it had to
+    /// be killed.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill_group("KILL");
+        let _ = self.child.wait();
+        None
+    }
+
+    fn kill_group(&self, signal: &str) {
+        // Only the process group this guard created, by its id.
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg("--")
+            .arg(format!("-{}", self.pid()))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        self.stdin = None;
+        self.kill_group("TERM");
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Whatever is left of the group (helpers the daemon started).
+        self.kill_group("KILL");
+        let _ = self.child.wait();
+    }
+}

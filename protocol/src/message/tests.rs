@@ -18,7 +18,7 @@ fn empty_tokens_keep_their_separator() {
     assert_eq!(put.to_line(), format!("PUT  {K}\n").into_bytes());
     assert_eq!(parse(&format!("PUT  {K}")), Ok(put));
     let auth = Message::Auth(
-        Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap(),
+        Some(Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap()),
         AuthToken::parse("").unwrap(),
     );
     assert_eq!(
@@ -30,6 +30,10 @@ fn empty_tokens_keep_their_separator() {
         Ok(auth)
     );
     assert_eq!(Message::SuccessPlus(vec![]).to_string(), "SUCCESS-PLUS");
+    // A new clone has no uuid yet: `AUTH  <token>`.
+    let anonymous = Message::Auth(None, AuthToken::parse("abc").unwrap());
+    assert_eq!(anonymous.to_string(), "AUTH  abc");
+    assert_eq!(parse("AUTH  abc"), Ok(anonymous));
 }
 
 #[test]
@@ -163,7 +167,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
     let uuids = prop::collection::vec(arb_uuid(), 0..4);
     prop_oneof![
         (arb_uuid(), "[a-z0-9]{0,128}")
-            .prop_map(|(u, t)| M::Auth(u, AuthToken::parse(&t).unwrap())),
+            .prop_map(|(u, t)| M::Auth(Some(u), AuthToken::parse(&t).unwrap())),
         arb_uuid().prop_map(M::AuthSuccess),
         Just(M::AuthFailure),
         (-5i64..100).prop_map(M::Version),

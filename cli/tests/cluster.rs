@@ -1,0 +1,722 @@
+//! Clusters (issue 5): a gateway G set up with `annexmesh initcluster` and
+//! `annexmesh updatecluster`, three local nodes N1..N3, and STOCK git-annex as
+//! the client C, cloned from G over fake-ssh, whose `git-annex-shell` is our
+//! binary. C reaches the cluster as `G-mycluster` and each node as `G-N<i>`
+//! (remotes git-annex derives from G's proxy.log and cluster.log).
+//!
+//! Content is checked on disk in each node and with the real `git annex fsck`
+//! run in each node; the gateway's replies are checked on the wire (the
+//! fake-ssh log) and, for a hand-driven session, line by line against
+//! transcript `cluster-12-hand-driven-gateway.txt`.
+//!
+//! Run: `cargo test -p annexmesh-cli --test cluster`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const CLUSTER: &str = "mycluster";
+
+struct Finished {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    wire: String,
+    what: String,
+}
+
+impl Finished {
+    fn report(&self) -> String {
+        format!(
+            "command: {}\nexit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- wire ---\n{}",
+            self.what, self.status, self.stdout, self.stderr, self.wire
+        )
+    }
+
+    fn ok(&self) -> &Self {
+        assert!(self.status.success(), "expected success\n{}", self.report());
+        self
+    }
+
+    fn says(&self, text: &str) -> &Self {
+        assert!(
+            self.stdout.contains(text) || self.stderr.contains(text),
+            "expected {text:?} in the output\n{}",
+            self.report()
+        );
+        self
+    }
+
+    fn wire_has(&self, text: &str) -> &Self {
+        assert!(
+            self.wire.contains(text),
+            "expected {text:?} on the wire\n{}",
+            self.report()
+        );
+        self
+    }
+
+    /// The wire lines the server sent that start with `prefix`.
+    fn server_lines(&self, prefix: &str) -> Vec<String> {
+        self.wire
+            .lines()
+            .filter_map(|l| l.split_once("S->C | ").map(|(_, m)| m))
+            .filter(|m| m.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct Lab {
+    tmp: Option<tempfile::TempDir>,
+    root: PathBuf,
+    home: PathBuf,
+    shim: PathBuf,
+    log: PathBuf,
+    g: PathBuf,
+    c: PathBuf,
+    nodes: Vec<PathBuf>,
+    g_uuid: String,
+    node_uuids: Vec<String>,
+    cluster_uuid: String,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let Some(tmp) = self.tmp.take() else { return };
+        if std::thread::panicking() && std::env::var_os("ANNEXMESH_KEEP_LAB").is_some() {
+            eprintln!("(kept the lab: {})", tmp.keep().display());
+            return;
+        }
+        let _ = Command::new("chmod")
+            .arg("-R")
+            .arg("u+w")
+            .arg(tmp.path())
+            .status();
+    }
+}
+
+impl Lab {
+    /// G with nodes N1..N3 and a cluster; no client yet.
+    fn gateway() -> Lab {
+        support::git_annex_bin_dir();
+        let tmp = tempfile::Builder::new()
+            .prefix("cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let home = root.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            home.join(".gitconfig"),
+            "[init]\n\tdefaultBranch = master\n[annex]\n\tsshcaching = false\n",
+        )
+        .unwrap();
+        let shim_dir = root.join("shim");
+        std::fs::create_dir_all(&shim_dir).unwrap();
+        let shim = shim_dir.join("git-annex-shell");
+        std::os::unix::fs::symlink(support::annexmesh_bin(), &shim).unwrap();
+        let log = root.join("fake-ssh.log");
+        std::fs::write(&log, "").unwrap();
+        let mut lab = Lab {
+            g: root.join("G"),
+            c: root.join("C"),
+            nodes: (1..=3).map(|i| root.join(format!("N{i}"))).collect(),
+            tmp: Some(tmp),
+            root,
+            home,
+            shim,
+            log,
+            g_uuid: String::new(),
+            node_uuids: Vec::new(),
+            cluster_uuid: String::new(),
+        };
+        for name in ["G", "N1", "N2", "N3"] {
+            lab.run(&lab.root, "git", &["init", "-q", name]).ok();
+            let dir = lab.root.join(name);
+            lab.run(&dir, "git", &["annex", "init", name]).ok();
+        }
+        lab.g_uuid = lab.config(&lab.g, "annex.uuid");
+        lab.node_uuids = lab
+            .nodes
+            .iter()
+            .map(|n| lab.config(n, "annex.uuid"))
+            .collect();
+        let g = lab.g.clone();
+        lab.run(&g, "git", &["commit", "-q", "--allow-empty", "-m", "init"])
+            .ok();
+        lab.annexmesh(&g, &["initcluster", CLUSTER])
+            .ok()
+            .says("initcluster mycluster ok");
+        for i in 1..=3 {
+            lab.run(
+                &g,
+                "git",
+                &["remote", "add", &format!("N{i}"), &format!("../N{i}")],
+            )
+            .ok();
+            lab.run(
+                &g,
+                "git",
+                &[
+                    "config",
+                    &format!("remote.N{i}.annex-cluster-node"),
+                    CLUSTER,
+                ],
+            )
+            .ok();
+        }
+        lab.cluster_uuid = lab.config(&g, &format!("annex.cluster.{CLUSTER}"));
+        lab
+    }
+
+    /// The gateway after `updatecluster`, and a client C cloned from it over
+    /// fake-ssh, which has fetched G's git-annex branch.
+    fn new() -> Lab {
+        let lab = Lab::gateway();
+        lab.annexmesh(&lab.g, &["updatecluster"]).ok();
+        lab.run(&lab.g, "git", &["annex", "wanted", ".", "nothing"])
+            .ok();
+        let url = format!("localhost:{}", lab.g.display());
+        lab.run(&lab.root, "git", &["clone", "-q", "-o", "G", &url, "C"])
+            .ok();
+        lab.run(&lab.c, "git", &["annex", "init", "C"]).ok();
+        lab.run(&lab.c, "git", &["fetch", "-q", "G"]).ok();
+        std::fs::write(lab.c.join("hello.txt"), "hello\n").unwrap();
+        let meg: Vec<u8> = (0..1_048_576u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(lab.c.join("onemeg.bin"), meg).unwrap();
+        lab.annex_c(&["add", "hello.txt", "onemeg.bin"]).ok();
+        lab.run(&lab.c, "git", &["commit", "-q", "-m", "add"]).ok();
+        lab
+    }
+
+    fn config(&self, dir: &Path, key: &str) -> String {
+        let r = self.run(dir, "git", &["config", key]);
+        r.ok();
+        r.stdout.trim().to_owned()
+    }
+
+    fn command(&self, program: &Path, dir: &Path) -> Command {
+        let mut cmd = support::command_in(program, dir, &self.home);
+        cmd.env("GIT_ANNEX_USE_GIT_SSH", "1")
+            .env("GIT_SSH", support::tools_dir().join("fake-ssh"))
+            .env("FAKE_SSH_LOG", &self.log)
+            .env("FAKE_SSH_GIT_ANNEX_SHELL", &self.shim)
+            .env_remove("FAKE_SSH_TAP_ONLY_P2P")
+            .env_remove("GIT_SSH_COMMAND")
+            .env_remove("GIT_ANNEX_SHELL_READONLY")
+            .env_remove("GIT_ANNEX_SHELL_APPENDONLY")
+            .env_remove("GIT_ANNEX_SHELL_DIRECTORY")
+            .env_remove("ANNEXMESH_LOG");
+        cmd
+    }
+
+    fn run_program(&self, dir: &Path, program: &Path, args: &[&str]) -> Finished {
+        let before = std::fs::metadata(&self.log).map_or(0, |m| m.len());
+        let mut cmd = self.command(program, dir);
+        cmd.args(args);
+        let fin = support::run_with_timeout(&mut cmd, TIMEOUT);
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let start = usize::try_from(before).unwrap_or(0).min(log.len());
+        Finished {
+            status: fin.status,
+            stdout: fin.stdout,
+            stderr: fin.stderr,
+            wire: String::from_utf8_lossy(&log[start..]).into_owned(),
+            what: format!(
+                "(in {}) {} {}",
+                dir.display(),
+                program.display(),
+                args.join(" ")
+            ),
+        }
+    }
+
+    fn run(&self, dir: &Path, program: &str, args: &[&str]) -> Finished {
+        self.run_program(dir, Path::new(program), args)
+    }
+
+    fn annexmesh(&self, dir: &Path, args: &[&str]) -> Finished {
+        self.run_program(dir, &support::annexmesh_bin(), args)
+    }
+
+    fn annex_c(&self, args: &[&str]) -> Finished {
+        let mut full = vec!["annex"];
+        full.extend_from_slice(args);
+        self.run(&self.c, "git", &full)
+    }
+
+    /// The key git-annex gave a file in C.
+    fn key_of(&self, file: &str) -> String {
+        let r = self.annex_c(&["lookupkey", file]);
+        r.ok();
+        r.stdout.trim().to_owned()
+    }
+
+    /// Whether node `i` (0-based) has the key's object file, with `bytes`.
+    fn node_has(&self, i: usize, key: &str, bytes: Option<&[u8]>) -> bool {
+        let r = self.run(&self.nodes[i], "git", &["annex", "contentlocation", key]);
+        if !r.status.success() {
+            return false;
+        }
+        let path = self.nodes[i].join(r.stdout.trim());
+        let got = std::fs::read(&path).expect("read object");
+        if let Some(want) = bytes {
+            assert_eq!(got, want, "wrong bytes in {}", path.display());
+        }
+        true
+    }
+
+    /// The real `git annex fsck` in each node that should hold `key`.
+    fn fsck_nodes(&self, key: &str) {
+        for n in &self.nodes {
+            self.run(n, "git", &["annex", "fsck", "--key", key])
+                .ok()
+                .says("ok");
+        }
+    }
+
+    /// Runs our binary as `git-annex-shell p2pstdio G <client> --uuid <uuid>`
+    /// with `input` on stdin (then EOF).
+    fn p2pstdio(&self, uuid: &str, input: &[u8]) -> (std::process::ExitStatus, String, String) {
+        let mut cmd = self.command(&self.shim, &self.root);
+        cmd.args([
+            "p2pstdio",
+            self.g.to_str().unwrap(),
+            "cccccccc-cccc-4ccc-8ccc-cccccccccccc",
+            "--uuid",
+            uuid,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn git-annex-shell");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        writer.join().unwrap();
+        let status = child.wait().unwrap();
+        (status, String::from_utf8_lossy(&out).into_owned(), err)
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The uuids of a `…-PLUS` line, sorted.
+fn plus_uuids(line: &str) -> Vec<String> {
+    sorted(line.split_whitespace().skip(1).map(str::to_owned).collect())
+}
+
+#[test]
+fn setup_writes_logs_like_git_annex() {
+    let lab = Lab::gateway();
+    assert!(
+        lab.cluster_uuid.starts_with("ac") && lab.cluster_uuid.as_bytes()[14] == b'8',
+        "not a cluster uuid: {}",
+        lab.cluster_uuid
+    );
+    let up = lab.annexmesh(&lab.g, &["updatecluster"]);
+    up.ok();
+    let expected: String = [
+        "Added node N1 to cluster: mycluster",
+        "Added node N2 to cluster: mycluster",
+        "Added node N3 to cluster: mycluster",
+        "Started proxying for N1",
+        "Started proxying for N2",
+        "Started proxying for N3",
+        "Started proxying for mycluster",
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect();
+    assert_eq!(up.stdout, expected, "{}", up.report());
+    for (i, u) in lab.node_uuids.iter().enumerate() {
+        assert_eq!(
+            &lab.config(&lab.g, &format!("remote.N{}.annex-uuid", i + 1)),
+            u
+        );
+    }
+
+    // The branch, as git-annex itself reads it (the journal was committed).
+    let show = |f: &str| {
+        let r = lab.run(&lab.g, "git", &["show", &format!("git-annex:{f}")]);
+        r.ok();
+        r.stdout
+    };
+    let uuid_log = show("uuid.log");
+    let cluster_line = uuid_log
+        .lines()
+        .find(|l| l.starts_with(&lab.cluster_uuid))
+        .unwrap_or_else(|| panic!("no cluster in uuid.log:\n{uuid_log}"));
+    let rest = cluster_line
+        .strip_prefix(&format!(
+            "{} cluster mycluster timestamp=",
+            lab.cluster_uuid
+        ))
+        .unwrap_or_else(|| panic!("bad uuid.log line {cluster_line:?}"));
+    assert!(rest.ends_with('s') && rest[..rest.len() - 1].parse::<u64>().is_ok());
+
+    // proxy.log: `<ts>s <gw> <uuid>:<name> …`, sorted by uuid as git-annex writes.
+    let proxy = show("proxy.log");
+    let (ts, tail) = proxy.trim_end().split_once(' ').unwrap();
+    assert!(ts.ends_with('s'), "{proxy}");
+    let mut entries: Vec<(String, String)> = lab
+        .node_uuids
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.clone(), format!("N{}", i + 1)))
+        .collect();
+    entries.push((lab.cluster_uuid.clone(), CLUSTER.to_owned()));
+    entries.sort();
+    let want: Vec<String> = std::iter::once(lab.g_uuid.clone())
+        .chain(entries.iter().map(|(u, n)| format!("{u}:{n}")))
+        .collect();
+    assert_eq!(tail, want.join(" "), "proxy.log:\n{proxy}");
+
+    // cluster.log: `<ts>s <cluster> <node uuids, sorted>`.
+    let cluster = show("cluster.log");
+    let (ts, tail) = cluster.trim_end().split_once(' ').unwrap();
+    assert!(ts.ends_with('s'), "{cluster}");
+    let want: Vec<String> = std::iter::once(lab.cluster_uuid.clone())
+        .chain(sorted(lab.node_uuids.clone()))
+        .collect();
+    assert_eq!(tail, want.join(" "), "cluster.log:\n{cluster}");
+
+    // Stock git-annex reads the result as it reads its own.
+    lab.run(&lab.g, "git", &["annex", "info", "mycluster"])
+        .ok()
+        .says("cluster mycluster");
+
+    // Running it again changes nothing and says nothing.
+    let again = lab.annexmesh(&lab.g, &["updatecluster"]);
+    again.ok();
+    assert_eq!(again.stdout, "", "{}", again.report());
+    assert_eq!(show("proxy.log"), proxy);
+    assert_eq!(show("cluster.log"), cluster);
+}
+
+#[test]
+fn stock_client_copy_get_drop_through_cluster() {
+    let lab = Lab::new();
+    lab.annex_c(&["info", "G"])
+        .ok()
+        .says("gateway to cluster: G-mycluster")
+        .says("proxying: ")
+        .says("G-N1")
+        .says("G-N2")
+        .says("G-N3");
+
+    let hello = lab.key_of("hello.txt");
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).unwrap();
+
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster"]);
+    copy.ok()
+        .wire_has(&format!("S->C | AUTH-SUCCESS {}", lab.cluster_uuid))
+        .wire_has("S->C | PUT-FROM 0");
+    let plus = copy.server_lines("SUCCESS-PLUS");
+    assert_eq!(plus.len(), 2, "{}", copy.report());
+    for l in &plus {
+        assert_eq!(
+            plus_uuids(l),
+            sorted(lab.node_uuids.clone()),
+            "{}",
+            copy.report()
+        );
+    }
+    for i in 0..3 {
+        assert!(
+            lab.node_has(i, &hello, Some(b"hello\n")),
+            "N{} lacks hello",
+            i + 1
+        );
+        assert!(
+            lab.node_has(i, &meg, Some(&meg_bytes)),
+            "N{} lacks onemeg",
+            i + 1
+        );
+    }
+    lab.fsck_nodes(&hello);
+    lab.fsck_nodes(&meg);
+    // No ssh and no git-annex-shell per node: the gateway writes the nodes itself.
+    assert_eq!(
+        copy.wire.lines().filter(|l| l.contains(" run: ")).count(),
+        1,
+        "{}",
+        copy.report()
+    );
+
+    let whereis = lab.annex_c(&["whereis", "hello.txt"]);
+    whereis
+        .ok()
+        .says("(4 copies)")
+        .says("cluster mycluster [G-mycluster]")
+        .says("-- G-N1")
+        .says("-- G-N2")
+        .says("-- G-N3");
+
+    // The gateway recorded the nodes (never the cluster) in its journal.
+    let g_log = lab.run(&lab.g, "git", &["annex", "whereis", "--key", &hello]);
+    for u in &lab.node_uuids {
+        g_log.says(u);
+    }
+
+    // A second copy: the cluster already has it.
+    lab.annex_c(&["copy", "--to", "G-mycluster", "--force", "hello.txt"])
+        .ok();
+
+    lab.annex_c(&["drop", "hello.txt", "onemeg.bin"]).ok();
+    let get = lab.annex_c(&["get", "--from", "G-mycluster"]);
+    get.ok()
+        .wire_has("S->C | DATA 6")
+        .wire_has("S->C | DATA 1048576")
+        .wire_has("S->C | VALID");
+    assert_eq!(std::fs::read(lab.c.join("onemeg.bin")).unwrap(), meg_bytes);
+    assert_eq!(
+        std::fs::read_to_string(lab.c.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+
+    let drop = lab.annex_c(&["drop", "--from", "G-mycluster"]);
+    drop.ok();
+    let plus = drop.server_lines("SUCCESS-PLUS");
+    assert_eq!(plus.len(), 2, "{}", drop.report());
+    for l in &plus {
+        assert_eq!(
+            plus_uuids(l),
+            sorted(lab.node_uuids.clone()),
+            "{}",
+            drop.report()
+        );
+    }
+    for i in 0..3 {
+        assert!(!lab.node_has(i, &hello, None));
+        assert!(!lab.node_has(i, &meg, None));
+    }
+    lab.annex_c(&["whereis", "hello.txt"]).ok().says("(1 copy)");
+}
+
+#[test]
+fn stock_client_through_single_node() {
+    let lab = Lab::new();
+    let hello = lab.key_of("hello.txt");
+    let copy = lab.annex_c(&["copy", "--to", "G-N1", "hello.txt"]);
+    copy.ok()
+        .wire_has(&format!("S->C | AUTH-SUCCESS {}", lab.node_uuids[0]))
+        .wire_has("S->C | SUCCESS");
+    assert!(lab.node_has(0, &hello, Some(b"hello\n")));
+    assert!(!lab.node_has(1, &hello, None));
+    assert!(!lab.node_has(2, &hello, None));
+    lab.run(&lab.nodes[0], "git", &["annex", "fsck", "--key", &hello])
+        .ok();
+    lab.annex_c(&["whereis", "hello.txt"])
+        .ok()
+        .says("(2 copies)")
+        .says("-- G-N1");
+
+    // Dropping the local copy locks it on the node through the gateway.
+    lab.annex_c(&["drop", "hello.txt"])
+        .ok()
+        .wire_has("C->S | LOCKCONTENT")
+        .wire_has("C->S | UNLOCKCONTENT");
+    lab.annex_c(&["get", "--from", "G-N1", "hello.txt"])
+        .ok()
+        .wire_has("S->C | DATA 6");
+    lab.annex_c(&["drop", "--from", "G-N1", "hello.txt"]).ok();
+    assert!(!lab.node_has(0, &hello, None));
+}
+
+/// The hand-driven session of transcript cluster-12, against our gateway.
+#[test]
+fn hand_driven_gateway_matches_transcript() {
+    let lab = Lab::new();
+    let known = "SHA256E-s3--2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae.txt";
+    let new_key =
+        "SHA256E-s36--7a1fd60c4df0d2a0f2d08aeab3d38b248dd55ee9e3993e8c5bbbe9f07a9a27a0.txt";
+    let body = "new via hand-driven gateway session\n";
+    let input = format!(
+        "VERSION 4\nBYPASS 11111111-2222-4333-8444-555555555555\nCHECKPRESENT {known}\n\
+         LOCKCONTENT {known}\nGET 0  {known}\nFAILURE\nGETTIMESTAMP\nPUT new.txt {new_key}\n\
+         DATA 36\n{body}VALID\nPUT new.txt {new_key}\nCHECKPRESENT {new_key}\nNOTIFYCHANGE\n"
+    );
+    let (status, out, err) = lab.p2pstdio(&lab.cluster_uuid, input.as_bytes());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 12, "{out}\n{err}");
+    assert_eq!(lines[0], format!("AUTH-SUCCESS {}", lab.cluster_uuid));
+    assert_eq!(
+        &lines[1..6],
+        ["VERSION 4", "FAILURE", "FAILURE", "DATA 0", "INVALID"]
+    );
+    assert!(lines[6].starts_with("TIMESTAMP "), "{out}");
+    assert_eq!(lines[7], "PUT-FROM 0");
+    assert!(lines[8].starts_with("SUCCESS-PLUS "), "{out}");
+    assert_eq!(plus_uuids(lines[8]), sorted(lab.node_uuids.clone()));
+    assert!(lines[9].starts_with("ALREADY-HAVE-PLUS "), "{out}");
+    assert_eq!(plus_uuids(lines[9]), sorted(lab.node_uuids.clone()));
+    assert_eq!(lines[10], "SUCCESS");
+    assert_eq!(lines[11], "ERROR protocol error");
+    assert!(!status.success());
+    for i in 0..3 {
+        assert!(lab.node_has(i, new_key, Some(body.as_bytes())));
+    }
+
+    // v1: no -PLUS forms; REMOVE goes to every node.
+    let input = format!(
+        "VERSION 1\nREMOVE {new_key}\nPUT new.txt {new_key}\nDATA 36\n{body}VALID\n\
+         PUT new.txt {new_key}\n"
+    );
+    let (status, out, err) = lab.p2pstdio(&lab.cluster_uuid, input.as_bytes());
+    assert_eq!(
+        out,
+        format!(
+            "AUTH-SUCCESS {}\nVERSION 1\nSUCCESS\nPUT-FROM 0\nSUCCESS\nALREADY-HAVE\n",
+            lab.cluster_uuid
+        ),
+        "{err}"
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(err, "");
+
+    // No VERSION: served at v0.
+    let (status, out, _) = lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("CHECKPRESENT {known}\n").as_bytes(),
+    );
+    assert_eq!(out, format!("AUTH-SUCCESS {}\nFAILURE\n", lab.cluster_uuid));
+    assert!(status.success());
+
+    // A uuid the gateway does not serve is refused as before.
+    let (status, out, err) = lab.p2pstdio("12345678-1234-4234-8234-123456789abc", b"");
+    assert!(!status.success());
+    assert_eq!(out, "");
+    assert!(err.contains("expected repository UUID"), "{err}");
+}
+
+/// A node holding a lock refuses REMOVE: the gateway answers FAILURE-PLUS with
+/// the nodes that did remove (transcript cluster-10), and nothing leaks to stderr.
+#[test]
+fn locked_node_gives_failure_plus() {
+    let lab = Lab::new();
+    let key = "SHA256E-s36--7a1fd60c4df0d2a0f2d08aeab3d38b248dd55ee9e3993e8c5bbbe9f07a9a27a0.txt";
+    let body = "new via hand-driven gateway session\n";
+    let (_, out, _) = lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("VERSION 4\nPUT x {key}\nDATA 36\n{body}VALID\n").as_bytes(),
+    );
+    assert!(out.contains("SUCCESS-PLUS"), "{out}");
+
+    // Hold LOCKCONTENT on N1 through the single-node proxy.
+    let mut cmd = lab.command(&lab.shim, &lab.root);
+    cmd.args([
+        "p2pstdio",
+        lab.g.to_str().unwrap(),
+        "cccccccc-cccc-4ccc-8ccc-cccccccccccc",
+        "--uuid",
+        &lab.node_uuids[0],
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut locker = cmd.spawn().unwrap();
+    let mut lin = locker.stdin.take().unwrap();
+    let mut lout = std::io::BufReader::new(locker.stdout.take().unwrap());
+    lin.write_all(format!("VERSION 4\nLOCKCONTENT {key}\n").as_bytes())
+        .unwrap();
+    lin.flush().unwrap();
+    let mut got = String::new();
+    for _ in 0..3 {
+        std::io::BufRead::read_line(&mut lout, &mut got).unwrap();
+    }
+    assert_eq!(
+        got,
+        format!("AUTH-SUCCESS {}\nVERSION 4\nSUCCESS\n", lab.node_uuids[0])
+    );
+
+    let (status, out, err) = lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("VERSION 4\nREMOVE {key}\n").as_bytes(),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[2].starts_with("FAILURE-PLUS "), "{out}");
+    assert_eq!(
+        plus_uuids(lines[2]),
+        sorted(lab.node_uuids[1..].to_vec()),
+        "{out}"
+    );
+    assert!(status.success());
+    assert_eq!(err, "");
+    assert!(lab.node_has(0, key, Some(body.as_bytes())));
+    assert!(!lab.node_has(1, key, None));
+
+    lin.write_all(b"UNLOCKCONTENT\n").unwrap();
+    drop(lin);
+    let _ = locker.wait();
+
+    // Unlocked: the last copy goes.
+    let (_, out, _) = lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("VERSION 4\nREMOVE {key}\n").as_bytes(),
+    );
+    assert!(out.contains("SUCCESS-PLUS "), "{out}");
+    assert!(!lab.node_has(0, key, None));
+}
+
+/// GET continues on another node when one node's copy is damaged.
+#[test]
+fn get_fails_over_to_another_node() {
+    let lab = Lab::new();
+    let key = "SHA256E-s36--7a1fd60c4df0d2a0f2d08aeab3d38b248dd55ee9e3993e8c5bbbe9f07a9a27a0.txt";
+    let body = "new via hand-driven gateway session\n";
+    lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("VERSION 4\nPUT x {key}\nDATA 36\n{body}VALID\n").as_bytes(),
+    );
+    // Damage every copy but N3's (truncate them).
+    for n in &lab.nodes[..2] {
+        let r = lab.run(n, "git", &["annex", "contentlocation", key]);
+        r.ok();
+        let path = n.join(r.stdout.trim());
+        let dir = path.parent().unwrap();
+        lab.run(
+            n,
+            "chmod",
+            &["u+w", dir.to_str().unwrap(), path.to_str().unwrap()],
+        )
+        .ok();
+        std::fs::write(&path, "short").unwrap();
+    }
+    let (status, out, err) = lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("VERSION 4\nGET 0 x {key}\nSUCCESS\n").as_bytes(),
+    );
+    assert_eq!(
+        out,
+        format!(
+            "AUTH-SUCCESS {}\nVERSION 4\nDATA 36\n{body}VALID\n",
+            lab.cluster_uuid
+        ),
+        "{err}"
+    );
+    assert!(status.success(), "{err}");
+}

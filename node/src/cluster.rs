@@ -1,0 +1,403 @@
+//! Clusters as git-annex sets them up (annex-spec §4.4–4.5): a gateway repository
+//! names its clusters in git config (`annex.cluster.NAME = <cluster uuid>`), its
+//! nodes are git remotes with `remote.<r>.annex-cluster-node NAME`, and
+//! `updatecluster` writes `cluster.log` and `proxy.log` through the journal.
+//!
+//! Git config is read and written with `git config` itself: simple, and exactly
+//! git's own rules for quoting, includes and case.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use protocol::Uuid;
+use protocol::logs::catalog::record_map;
+use protocol::logs::uuid_based;
+
+use crate::error::{Error, Result};
+use crate::journal::log_clock_now;
+use crate::repo::Repo;
+use crate::store::Store;
+
+/// One node of a cluster: a git remote of the gateway that is a local repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub remote: String,
+    pub uuid: Uuid,
+    pub path: PathBuf,
+}
+
+/// A cluster this gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub uuid: Uuid,
+    pub nodes: Vec<Node>,
+}
+
+fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C").arg(dir);
+    c
+}
+
+/// `git config --get-regexp RE`: (key, value) pairs; none when nothing matches.
+pub fn config_regexp(dir: &Path, re: &str) -> Result<Vec<(String, String)>> {
+    let out = git(dir)
+        .args(["config", "--null", "--get-regexp", re])
+        .output()
+        .map_err(|e| Error::Git(format!("running git config: {e}")))?;
+    if !out.status.success() {
+        // Exit 1: no match.
+        if out.status.code() == Some(1) {
+            return Ok(Vec::new());
+        }
+        return Err(Error::Git(format!(
+            "git config --get-regexp {re}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let s = String::from_utf8_lossy(e);
+            match s.split_once('\n') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (s.into_owned(), String::new()),
+            }
+        })
+        .collect())
+}
+
+/// `git config KEY`, if set.
+pub fn config_get(dir: &Path, key: &str) -> Result<Option<String>> {
+    let out = git(dir)
+        .args(["config", "--get", key])
+        .output()
+        .map_err(|e| Error::Git(format!("running git config: {e}")))?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\n')
+            .to_owned(),
+    ))
+}
+
+/// `git config KEY VALUE`.
+pub fn config_set(dir: &Path, key: &str, value: &str) -> Result<()> {
+    let out = git(dir)
+        .args(["config", key, value])
+        .output()
+        .map_err(|e| Error::Git(format!("running git config: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Git(format!(
+            "git config {key}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// git-annex's rule for cluster and remote names usable in `proxy.log`.
+fn legal_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `annexmesh initcluster NAME`: a new cluster uuid in git config and uuid.log.
+pub fn init_cluster(repo_path: &Path, name: &str) -> Result<Uuid> {
+    if !legal_name(name) {
+        return Err(Error::Usage(format!("illegal cluster name {name:?}")));
+    }
+    let repo = Repo::open(repo_path)?;
+    let key = format!("annex.cluster.{name}");
+    if let Some(existing) = config_get(&repo.top, &key)?
+        && let Ok(u) = Uuid::parse(&existing)
+    {
+        return Ok(u);
+    }
+    let uuid = Uuid::new_cluster(rand::random());
+    config_set(&repo.top, &key, uuid.as_str())?;
+    let journal = crate::journal::Journal::new(&repo.git_dir);
+    let now = log_clock_now();
+    journal.modify("uuid.log", |old| {
+        uuid_based::record(old, uuid.as_str(), &format!("cluster {name}"), now)
+    })?;
+    crate::branch::commit(&repo.git_dir, "initcluster")?;
+    Ok(uuid)
+}
+
+/// Remote name → the local path its url names (relative urls are relative to
+/// the repository's top, as git-annex resolves them).
+fn remote_path(top: &Path, remote: &str) -> Result<Option<PathBuf>> {
+    let Some(url) = config_get(top, &format!("remote.{remote}.url"))? else {
+        return Ok(None);
+    };
+    let url = url.strip_prefix("file://").unwrap_or(&url);
+    if url.contains("://") || (url.contains(':') && !url.starts_with('/')) {
+        return Ok(None);
+    }
+    Ok(Some(top.join(url)))
+}
+
+/// The clusters named in the gateway's git config, with their nodes as the git
+/// config says (node uuids are read from the nodes' repositories; nodes that are
+/// not local git-annex repositories are skipped with a warning).
+pub fn configured(repo: &Repo) -> Result<Vec<Cluster>> {
+    let mut clusters = Vec::new();
+    let names = config_regexp(&repo.top, r"^annex\.cluster\.")?;
+    let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-node$")?;
+    for (key, value) in names {
+        let Some(name) = key.strip_prefix("annex.cluster.") else {
+            continue;
+        };
+        let Ok(uuid) = Uuid::parse(value.trim()) else {
+            continue;
+        };
+        let mut nodes = Vec::new();
+        for (k, v) in &members {
+            if !v.split_whitespace().any(|c| c == name) {
+                continue;
+            }
+            let Some(remote) = k
+                .strip_prefix("remote.")
+                .and_then(|r| r.strip_suffix(".annex-cluster-node"))
+            else {
+                continue;
+            };
+            match node_of_remote(repo, remote) {
+                Ok(Some(n)) => nodes.push(n),
+                Ok(None) => tracing::warn!("cluster node {remote} is not a local repository"),
+                Err(e) => tracing::warn!("cluster node {remote}: {e}"),
+            }
+        }
+        clusters.push(Cluster {
+            name: name.to_owned(),
+            uuid,
+            nodes,
+        });
+    }
+    Ok(clusters)
+}
+
+fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
+    let Some(path) = remote_path(&repo.top, remote)? else {
+        return Ok(None);
+    };
+    let r = Repo::open(&path)?;
+    Ok(Some(Node {
+        remote: remote.to_owned(),
+        uuid: r.uuid,
+        path: r.top,
+    }))
+}
+
+/// What `updatecluster` did, as git-annex reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    /// (remote name, cluster name) newly added.
+    pub added: Vec<(String, String)>,
+    /// (remote name, cluster name) removed.
+    pub removed: Vec<(String, String)>,
+    /// Names newly proxied (nodes, then clusters).
+    pub proxying: Vec<String>,
+}
+
+impl Update {
+    /// git-annex's messages.
+    pub fn messages(&self) -> Vec<String> {
+        let mut m = Vec::new();
+        for (r, c) in &self.added {
+            m.push(format!("Added node {r} to cluster: {c}"));
+        }
+        for (r, c) in &self.removed {
+            m.push(format!("Removed node {r} from cluster: {c}"));
+        }
+        for p in &self.proxying {
+            m.push(format!("Started proxying for {p}"));
+        }
+        m
+    }
+}
+
+/// `annexmesh updatecluster`: records each configured cluster's nodes in
+/// `cluster.log` and what the gateway proxies in `proxy.log`, via the journal,
+/// then commits the journal to the git-annex branch.
+pub fn update_clusters(repo_path: &Path) -> Result<Update> {
+    let repo = Repo::open(repo_path)?;
+    let clusters = configured(&repo)?;
+    let journal = crate::journal::Journal::new(&repo.git_dir);
+    let now = log_clock_now();
+    let catalog = crate::branch::read(&repo.git_dir)?;
+    let view = protocol::logs::view::View::new(&catalog);
+    let old_clusters = view.clusters();
+    let old_proxies: BTreeSet<(String, String)> = view
+        .proxies()
+        .remove(repo.uuid.as_str())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut update = Update::default();
+    // proxy.log entries: uuid -> name, sorted by uuid as git-annex writes them.
+    let mut proxied: BTreeMap<String, String> = BTreeMap::new();
+    for cluster in &clusters {
+        let before: BTreeSet<String> = old_clusters
+            .get(cluster.uuid.as_str())
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
+        let nodes: BTreeSet<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| n.uuid.as_str().to_owned())
+            .collect();
+        for n in &cluster.nodes {
+            if !before.contains(n.uuid.as_str()) {
+                update.added.push((n.remote.clone(), cluster.name.clone()));
+            }
+            // As git-annex's fetch does: remember the node's uuid.
+            config_set(
+                &repo.top,
+                &format!("remote.{}.annex-uuid", n.remote),
+                n.uuid.as_str(),
+            )?;
+        }
+        for u in before.difference(&nodes) {
+            update.removed.push((u.clone(), cluster.name.clone()));
+        }
+        if before != nodes {
+            let value = nodes.iter().cloned().collect::<Vec<_>>().join(" ");
+            journal.modify("cluster.log", |old| {
+                record_map(old, cluster.uuid.as_str(), &value, now)
+            })?;
+        }
+        for n in &cluster.nodes {
+            proxied.insert(n.uuid.as_str().to_owned(), n.remote.clone());
+        }
+    }
+    let mut new_names = Vec::new();
+    for (u, name) in &proxied {
+        if !old_proxies.contains(&(u.clone(), name.clone())) {
+            new_names.push(name.clone());
+        }
+    }
+    new_names.sort();
+    update.proxying.extend(new_names);
+    for cluster in &clusters {
+        proxied.insert(cluster.uuid.as_str().to_owned(), cluster.name.clone());
+        if !old_proxies.contains(&(cluster.uuid.as_str().to_owned(), cluster.name.clone())) {
+            update.proxying.push(cluster.name.clone());
+        }
+    }
+    let wanted: BTreeSet<(String, String)> = proxied.clone().into_iter().collect();
+    if wanted != old_proxies {
+        let value = proxied
+            .iter()
+            .map(|(u, n)| format!("{u}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        journal.modify("proxy.log", |old| {
+            record_map(old, repo.uuid.as_str(), &value, now)
+        })?;
+    }
+    crate::branch::commit(&repo.git_dir, "updatecluster")?;
+    Ok(update)
+}
+
+/// What a `p2pstdio --uuid U` on this gateway serves.
+#[derive(Debug, Clone)]
+pub enum Served {
+    /// A cluster of this gateway, with its nodes' stores.
+    Cluster { uuid: Uuid, nodes: Vec<NodeStore> },
+    /// One node, proxied.
+    Node(NodeStore),
+}
+
+/// A node's uuid and its object store, written directly (no extra process).
+#[derive(Debug, Clone)]
+pub struct NodeStore {
+    pub uuid: Uuid,
+    pub remote: String,
+    pub store: Store,
+}
+
+fn open_node(n: &Node) -> Option<NodeStore> {
+    match Store::open(&n.path) {
+        Ok(store) if store.uuid() == &n.uuid => Some(NodeStore {
+            uuid: n.uuid.clone(),
+            remote: n.remote.clone(),
+            store,
+        }),
+        Ok(store) => {
+            tracing::warn!(
+                "node {} has uuid {}, expected {}",
+                n.remote,
+                store.uuid(),
+                n.uuid
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("node {}: {e}", n.remote);
+            None
+        }
+    }
+}
+
+/// Finds what `want` names on the gateway `gateway`: one of its clusters, or a
+/// node it proxies (its `proxy.log` line lists it and the remote is a cluster
+/// node or has `annex-proxy` set). `None` when it serves no such repository.
+pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
+    let repo = gateway.repo();
+    let clusters = configured(repo)?;
+    if let Some(c) = clusters.iter().find(|c| c.uuid.as_str() == want) {
+        let nodes = c.nodes.iter().filter_map(open_node).collect();
+        return Ok(Some(Served::Cluster {
+            uuid: c.uuid.clone(),
+            nodes,
+        }));
+    }
+    let proxy_log = gateway.journal().read("proxy.log")?;
+    let mut catalog = protocol::logs::catalog::Catalog::new();
+    catalog.insert_content("proxy.log", &proxy_log);
+    let proxies = protocol::logs::view::View::new(&catalog).proxies();
+    let Some(entries) = proxies.get(repo.uuid.as_str()) else {
+        return Ok(None);
+    };
+    let Some((_, remote)) = entries.iter().find(|(u, _)| u == want) else {
+        return Ok(None);
+    };
+    let is_node = clusters
+        .iter()
+        .any(|c| c.nodes.iter().any(|n| &n.remote == remote));
+    let proxy_on = config_get(&repo.top, &format!("remote.{remote}.annex-proxy"))?
+        .is_some_and(|v| v == "true");
+    if !is_node && !proxy_on {
+        return Ok(None);
+    }
+    let Some(node) = node_of_remote(repo, remote)? else {
+        return Ok(None);
+    };
+    if node.uuid.as_str() != want {
+        return Ok(None);
+    }
+    Ok(open_node(&node).map(Served::Node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(legal_name("mycluster"));
+        assert!(!legal_name("my cluster"));
+        assert!(!legal_name(""));
+    }
+}

@@ -1,0 +1,553 @@
+//! The cluster gateway: serves a P2P session for a cluster uuid (annex-spec
+//! §4.4–4.8) and answers each request by acting on the cluster's nodes.
+//!
+//! Nodes are local git-annex repositories written directly through their
+//! [`Store`](crate::store::Store)s, with no `git-annex-shell` per node (git-annex
+//! starts one per node and connection). A node's refusal (locked content, a
+//! failed write) is a clean `FAILURE` for that node; it is logged through
+//! `tracing`, never written to the client's stream.
+//!
+//! Replies follow git-annex's gateway (transcripts `cluster-*`): `AUTH-SUCCESS
+//! <cluster uuid>`, `-PLUS` replies at v2+, `LOCKCONTENT` always `FAILURE`, `GET`
+//! of content no node has is `DATA 0` + `INVALID`. Unlike git-annex,
+//! `CHECKPRESENT` asks the nodes rather than trusting the gateway's log.
+//!
+//! `REMOVE-BEFORE` deadlines: the gateway's `GETTIMESTAMP` is this host's
+//! monotonic clock, which is also the clock of every local node's store, so a
+//! deadline is passed to each node unchanged (no per-node translation needed).
+
+use std::io::{Read, Seek, SeekFrom};
+
+use protocol::logs::presence::Status;
+use protocol::message::{MAX_LINE, MAX_VERSION, Message, Version};
+use protocol::server::{APPEND_ONLY_ERROR, CloseReason, READ_ONLY_ERROR, ServeMode, Validity};
+use protocol::{Key, Uuid};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+
+use crate::cluster::NodeStore;
+use crate::error::{Error, Result};
+use crate::session::IO_BUFFER;
+use crate::store::{Store, Stored, Upload};
+
+enum LineRead {
+    Line,
+    Eof,
+    TooLong,
+}
+
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let avail = reader.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(LineRead::Eof);
+        }
+        match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                if buf.len() + i > MAX_LINE {
+                    return Ok(LineRead::TooLong);
+                }
+                buf.extend_from_slice(&avail[..i]);
+                reader.consume(i + 1);
+                return Ok(LineRead::Line);
+            }
+            None => {
+                let n = avail.len();
+                if buf.len() + n > MAX_LINE {
+                    return Ok(LineRead::TooLong);
+                }
+                buf.extend_from_slice(avail);
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// A cluster gateway session.
+pub struct Gateway<'a> {
+    pub cluster: Uuid,
+    /// The gateway's own repository: its journal records where content went.
+    pub gateway: &'a Store,
+    pub nodes: Vec<NodeStore>,
+    pub mode: ServeMode,
+}
+
+struct Io<R, W> {
+    reader: BufReader<R>,
+    writer: BufWriter<W>,
+    line: Vec<u8>,
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::Io {
+        context: "p2p stream".into(),
+        source: e,
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
+    async fn send(&mut self, m: &Message) -> Result<()> {
+        self.writer.write_all(&m.to_line()).await.map_err(io_err)
+    }
+
+    /// The next message; `Ok(None)` at EOF; an unparsable line is `Some(None)`.
+    async fn next(&mut self) -> Result<Option<Option<Message>>> {
+        self.writer.flush().await.map_err(io_err)?;
+        match read_line(&mut self.reader, &mut self.line)
+            .await
+            .map_err(io_err)?
+        {
+            LineRead::Line => Ok(Some(Message::parse(&self.line).ok())),
+            LineRead::Eof => Ok(None),
+            LineRead::TooLong => Err(Error::Protocol("over-long line".into())),
+        }
+    }
+}
+
+/// Runs `f` on every item, on its own thread when there are several.
+fn each_parallel<T: Send, O: Send>(items: Vec<T>, f: impl Fn(T) -> O + Sync) -> Vec<O> {
+    if items.len() <= 1 {
+        return items.into_iter().map(&f).collect();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|it| {
+                let f = &f;
+                s.spawn(move || f(it))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("gateway worker panicked"))
+            .collect()
+    })
+}
+
+/// An upload to one node: its bytes start at `have` in the stream.
+struct Target<'n> {
+    node: &'n NodeStore,
+    upload: Option<Upload>,
+    have: u64,
+}
+
+impl Gateway<'_> {
+    fn record(&self, key: &Key, uuids: &[Uuid], status: Status) {
+        for u in uuids {
+            if let Err(e) = self.gateway.journal().record_presence(key, u, status) {
+                tracing::warn!("cannot record location of {key}: {e}");
+            }
+        }
+    }
+
+    fn plus_or(&self, version: Version, uuids: Vec<Uuid>, plain: Message) -> Message {
+        if version >= 2 {
+            match plain {
+                Message::Success => Message::SuccessPlus(uuids),
+                Message::Failure => Message::FailurePlus(uuids),
+                Message::AlreadyHave => Message::AlreadyHavePlus(uuids),
+                other => other,
+            }
+        } else {
+            plain
+        }
+    }
+
+    /// Serves one session to its end.
+    pub async fn serve<R, W>(&self, reader: R, writer: W) -> Result<CloseReason>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let mut io = Io {
+            reader: BufReader::with_capacity(IO_BUFFER, reader),
+            writer: BufWriter::with_capacity(IO_BUFFER, writer),
+            line: Vec::with_capacity(256),
+        };
+        let reason = self.session(&mut io).await;
+        let _ = io.writer.flush().await;
+        let _ = io.writer.shutdown().await;
+        reason
+    }
+
+    async fn session<R, W>(&self, io: &mut Io<R, W>) -> Result<CloseReason>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let mut version: Version = 0;
+        io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
+        loop {
+            let msg = match io.next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(CloseReason::Eof),
+                Err(Error::Protocol(e)) => return Ok(CloseReason::ProtocolError(e)),
+                Err(e) => return Err(e),
+            };
+            let Some(msg) = msg else {
+                io.send(&Message::Error("unknown command".into())).await?;
+                continue;
+            };
+            use Message as M;
+            match msg {
+                M::Error(e) => return Ok(CloseReason::ClientError(e)),
+                M::Version(v) => {
+                    version = v.min(Version::from(MAX_VERSION));
+                    io.send(&M::Version(version)).await?;
+                }
+                M::Bypass(_) => {}
+                M::CheckPresent(key) => {
+                    let have = self.nodes.iter().any(|n| n.store.contains(&key));
+                    io.send(if have { &M::Success } else { &M::Failure })
+                        .await?;
+                }
+                M::LockContent(_) => io.send(&M::Failure).await?,
+                M::GetTimestamp => {
+                    io.send(&M::Timestamp(crate::clock::monotonic_seconds()))
+                        .await?
+                }
+                M::Remove(key) => self.remove(io, version, key, None).await?,
+                M::RemoveBefore(ts, key) => self.remove(io, version, key, Some(ts)).await?,
+                M::Put(_file, key) => {
+                    if self.mode == ServeMode::ReadOnly {
+                        io.send(&M::Error(READ_ONLY_ERROR.into())).await?;
+                    } else if let Some(reason) = self.put(io, version, key).await? {
+                        return Ok(reason);
+                    }
+                }
+                M::Get(offset, _file, key) => {
+                    if let Some(reason) = self.get(io, version, key, offset).await? {
+                        return Ok(reason);
+                    }
+                }
+                M::Connect(_) => {
+                    return Ok(CloseReason::Unsupported(
+                        "relaying to git not supported on this connection",
+                    ));
+                }
+                M::NotifyChange => {
+                    io.send(&M::Error("protocol error".into())).await?;
+                    return Ok(CloseReason::ProtocolError("NOTIFYCHANGE".into()));
+                }
+                _ => io.send(&M::Error("unexpected command".into())).await?,
+            }
+        }
+    }
+
+    async fn remove<R, W>(
+        &self,
+        io: &mut Io<R, W>,
+        version: Version,
+        key: Key,
+        before: Option<i64>,
+    ) -> Result<()>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        match self.mode {
+            ServeMode::ReadWrite => {}
+            ServeMode::AppendOnly => {
+                return io.send(&Message::Error(APPEND_ONLY_ERROR.into())).await;
+            }
+            ServeMode::ReadOnly => return io.send(&Message::Error(READ_ONLY_ERROR.into())).await,
+        }
+        let results = each_parallel(self.nodes.iter().collect(), |n| {
+            let r = n.store.remove(&key, before);
+            if let Err(e) = &r {
+                tracing::warn!("remove {key} from node {}: {e}", n.remote);
+            }
+            (n.uuid.clone(), matches!(r, Ok(true)))
+        });
+        let removed: Vec<Uuid> = results
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let all = results.iter().all(|(_, ok)| *ok) && !results.is_empty();
+        self.record(&key, &removed, Status::Absent);
+        let plain = if all {
+            Message::Success
+        } else {
+            Message::Failure
+        };
+        io.send(&self.plus_or(version, removed, plain)).await
+    }
+
+    /// `PUT`: fans the content out to every node that lacks it.
+    async fn put<R, W>(
+        &self,
+        io: &mut Io<R, W>,
+        version: Version,
+        key: Key,
+    ) -> Result<Option<CloseReason>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let (holders, lacking): (Vec<&NodeStore>, Vec<&NodeStore>) =
+            self.nodes.iter().partition(|n| n.store.contains(&key));
+        let holder_uuids: Vec<Uuid> = holders.iter().map(|n| n.uuid.clone()).collect();
+        self.record(&key, &holder_uuids, Status::Present);
+        if lacking.is_empty() && !holders.is_empty() {
+            io.send(&self.plus_or(version, holder_uuids, Message::AlreadyHave))
+                .await?;
+            return Ok(None);
+        }
+        let mut targets: Vec<Target> = lacking
+            .into_iter()
+            .filter_map(|n| {
+                let have = n.store.partial_size(&key);
+                match n.store.begin_upload(&key, have) {
+                    Ok(up) => Some(Target {
+                        node: n,
+                        have: up.len(),
+                        upload: Some(up),
+                    }),
+                    Err(e) => {
+                        tracing::warn!("node {} cannot take {key}: {e}", n.remote);
+                        None
+                    }
+                }
+            })
+            .collect();
+        let offset = targets.iter().map(|t| t.have).min().unwrap_or(0);
+        io.send(&Message::PutFrom(offset)).await?;
+        let len = match io.next().await {
+            Ok(Some(Some(Message::Data(len)))) => len,
+            Ok(Some(_)) => {
+                io.send(&Message::Error("expected DATA".into())).await?;
+                return Ok(None);
+            }
+            Ok(None) => {
+                return Ok(Some(CloseReason::ProtocolError(
+                    "connection closed mid-request".into(),
+                )));
+            }
+            Err(Error::Protocol(e)) => return Ok(Some(CloseReason::ProtocolError(e))),
+            Err(e) => return Err(e),
+        };
+        // Stream the payload once, each chunk to every node in parallel; the
+        // next chunk is read only when every node has written this one.
+        let mut pos = offset;
+        let end = offset.saturating_add(len);
+        let mut complete = true;
+        while pos < end {
+            let avail = io.reader.fill_buf().await.map_err(io_err)?;
+            if avail.is_empty() {
+                complete = false;
+                break;
+            }
+            let n = avail
+                .len()
+                .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+            let chunk = &avail[..n];
+            let chunk_start = pos;
+            let work: Vec<&mut Target> = targets
+                .iter_mut()
+                .filter(|t| t.upload.is_some() && t.have < chunk_start + n as u64)
+                .collect();
+            each_parallel(work, |t| {
+                let skip = usize::try_from(t.have.saturating_sub(chunk_start)).unwrap_or(0);
+                let Some(up) = t.upload.as_mut() else {
+                    return;
+                };
+                if let Err(e) = up.write(&chunk[skip..]) {
+                    tracing::warn!("node {} cannot store {}: {e}", t.node.remote, up.key());
+                    t.upload = None;
+                }
+                t.have = chunk_start + n as u64;
+            });
+            io.reader.consume(n);
+            pos += n as u64;
+        }
+        if !complete {
+            io.send(&Message::Failure).await?;
+            return Ok(Some(CloseReason::ProtocolError("short DATA".into())));
+        }
+        let validity = if version >= 1 {
+            match io.next().await {
+                Ok(Some(Some(Message::Valid))) => Validity::Valid,
+                Ok(Some(Some(Message::Invalid))) => Validity::Invalid,
+                Ok(Some(_)) => {
+                    io.send(&Message::Error("expected VALID or INVALID".into()))
+                        .await?;
+                    Validity::Unknown
+                }
+                Ok(None) => {
+                    return Ok(Some(CloseReason::ProtocolError(
+                        "connection closed mid-request".into(),
+                    )));
+                }
+                Err(Error::Protocol(e)) => return Ok(Some(CloseReason::ProtocolError(e))),
+                Err(e) => return Err(e),
+            }
+        } else {
+            Validity::Unknown
+        };
+        let stored: Vec<Uuid> = each_parallel(targets, |t| {
+            let up = t.upload?;
+            match t.node.store.commit(up, validity) {
+                Ok(Stored::Stored) => Some(t.node.uuid.clone()),
+                Ok(other) => {
+                    tracing::info!("node {} refused {key}: {other:?}", t.node.remote);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("node {} storing {key}: {e}", t.node.remote);
+                    None
+                }
+            }
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+        self.record(&key, &stored, Status::Present);
+        if stored.is_empty() {
+            io.send(&Message::Failure).await?;
+        } else {
+            let mut all = stored;
+            all.extend(holder_uuids);
+            io.send(&self.plus_or(version, all, Message::Success))
+                .await?;
+        }
+        Ok(None)
+    }
+
+    /// `GET`: streams the content from a node that has it, continuing on another
+    /// from the same offset if a node fails mid-transfer.
+    async fn get<R, W>(
+        &self,
+        io: &mut Io<R, W>,
+        version: Version,
+        key: Key,
+        offset: u64,
+    ) -> Result<Option<CloseReason>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let holders: Vec<&NodeStore> = self
+            .nodes
+            .iter()
+            .filter(|n| n.store.contains(&key))
+            .collect();
+        // The key's own size when it has one: a node holding a damaged copy of
+        // another size is then skipped for the next one.
+        let size = if holders.is_empty() {
+            None
+        } else {
+            key.size()
+                .or_else(|| holders.iter().find_map(|n| n.store.content_size(&key)))
+        };
+        let Some(size) = size else {
+            io.send(&Message::Data(0)).await?;
+            if version >= 1 {
+                io.send(&Message::Invalid).await?;
+            }
+            return self.await_get_result(io).await;
+        };
+        let len = size.saturating_sub(offset);
+        io.send(&Message::Data(len)).await?;
+        let mut pos = offset.min(size);
+        let mut buf = vec![0u8; IO_BUFFER];
+        let mut valid = true;
+        for node in &holders {
+            if pos >= size {
+                break;
+            }
+            match send_from(&mut io.writer, &node.store, &key, &mut pos, size, &mut buf).await {
+                Ok(stable) => valid &= stable,
+                Err(SendError::Stream(e)) => return Err(io_err(e)),
+                Err(SendError::Node(e)) => {
+                    tracing::warn!("node {} failed sending {key}: {e}", node.remote);
+                }
+            }
+        }
+        if pos < size {
+            // No node could finish: there is no in-band abort.
+            return Ok(Some(CloseReason::ProtocolError(format!(
+                "no node could send all of {key}"
+            ))));
+        }
+        if version >= 1 {
+            io.send(if valid {
+                &Message::Valid
+            } else {
+                &Message::Invalid
+            })
+            .await?;
+        }
+        self.await_get_result(io).await
+    }
+
+    async fn await_get_result<R, W>(&self, io: &mut Io<R, W>) -> Result<Option<CloseReason>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        match io.next().await {
+            Ok(Some(Some(
+                Message::Success
+                | Message::Failure
+                | Message::SuccessPlus(_)
+                | Message::FailurePlus(_),
+            ))) => Ok(None),
+            Ok(Some(_)) => {
+                io.send(&Message::Error("expected SUCCESS or FAILURE".into()))
+                    .await?;
+                Ok(None)
+            }
+            Ok(None) => Ok(Some(CloseReason::ProtocolError(
+                "connection closed mid-request".into(),
+            ))),
+            Err(Error::Protocol(e)) => Ok(Some(CloseReason::ProtocolError(e))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum SendError {
+    Stream(std::io::Error),
+    Node(String),
+}
+
+/// Sends bytes `[*pos, size)` of the node's content, advancing `*pos` as they
+/// go out. Returns whether the content stayed the same size while read.
+async fn send_from<W: AsyncWrite + Unpin>(
+    writer: &mut BufWriter<W>,
+    store: &Store,
+    key: &Key,
+    pos: &mut u64,
+    size: u64,
+    buf: &mut [u8],
+) -> std::result::Result<bool, SendError> {
+    let node = |e: &dyn std::fmt::Display| SendError::Node(e.to_string());
+    let (mut file, len) = store
+        .open_content(key)
+        .map_err(|e| node(&e))?
+        .ok_or_else(|| SendError::Node("content vanished".into()))?;
+    if len != size {
+        return Err(SendError::Node(format!("size {len}, expected {size}")));
+    }
+    file.seek(SeekFrom::Start(*pos)).map_err(|e| node(&e))?;
+    while *pos < size {
+        let n = buf
+            .len()
+            .min(usize::try_from(size - *pos).unwrap_or(usize::MAX));
+        let got = file.read(&mut buf[..n]).map_err(|e| node(&e))?;
+        if got == 0 {
+            return Err(SendError::Node("content shrank".into()));
+        }
+        writer
+            .write_all(&buf[..got])
+            .await
+            .map_err(SendError::Stream)?;
+        *pos += got as u64;
+    }
+    let after = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(after == size)
+}
