@@ -12,6 +12,9 @@ pub fn initcluster(repo: &Path, name: &str) -> anyhow::Result<ExitCode> {
 
 pub fn updatecluster(repo: &Path) -> anyhow::Result<ExitCode> {
     let update = node::cluster::update_clusters(repo)?;
+    for p in &update.problems {
+        eprintln!("annexmesh: {p}");
+    }
     for m in update.messages() {
         println!("{m}");
     }

@@ -237,6 +237,7 @@ pub async fn p2pstdio(
                     gateway: &store,
                     nodes,
                     mode,
+                    auth: None,
                 };
                 let (reader, writer) = stdio();
                 return gateway.serve(reader, writer).await;

@@ -151,6 +151,12 @@ fn remote_path(top: &Path, remote: &str) -> Result<Option<PathBuf>> {
 /// config says (node uuids are read from the nodes' repositories; nodes that are
 /// not local git-annex repositories are skipped with a warning).
 pub fn configured(repo: &Repo) -> Result<Vec<Cluster>> {
+    Ok(configured_with_problems(repo)?.0)
+}
+
+/// [`configured`], and the nodes it had to skip, with why.
+pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String>)> {
+    let mut problems = Vec::new();
     let mut clusters = Vec::new();
     let names = config_regexp(&repo.top, r"^annex\.cluster\.")?;
     let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-node$")?;
@@ -174,8 +180,10 @@ pub fn configured(repo: &Repo) -> Result<Vec<Cluster>> {
             };
             match node_of_remote(repo, remote) {
                 Ok(Some(n)) => nodes.push(n),
-                Ok(None) => tracing::warn!("cluster node {remote} is not a local repository"),
-                Err(e) => tracing::warn!("cluster node {remote}: {e}"),
+                Ok(None) => problems.push(format!(
+                    "cluster node {remote} is not a local repository (skipped)"
+                )),
+                Err(e) => problems.push(format!("cluster node {remote}: {e} (skipped)")),
             }
         }
         clusters.push(Cluster {
@@ -184,7 +192,7 @@ pub fn configured(repo: &Repo) -> Result<Vec<Cluster>> {
             nodes,
         });
     }
-    Ok(clusters)
+    Ok((clusters, problems))
 }
 
 fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
@@ -208,6 +216,8 @@ pub struct Update {
     pub removed: Vec<(String, String)>,
     /// Names newly proxied (nodes, then clusters).
     pub proxying: Vec<String>,
+    /// Configured nodes that could not be used, with why.
+    pub problems: Vec<String>,
 }
 
 impl Update {
@@ -232,7 +242,7 @@ impl Update {
 /// then commits the journal to the git-annex branch.
 pub fn update_clusters(repo_path: &Path) -> Result<Update> {
     let repo = Repo::open(repo_path)?;
-    let clusters = configured(&repo)?;
+    let (clusters, problems) = configured_with_problems(&repo)?;
     let journal = crate::journal::Journal::new(&repo.git_dir);
     let now = log_clock_now();
     let catalog = crate::branch::read(&repo.git_dir)?;
@@ -244,7 +254,10 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let mut update = Update::default();
+    let mut update = Update {
+        problems,
+        ..Update::default()
+    };
     // proxy.log entries: uuid -> name, sorted by uuid as git-annex writes them.
     let mut proxied: BTreeMap<String, String> = BTreeMap::new();
     for cluster in &clusters {
@@ -316,7 +329,7 @@ pub enum Served {
     /// A cluster of this gateway, with its nodes' stores.
     Cluster { uuid: Uuid, nodes: Vec<NodeStore> },
     /// One node, proxied.
-    Node(NodeStore),
+    Node(Box<NodeStore>),
 }
 
 /// A node's uuid and its object store, written directly (no extra process).
@@ -335,7 +348,7 @@ fn open_node(n: &Node) -> Option<NodeStore> {
             store,
         }),
         Ok(store) => {
-            tracing::warn!(
+            tracing::info!(
                 "node {} has uuid {}, expected {}",
                 n.remote,
                 store.uuid(),
@@ -344,7 +357,7 @@ fn open_node(n: &Node) -> Option<NodeStore> {
             None
         }
         Err(e) => {
-            tracing::warn!("node {}: {e}", n.remote);
+            tracing::info!("node {}: {e}", n.remote);
             None
         }
     }
@@ -387,7 +400,7 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     if node.uuid.as_str() != want {
         return Ok(None);
     }
-    Ok(open_node(&node).map(Served::Node))
+    Ok(open_node(&node).map(|n| Served::Node(Box::new(n))))
 }
 
 #[cfg(test)]

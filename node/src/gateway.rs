@@ -5,7 +5,8 @@
 //! [`Store`](crate::store::Store)s, with no `git-annex-shell` per node (git-annex
 //! starts one per node and connection). A node's refusal (locked content, a
 //! failed write) is a clean `FAILURE` for that node; it is logged through
-//! `tracing`, never written to the client's stream.
+//! `tracing` at info level (hidden unless `ANNEXMESH_LOG` asks for it), so it
+//! never reaches the client's terminal, which sees the shell's stderr.
 //!
 //! Replies follow git-annex's gateway (transcripts `cluster-*`): `AUTH-SUCCESS
 //! <cluster uuid>`, `-PLUS` replies at v2+, `LOCKCONTENT` always `FAILURE`, `GET`
@@ -19,52 +20,17 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use protocol::logs::presence::Status;
-use protocol::message::{MAX_LINE, MAX_VERSION, Message, Version};
-use protocol::server::{APPEND_ONLY_ERROR, CloseReason, READ_ONLY_ERROR, ServeMode, Validity};
+use protocol::message::{MAX_VERSION, Message, Version};
+use protocol::server::{
+    APPEND_ONLY_ERROR, CloseReason, MAX_AUTH_ATTEMPTS, READ_ONLY_ERROR, ServeMode, Validity,
+};
 use protocol::{Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 use crate::cluster::NodeStore;
 use crate::error::{Error, Result};
-use crate::session::IO_BUFFER;
+use crate::session::{Authenticator, IO_BUFFER, LineRead, read_line};
 use crate::store::{Store, Stored, Upload};
-
-enum LineRead {
-    Line,
-    Eof,
-    TooLong,
-}
-
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<LineRead> {
-    buf.clear();
-    loop {
-        let avail = reader.fill_buf().await?;
-        if avail.is_empty() {
-            return Ok(LineRead::Eof);
-        }
-        match avail.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                if buf.len() + i > MAX_LINE {
-                    return Ok(LineRead::TooLong);
-                }
-                buf.extend_from_slice(&avail[..i]);
-                reader.consume(i + 1);
-                return Ok(LineRead::Line);
-            }
-            None => {
-                let n = avail.len();
-                if buf.len() + n > MAX_LINE {
-                    return Ok(LineRead::TooLong);
-                }
-                buf.extend_from_slice(avail);
-                reader.consume(n);
-            }
-        }
-    }
-}
 
 /// A cluster gateway session.
 pub struct Gateway<'a> {
@@ -72,7 +38,13 @@ pub struct Gateway<'a> {
     /// The gateway's own repository: its journal records where content went.
     pub gateway: &'a Store,
     pub nodes: Vec<NodeStore>,
+    /// What the client may do. With `auth`, the mode its `AUTH` is granted
+    /// replaces this.
     pub mode: ServeMode,
+    /// `None`: the transport authenticated the client (`p2pstdio`), so
+    /// `AUTH-SUCCESS` is sent at once. `Some`: the client must send `AUTH`
+    /// first (libp2p and other P2P transports).
+    pub auth: Option<&'a dyn Authenticator>,
 }
 
 struct Io<R, W> {
@@ -138,7 +110,7 @@ impl Gateway<'_> {
     fn record(&self, key: &Key, uuids: &[Uuid], status: Status) {
         for u in uuids {
             if let Err(e) = self.gateway.journal().record_presence(key, u, status) {
-                tracing::warn!("cannot record location of {key}: {e}");
+                tracing::info!("cannot record location of {key}: {e}");
             }
         }
     }
@@ -179,7 +151,16 @@ impl Gateway<'_> {
         W: AsyncWrite + Unpin + Send,
     {
         let mut version: Version = 0;
-        io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
+        let mode = match self.auth {
+            None => {
+                io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
+                self.mode
+            }
+            Some(auth) => match self.authenticate(io, auth).await? {
+                Ok(mode) => mode,
+                Err(reason) => return Ok(reason),
+            },
+        };
         loop {
             let msg = match io.next().await {
                 Ok(Some(m)) => m,
@@ -209,10 +190,10 @@ impl Gateway<'_> {
                     io.send(&M::Timestamp(crate::clock::monotonic_seconds()))
                         .await?
                 }
-                M::Remove(key) => self.remove(io, version, key, None).await?,
-                M::RemoveBefore(ts, key) => self.remove(io, version, key, Some(ts)).await?,
+                M::Remove(key) => self.remove(io, mode, version, key, None).await?,
+                M::RemoveBefore(ts, key) => self.remove(io, mode, version, key, Some(ts)).await?,
                 M::Put(_file, key) => {
-                    if self.mode == ServeMode::ReadOnly {
+                    if mode == ServeMode::ReadOnly {
                         io.send(&M::Error(READ_ONLY_ERROR.into())).await?;
                     } else if let Some(reason) = self.put(io, version, key).await? {
                         return Ok(reason);
@@ -237,9 +218,54 @@ impl Gateway<'_> {
         }
     }
 
+    /// Reads `AUTH` lines until one is granted (`Ok(Ok(mode))`), as the plain
+    /// server does: `AUTH-FAILURE` for a refused one, `ERROR unexpected command`
+    /// for anything else, and the session ends after too many failures.
+    async fn authenticate<R, W>(
+        &self,
+        io: &mut Io<R, W>,
+        auth: &dyn Authenticator,
+    ) -> Result<std::result::Result<ServeMode, CloseReason>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let mut failures = 0;
+        loop {
+            let msg = match io.next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(Err(CloseReason::Eof)),
+                Err(Error::Protocol(e)) => return Ok(Err(CloseReason::ProtocolError(e))),
+                Err(e) => return Err(e),
+            };
+            match msg {
+                None => io.send(&Message::Error("unknown command".into())).await?,
+                Some(Message::Error(e)) => return Ok(Err(CloseReason::ClientError(e))),
+                Some(Message::Auth(uuid, token)) => match auth.check(uuid.as_ref(), &token) {
+                    Some(mode) => {
+                        io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
+                        return Ok(Ok(mode));
+                    }
+                    None => {
+                        io.send(&Message::AuthFailure).await?;
+                        failures += 1;
+                        if failures >= MAX_AUTH_ATTEMPTS {
+                            return Ok(Err(CloseReason::TooManyAuthAttempts));
+                        }
+                    }
+                },
+                Some(_) => {
+                    io.send(&Message::Error("unexpected command".into()))
+                        .await?
+                }
+            }
+        }
+    }
+
     async fn remove<R, W>(
         &self,
         io: &mut Io<R, W>,
+        mode: ServeMode,
         version: Version,
         key: Key,
         before: Option<i64>,
@@ -248,7 +274,7 @@ impl Gateway<'_> {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        match self.mode {
+        match mode {
             ServeMode::ReadWrite => {}
             ServeMode::AppendOnly => {
                 return io.send(&Message::Error(APPEND_ONLY_ERROR.into())).await;
@@ -258,7 +284,7 @@ impl Gateway<'_> {
         let results = each_parallel(self.nodes.iter().collect(), |n| {
             let r = n.store.remove(&key, before);
             if let Err(e) = &r {
-                tracing::warn!("remove {key} from node {}: {e}", n.remote);
+                tracing::info!("remove {key} from node {}: {e}", n.remote);
             }
             (n.uuid.clone(), matches!(r, Ok(true)))
         });
@@ -308,7 +334,7 @@ impl Gateway<'_> {
                         upload: Some(up),
                     }),
                     Err(e) => {
-                        tracing::warn!("node {} cannot take {key}: {e}", n.remote);
+                        tracing::info!("node {} cannot take {key}: {e}", n.remote);
                         None
                     }
                 }
@@ -318,6 +344,24 @@ impl Gateway<'_> {
         io.send(&Message::PutFrom(offset)).await?;
         let len = match io.next().await {
             Ok(Some(Some(Message::Data(len)))) => len,
+            Ok(Some(Some(Message::DataPresent))) if version >= 4 => {
+                // The client says the content is already here: it is if a node has it.
+                drop(targets);
+                let have: Vec<Uuid> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.store.confirm_present(&key))
+                    .map(|n| n.uuid.clone())
+                    .collect();
+                self.record(&key, &have, Status::Present);
+                let plain = if have.is_empty() {
+                    Message::Failure
+                } else {
+                    Message::Success
+                };
+                io.send(&self.plus_or(version, have, plain)).await?;
+                return Ok(None);
+            }
             Ok(Some(_)) => {
                 io.send(&Message::Error("expected DATA".into())).await?;
                 return Ok(None);
@@ -356,7 +400,7 @@ impl Gateway<'_> {
                     return;
                 };
                 if let Err(e) = up.write(&chunk[skip..]) {
-                    tracing::warn!("node {} cannot store {}: {e}", t.node.remote, up.key());
+                    tracing::info!("node {} cannot store {}: {e}", t.node.remote, up.key());
                     t.upload = None;
                 }
                 t.have = chunk_start + n as u64;
@@ -397,7 +441,7 @@ impl Gateway<'_> {
                     None
                 }
                 Err(e) => {
-                    tracing::warn!("node {} storing {key}: {e}", t.node.remote);
+                    tracing::info!("node {} storing {key}: {e}", t.node.remote);
                     None
                 }
             }
@@ -463,7 +507,7 @@ impl Gateway<'_> {
                 Ok(stable) => valid &= stable,
                 Err(SendError::Stream(e)) => return Err(io_err(e)),
                 Err(SendError::Node(e)) => {
-                    tracing::warn!("node {} failed sending {key}: {e}", node.remote);
+                    tracing::info!("node {} failed sending {key}: {e}", node.remote);
                 }
             }
         }
@@ -550,4 +594,125 @@ async fn send_from<W: AsyncWrite + Unpin>(
     }
     let after = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok(after == size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::AuthToken;
+    use tokio::io::AsyncReadExt;
+
+    const HELLO: &str =
+        "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.txt";
+
+    fn repo(dir: &std::path::Path, uuid: &str) -> Store {
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .output()
+                .map(|o| o.status.success());
+            assert!(matches!(ok, Ok(true)), "git {args:?}");
+        };
+        std::fs::create_dir_all(dir).expect("mkdir");
+        git(&["init", "-q"]);
+        git(&["config", "annex.uuid", uuid]);
+        Store::open(dir).expect("open store")
+    }
+
+    struct Token;
+    impl Authenticator for Token {
+        fn check(&self, _client: Option<&Uuid>, token: &AuthToken) -> Option<ServeMode> {
+            (token.as_str() == "good").then_some(ServeMode::ReadWrite)
+        }
+    }
+
+    async fn session(gw: &Gateway<'_>, input: &[u8]) -> String {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (sr, sw) = tokio::io::split(server);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let drive = async {
+            cw.write_all(input).await.expect("write");
+            cw.shutdown().await.expect("shutdown");
+            let mut out = Vec::new();
+            cr.read_to_end(&mut out).await.expect("read");
+            out
+        };
+        let (served, out) = tokio::join!(gw.serve(sr, sw), drive);
+        served.expect("session");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn auth_put_get_remove() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let g = repo(
+            &tmp.path().join("G"),
+            "99999999-9999-4999-8999-999999999999",
+        );
+        let nodes: Vec<NodeStore> = [
+            "11111111-1111-4111-8111-111111111111",
+            "22222222-2222-4222-8222-222222222222",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| NodeStore {
+            uuid: Uuid::parse(u).expect("uuid"),
+            remote: format!("N{i}"),
+            store: repo(&tmp.path().join(format!("N{i}")), u),
+        })
+        .collect();
+        let cluster = Uuid::parse("ac525812-b24e-81d5-ad3f-c2acde9c9b05").expect("uuid");
+        let gw = Gateway {
+            cluster: cluster.clone(),
+            gateway: &g,
+            nodes: nodes.clone(),
+            mode: ServeMode::ReadOnly,
+            auth: Some(&Token),
+        };
+        let client = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
+        let out = session(
+            &gw,
+            format!(
+                "VERSION 4\nAUTH {client} bad\nAUTH {client} good\nVERSION 4\n\
+                 PUT x {HELLO}\nDATA 6\nhello\nVALID\nCHECKPRESENT {HELLO}\nGET 2 x {HELLO}\nSUCCESS\n\
+                 LOCKCONTENT {HELLO}\nREMOVE {HELLO}\nCHECKPRESENT {HELLO}\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!(
+                "ERROR unexpected command\nAUTH-FAILURE\nAUTH-SUCCESS {cluster}\nVERSION 4\n\
+                 PUT-FROM 0\nSUCCESS-PLUS 11111111-1111-4111-8111-111111111111 22222222-2222-4222-8222-222222222222\n\
+                 SUCCESS\nDATA 4\nllo\nVALID\nFAILURE\n\
+                 SUCCESS-PLUS 11111111-1111-4111-8111-111111111111 22222222-2222-4222-8222-222222222222\n\
+                 FAILURE\n"
+            )
+        );
+        let key = Key::parse(HELLO).expect("key");
+        assert!(nodes.iter().all(|n| !n.store.contains(&key)));
+        // The gateway's log has the nodes' lines, never the cluster's.
+        let log = g
+            .journal()
+            .read(&protocol::logs::presence::location_log_path(&key))
+            .expect("log");
+        let log = String::from_utf8_lossy(&log);
+        assert!(
+            log.contains("11111111-1111-4111-8111-111111111111"),
+            "{log}"
+        );
+        assert!(!log.contains(cluster.as_str()), "{log}");
+
+        // Preauthenticated read-only: PUT is refused in words.
+        let gw = Gateway { auth: None, ..gw };
+        let out = session(&gw, format!("VERSION 1\nPUT x {HELLO}\n").as_bytes()).await;
+        assert_eq!(
+            out,
+            format!("AUTH-SUCCESS {cluster}\nVERSION 1\nERROR {READ_ONLY_ERROR}\n")
+        );
+    }
 }

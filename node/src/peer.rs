@@ -238,7 +238,8 @@ async fn serve_stream(
     let mut reader = tokio::io::BufReader::new(reader);
     let store = &shared.store;
     if protocol == TARGET_PROTOCOL {
-        // `TARGET <uuid>\n` first: this peer serves only its own repository.
+        // `TARGET <uuid>\n` first: this repository, a cluster this gateway
+        // serves, or a node it proxies (annex-spec §4.4).
         let mut line = String::new();
         let n = (&mut reader)
             .take(256)
@@ -246,6 +247,36 @@ async fn serve_stream(
             .await
             .map_err(|e| Error::Protocol(format!("target line: {e}")))?;
         let target = line.trim_end().strip_prefix("TARGET ").unwrap_or("");
+        if n > 0 && target != store.uuid().as_str() {
+            let access = shared.rules.for_peer(peer);
+            match crate::cluster::resolve(store, target) {
+                Ok(Some(crate::cluster::Served::Cluster { uuid, nodes })) => {
+                    let gateway = crate::gateway::Gateway {
+                        cluster: uuid,
+                        gateway: store,
+                        nodes,
+                        mode: protocol::server::ServeMode::ReadOnly,
+                        auth: Some(&access),
+                    };
+                    return gateway.serve(reader, writer).await;
+                }
+                Ok(Some(crate::cluster::Served::Node(node))) => {
+                    let server = Server::new(ServerConfig {
+                        uuid: node.uuid.clone(),
+                        start: Start::RequireAuth,
+                        git: GitAccess::Refused,
+                        max_version: i64::from(MAX_VERSION),
+                    });
+                    let ctx = ServeContext {
+                        auth: Some(&access),
+                        git: None,
+                    };
+                    return serve(server, reader, writer, &node.store, &ctx).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::info!("resolving target {target}: {e}"),
+            }
+        }
         if n == 0 || target != store.uuid().as_str() {
             let msg = format!("ERROR this peer does not serve repository {target}\n");
             let _ = writer.write_all(msg.as_bytes()).await;

@@ -20,7 +20,7 @@ use crate::store::{ContentLock, Store, Stored, Upload};
 pub const IO_BUFFER: usize = 1 << 20;
 
 /// One line read from a peer.
-enum LineRead {
+pub(crate) enum LineRead {
     Line,
     Eof,
     TooLong,
@@ -28,7 +28,7 @@ enum LineRead {
 
 /// Reads one line of at most [`MAX_LINE`] bytes into `buf` (without the `\n`).
 /// Never buffers more than that, whatever the peer sends.
-async fn read_line<R: AsyncRead + Unpin>(
+pub(crate) async fn read_line<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<LineRead> {
