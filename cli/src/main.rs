@@ -120,6 +120,9 @@ enum Command {
     /// Record the clusters' nodes (remotes with `annex-cluster-node`) in
     /// cluster.log and proxy.log (as `git annex updatecluster`).
     Updatecluster,
+    /// Cluster nodes beyond local repositories.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Stand in for git-annex-shell (configlist, p2pstdio), with its arguments.
     #[command(name = "annex-shell", disable_help_flag = true)]
     AnnexShell {
@@ -171,18 +174,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::P2p { .. } => daemon::gen_addresses(&repo),
         Command::Grant { peer, mode } => daemon::grant(&repo, &peer, &mode),
         Command::AddPeer { name, address } => daemon::add_peer(&repo, &name, &address),
+        // Transfers run on a runtime worker: a future polled by `block_on` on
+        // the main thread moves bytes markedly slower (measured by the libp2p
+        // benchmark).
         Command::Put {
             file,
             to,
             backend,
             auth,
-        } => runtime.block_on(client::put(&repo, &file, &to, &backend, &auth)),
+        } => runtime.block_on(on_worker(async move {
+            client::put(&repo, &file, &to, &backend, &auth).await
+        })),
         Command::Get {
             key,
             from,
             output,
             auth,
-        } => runtime.block_on(client::get(&repo, &key, &from, output, &auth)),
+        } => runtime.block_on(on_worker(async move {
+            client::get(&repo, &key, &from, output, &auth).await
+        })),
         Command::Drop { key, from, auth } => {
             runtime.block_on(client::drop(&repo, &key, &from, &auth))
         }
@@ -192,9 +202,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whereis { key, json } => query::whereis(&repo, &key, json),
         Command::Info { peer, json } => query::info(&repo, peer.as_deref(), json),
         Command::Initcluster { name } => cluster::initcluster(&repo, &name),
-        Command::Updatecluster => cluster::updatecluster(&repo),
+        Command::Updatecluster => runtime.block_on(cluster::updatecluster(&repo)),
+        Command::Cluster(c) => cluster::cluster(&repo, c),
         Command::AnnexShell { .. } => Ok(ExitCode::SUCCESS),
     }
+}
+
+async fn on_worker<T: Send + 'static>(
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::spawn(work).await?
 }
 
 fn init_tracing() {
