@@ -60,13 +60,18 @@
 //! printed next to the ratios for the reader). Any failure of the setup or of a
 //! transfer is an error and a non-zero exit.
 
-use std::ffi::OsString;
-use std::io::{BufRead, Read, Write};
+mod common;
+
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use common::{
+    AUTHOR_EMAIL, AUTHOR_NAME, AnnexBin, MIB, Scratch, command_in, env_number, make_file,
+    mib_per_s, path_with_git_annex, remove_tree, run_ok,
+};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, StreamProtocol};
@@ -77,16 +82,12 @@ use node::remote::{Endpoint, StreamSession};
 use node::session::ClientSession;
 use node::store::Store;
 use protocol::server::ServeMode;
-use protocol::verify::Hash;
 use protocol::{AssociatedFile, AuthToken, Key, Uuid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const CLIENT_UUID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
 const STOCK_UUID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
-const MIB: u64 = 1024 * 1024;
 const CHUNK: usize = 1 << 20;
-const AUTHOR_NAME: &str = "annexmesh bench";
-const AUTHOR_EMAIL: &str = "bench@annexmesh.invalid";
 /// The throwaway protocol of the raw stream copy.
 const RAW_PROTOCOL: StreamProtocol = StreamProtocol::new("/annexmesh-bench/raw/1");
 /// How long the daemon may take to print its address.
@@ -122,14 +123,9 @@ struct Config {
     ours: PathBuf,
 }
 
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .with_context(|| format!("{name}={v:?} is not a non-negative integer")),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(anyhow!("{name}: {e}")),
+impl AnnexBin for Config {
+    fn annex_bin(&self) -> &Path {
+        &self.annex_bin
     }
 }
 
@@ -200,67 +196,6 @@ impl Config {
 
     fn wants(&self, part: &str) -> bool {
         self.only.iter().any(|p| p == part)
-    }
-}
-
-/// Gives the owner write permission on every directory under `path` (best
-/// effort): git-annex and our store leave read-only directories behind.
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mut perm = meta.permissions();
-    if perm.mode() & 0o700 != 0o700 {
-        perm.set_mode(perm.mode() | 0o700);
-        let _ = std::fs::set_permissions(path, perm);
-    }
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            make_writable(&e.path());
-        }
-    }
-}
-
-fn remove_tree(path: &Path) -> Result<()> {
-    if path.exists() {
-        make_writable(path);
-        std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The temp dir of one run, made writable again before it is removed.
-struct Scratch {
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map_or(Path::new("/nonexistent"), |d| d.path())
-    }
-
-    fn cleanup(&mut self) -> Result<()> {
-        if let Some(d) = self.dir.take() {
-            let path = d.path().to_path_buf();
-            make_writable(&path);
-            d.close()
-                .with_context(|| format!("removing {}", path.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = self.cleanup() {
-            eprintln!("warning: {e:#}");
-        }
     }
 }
 
@@ -439,10 +374,6 @@ impl Results {
             s.cpu.push(cpu);
         }
     }
-}
-
-fn mib_per_s(size: u64, secs: f64) -> f64 {
-    size as f64 / MIB as f64 / secs
 }
 
 // ---------------------------------------------------------------------------
@@ -709,36 +640,6 @@ async fn close(subjects: Subjects) -> Result<()> {
         );
     }
     first
-}
-
-/// Writes `size` pseudo-random bytes (xorshift64* over u64 words) to `path` and
-/// returns their SHA256E key with extension `.bin` (the same content as the
-/// p2pstdio bench).
-fn make_file(path: &Path, size: u64) -> Result<Key> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
-    let mut hasher = Hash::Sha256.hasher();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = size;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = usize::try_from(left.min(buf.len() as u64))?;
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-        left -= n as u64;
-    }
-    out.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Key::from_hash("SHA256E", size, &hasher.finish_hex(), ".bin")
-        .map_err(|e| anyhow!("building the key: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1191,51 +1092,6 @@ fn start_daemon(
 
 // ---------------------------------------------------------------------------
 // Stock git-annex-shell p2pstdio.
-
-fn path_with_git_annex(cfg: &Config) -> Result<OsString> {
-    let mut parts = vec![cfg.annex_bin.clone()];
-    if let Some(old) = std::env::var_os("PATH") {
-        parts.extend(std::env::split_paths(&old));
-    }
-    std::env::join_paths(parts).context("building PATH")
-}
-
-fn command_in(
-    cfg: &Config,
-    program: impl AsRef<std::ffi::OsStr>,
-    cwd: &Path,
-    home: &Path,
-) -> Result<Command> {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(cwd)
-        .env("PATH", path_with_git_annex(cfg)?)
-        .env("HOME", home)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", AUTHOR_NAME)
-        .env("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL)
-        .env("GIT_COMMITTER_NAME", AUTHOR_NAME)
-        .env("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(Stdio::null());
-    Ok(cmd)
-}
-
-fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn git_annex_version(cfg: &Config, tmp: &Path) -> String {
     let Ok(mut cmd) = command_in(cfg, cfg.annex_bin.join("git-annex"), tmp, tmp) else {

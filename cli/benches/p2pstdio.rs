@@ -24,23 +24,23 @@
 //! This is a measurement, not a test: it never judges timings. Any failure of
 //! the setup or of a transfer is an error and a non-zero exit.
 
-use std::ffi::OsString;
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
+use common::{
+    AUTHOR_EMAIL, AUTHOR_NAME, AnnexBin, MIB, Scratch, command_in, env_number, make_file,
+    mib_per_s, path_with_git_annex, remove_tree, run_ok, timed, workspace_root,
+};
 use node::process::ShellConnection;
-use protocol::verify::Hash;
 use protocol::{AssociatedFile, Key, Uuid};
 
 const CLIENT_UUID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
 const SERVER_UUID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 const FILE_NAME: &str = "big.bin";
-const MIB: u64 = 1024 * 1024;
-const AUTHOR_NAME: &str = "annexmesh bench";
-const AUTHOR_EMAIL: &str = "bench@annexmesh.invalid";
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; `cargo test --benches` (or `--all-targets`)
@@ -71,22 +71,10 @@ struct Config {
     ours: PathBuf,
 }
 
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .with_context(|| format!("{name}={v:?} is not a non-negative integer")),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(anyhow!("{name}: {e}")),
+impl AnnexBin for Config {
+    fn annex_bin(&self) -> &Path {
+        &self.annex_bin
     }
-}
-
-fn workspace_root() -> Result<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("cli crate is not inside a workspace"))
 }
 
 impl Config {
@@ -138,68 +126,6 @@ impl Config {
     fn size(&self) -> u64 {
         self.mib * MIB
     }
-}
-
-/// The temp dir of one run. git-annex leaves read-only directories behind, so
-/// it is made writable again before it is removed.
-struct Scratch {
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map_or(Path::new("/nonexistent"), |d| d.path())
-    }
-
-    fn cleanup(&mut self) -> Result<()> {
-        if let Some(d) = self.dir.take() {
-            let path = d.path().to_path_buf();
-            make_writable(&path);
-            d.close()
-                .with_context(|| format!("removing {}", path.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = self.cleanup() {
-            eprintln!("warning: {e:#}");
-        }
-    }
-}
-
-/// Gives the owner write permission on every directory under `path` (best effort).
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mut perm = meta.permissions();
-    if perm.mode() & 0o700 != 0o700 {
-        perm.set_mode(perm.mode() | 0o700);
-        let _ = std::fs::set_permissions(path, perm);
-    }
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            make_writable(&e.path());
-        }
-    }
-}
-
-/// Removes a directory tree that git-annex may have made read-only.
-fn remove_tree(path: &Path) -> Result<()> {
-    if path.exists() {
-        make_writable(path);
-        std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// Which p2pstdio server.
@@ -368,94 +294,6 @@ fn bench(cfg: &Config, tmp: &Path) -> Result<Results> {
     Ok(results)
 }
 
-/// Writes `size` pseudo-random bytes (xorshift64* over u64 words) to `path` and
-/// returns their SHA256E key with extension `.bin`.
-fn make_file(path: &Path, size: u64) -> Result<Key> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Hash::Sha256.hasher();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = usize::try_from(left.min(buf.len() as u64))?;
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", path.display()))?;
-        left -= n as u64;
-    }
-    out.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    let key = Key::from_hash("SHA256E", size, &hasher.finish_hex(), ".bin")
-        .map_err(|e| anyhow!("building the key: {e}"))?;
-    Ok(key)
-}
-
-/// PATH with the stock git-annex first.
-fn path_with_git_annex(cfg: &Config) -> Result<OsString> {
-    let mut parts = vec![cfg.annex_bin.clone()];
-    if let Some(old) = std::env::var_os("PATH") {
-        parts.extend(std::env::split_paths(&old));
-    }
-    std::env::join_paths(parts).context("building PATH")
-}
-
-/// A command with a clean environment for git and git-annex (like the tests'
-/// `support::command_in`).
-fn command_in(
-    cfg: &Config,
-    program: impl AsRef<std::ffi::OsStr>,
-    cwd: &Path,
-    home: &Path,
-) -> Result<Command> {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(cwd)
-        .env("PATH", path_with_git_annex(cfg)?)
-        .env("HOME", home)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", AUTHOR_NAME)
-        .env("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL)
-        .env("GIT_COMMITTER_NAME", AUTHOR_NAME)
-        .env("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .env_remove("FAKE_SSH_GIT_ANNEX_SHELL")
-        .env_remove("FAKE_SSH_LOG")
-        .stdin(Stdio::null());
-    Ok(cmd)
-}
-
-/// Runs a command to completion; an error (with its output) unless it succeeds.
-fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs a command and returns how long it took.
-fn timed(cmd: &mut Command) -> Result<Duration> {
-    let t = Instant::now();
-    run_ok(cmd)?;
-    Ok(t.elapsed())
-}
-
 fn git_annex_version(cfg: &Config, tmp: &Path) -> String {
     let Ok(mut cmd) = command_in(cfg, cfg.annex_bin.join("git-annex"), tmp, tmp) else {
         return "version unknown".into();
@@ -597,10 +435,6 @@ fn report(op: &str, server: Server, run: usize, size: u64, d: Duration) {
         run + 1,
         mib_per_s(size, secs)
     );
-}
-
-fn mib_per_s(size: u64, secs: f64) -> f64 {
-    size as f64 / MIB as f64 / secs
 }
 
 /// The stock git-annex client end to end through fake-ssh: `copy --to B`,

@@ -10,7 +10,44 @@ pub fn initcluster(repo: &Path, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn updatecluster(repo: &Path) -> anyhow::Result<ExitCode> {
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Add an annexmesh peer as a node: PEER is a multiaddr ending in
+    /// `/p2p/<id>` or a configured peer name. `updatecluster` then learns its
+    /// uuid by connecting (the peer must grant this repository's peer id).
+    AddNode {
+        name: String,
+        peer: String,
+        /// The cluster (default: the only one).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
+pub fn cluster(repo: &Path, command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::AddNode {
+            name,
+            peer,
+            cluster,
+        } => {
+            let r = node::Repo::open(repo)?;
+            let address = node::config::Config::load(&r)?
+                .peers
+                .iter()
+                .find(|p| p.name == peer)
+                .map_or_else(|| peer.clone(), |p| p.address.clone());
+            let c = node::cluster::add_mesh_node(repo, &name, &address, cluster.as_deref())?;
+            println!("added node {name} to cluster {c} (run updatecluster)");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn updatecluster(repo: &Path) -> anyhow::Result<ExitCode> {
+    for p in node::cluster::learn_mesh_uuids(repo).await? {
+        eprintln!("annexmesh: {p}");
+    }
     let update = node::cluster::update_clusters(repo)?;
     for p in &update.problems {
         eprintln!("annexmesh: {p}");

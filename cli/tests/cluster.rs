@@ -177,7 +177,13 @@ impl Lab {
     /// The gateway after `updatecluster`, and a client C cloned from it over
     /// fake-ssh, which has fetched G's git-annex branch.
     fn new() -> Lab {
-        let lab = Lab::gateway();
+        Lab::new_with(|_| {})
+    }
+
+    /// [`Lab::new`], with `extra` changing the gateway before `updatecluster`.
+    fn new_with(extra: impl FnOnce(&mut Lab)) -> Lab {
+        let mut lab = Lab::gateway();
+        extra(&mut lab);
         lab.annexmesh(&lab.g, &["updatecluster"]).ok();
         lab.run(&lab.g, "git", &["annex", "wanted", ".", "nothing"])
             .ok();
@@ -204,7 +210,12 @@ impl Lab {
 
     fn command(&self, program: &Path, dir: &Path) -> Command {
         let mut cmd = support::command_in(program, dir, &self.home);
-        cmd.env("GIT_ANNEX_USE_GIT_SSH", "1")
+        // Last on PATH: git-annex-remote-dummy, for external special remote nodes.
+        let mut path = support::path_with_git_annex();
+        path.push(":");
+        path.push(support::tools_dir());
+        cmd.env("PATH", path)
+            .env("GIT_ANNEX_USE_GIT_SSH", "1")
             .env("GIT_SSH", support::tools_dir().join("fake-ssh"))
             .env("FAKE_SSH_LOG", &self.log)
             .env("FAKE_SSH_GIT_ANNEX_SHELL", &self.shim)
@@ -944,4 +955,322 @@ fn cluster_over_libp2p() {
     )
     .ok();
     daemon.terminate(TIMEOUT);
+}
+
+/// Adds node `name` (a new git-annex repository) to the cluster with `url`,
+/// its git-annex-shell the real one at `shell` (so fake-ssh runs it as is).
+fn add_shell_node(lab: &mut Lab, name: &str, url: &str, shell: &Path) {
+    lab.run(&lab.root, "git", &["init", "-q", name]).ok();
+    let dir = lab.root.join(name);
+    lab.run(&dir, "git", &["annex", "init", name]).ok();
+    let uuid = lab.config(&dir, "annex.uuid");
+    let g = lab.g.clone();
+    lab.run(&g, "git", &["remote", "add", name, url]).ok();
+    let shell = shell.to_str().expect("utf-8 path");
+    lab.run(
+        &g,
+        "git",
+        &["config", &format!("remote.{name}.annex-shell"), shell],
+    )
+    .ok();
+    lab.run(
+        &g,
+        "git",
+        &[
+            "config",
+            &format!("remote.{name}.annex-cluster-node"),
+            CLUSTER,
+        ],
+    )
+    .ok();
+    lab.nodes.push(dir);
+    lab.node_uuids.push(uuid);
+}
+
+/// Nodes that are existing git-annex repositories behind the REAL
+/// git-annex-shell: N4 a local path with `annex-shell` set (run directly), N5
+/// an ssh url (`localhost:/path`, through fake-ssh as git's ssh). Stock
+/// git-annex copies to, gets from and drops from the cluster; every node gets
+/// the content and the real `git annex fsck` passes in each.
+#[test]
+fn stock_client_with_shell_nodes() {
+    let real_shell = support::git_annex_bin_dir().join("git-annex-shell");
+    let lab = Lab::new_with(|lab| {
+        add_shell_node(lab, "N4", "../N4", &real_shell);
+        let n5 = lab.root.join("N5");
+        add_shell_node(
+            lab,
+            "N5",
+            &format!("localhost:{}", n5.display()),
+            &real_shell,
+        );
+    });
+    lab.annex_c(&["info", "G"]).ok().says("G-N4").says("G-N5");
+    // updatecluster learnt N5's uuid over ssh (configlist).
+    assert_eq!(
+        lab.config(&lab.g, "remote.N5.annex-uuid"),
+        lab.node_uuids[4]
+    );
+
+    let hello = lab.key_of("hello.txt");
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster"]);
+    copy.ok();
+    let plus = copy.server_lines("SUCCESS-PLUS");
+    assert_eq!(plus.len(), 2, "{}", copy.report());
+    for l in &plus {
+        assert_eq!(
+            plus_uuids(l),
+            sorted(lab.node_uuids.clone()),
+            "{}",
+            copy.report()
+        );
+    }
+    for i in 0..5 {
+        assert!(
+            lab.node_has(i, &hello, Some(b"hello\n")),
+            "N{} lacks hello",
+            i + 1
+        );
+        assert!(
+            lab.node_has(i, &meg, Some(&meg_bytes)),
+            "N{} lacks onemeg",
+            i + 1
+        );
+    }
+    lab.fsck_nodes(&hello);
+    lab.fsck_nodes(&meg);
+    // N5 was reached through ssh with the real git-annex-shell.
+    assert!(
+        copy.wire.contains("p2pstdio") && copy.wire.contains(&lab.node_uuids[4]),
+        "{}",
+        copy.report()
+    );
+
+    // Only the shell nodes keep the content: GET is served through them.
+    for n in &lab.nodes[..3] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &hello, &meg])
+            .ok();
+    }
+    for i in 0..3 {
+        assert!(!lab.node_has(i, &meg, None), "N{} kept onemeg", i + 1);
+    }
+    lab.annex_c(&["drop", "--force", "hello.txt", "onemeg.bin"])
+        .ok();
+    let get = lab.annex_c(&["get", "--from", "G-mycluster"]);
+    get.ok()
+        .wire_has("S->C | DATA 6")
+        .wire_has("S->C | DATA 1048576");
+    assert_eq!(
+        std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
+        meg_bytes
+    );
+
+    let drop = lab.annex_c(&["drop", "--from", "G-mycluster"]);
+    drop.ok();
+    for i in 0..5 {
+        assert!(!lab.node_has(i, &hello, None), "N{} kept hello", i + 1);
+        assert!(!lab.node_has(i, &meg, None), "N{} kept onemeg", i + 1);
+    }
+}
+
+/// The peer id `annexmesh init` printed.
+fn peer_of(init: &Finished) -> String {
+    init.stdout
+        .rsplit("peer ")
+        .next()
+        .and_then(|s| s.trim().strip_suffix(')'))
+        .expect("peer id")
+        .to_owned()
+}
+
+/// An annexmesh peer M (its own daemon, on loopback) as a cluster node, added
+/// with `annexmesh cluster add-node`; `updatecluster` learns its uuid by
+/// connecting. Stock git-annex copies to, gets from and drops from the
+/// cluster; the gateway reaches M over libp2p with its own identity.
+#[test]
+fn stock_client_with_mesh_node() {
+    let mut daemon = None;
+    let lab = Lab::new_with(|lab| {
+        let g = lab.g.clone();
+        let g_peer = peer_of(lab.annexmesh(&g, &["init"]).ok());
+        let m = lab.root.join("M");
+        let ms = m.to_str().expect("utf8").to_owned();
+        let init = lab.annexmesh(&lab.root, &["--repo", &ms, "init"]);
+        init.ok();
+        lab.annexmesh(&lab.root, &["--repo", &ms, "grant", &g_peer])
+            .ok();
+        let mut cmd = lab.command(&support::annexmesh_bin(), &m);
+        cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        let mut d = support::ProcessGuard::spawn(&mut cmd);
+        let addr = d.wait_for(TIMEOUT, |out| {
+            out.lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .map(str::to_owned)
+        });
+        daemon = Some(d);
+        lab.annexmesh(&g, &["cluster", "add-node", "M", &addr])
+            .ok()
+            .says("added node M to cluster mycluster");
+        assert_eq!(
+            lab.config(&g, "remote.M.url"),
+            format!("p2p-annex::libp2p:{addr}")
+        );
+        let uuid = lab.config(&m, "annex.uuid");
+        lab.nodes.push(m);
+        lab.node_uuids.push(uuid);
+    });
+    // updatecluster learnt M's uuid by connecting.
+    assert_eq!(lab.config(&lab.g, "remote.M.annex-uuid"), lab.node_uuids[3]);
+    lab.annex_c(&["info", "G"]).ok().says("G-M");
+
+    let m_has = |key: &str| {
+        let k = protocol::Key::parse(key).expect("key");
+        let path = lab.nodes[3]
+            .join("annex/objects")
+            .join(k.hash_dir_lower())
+            .join(k.file())
+            .join(k.file());
+        std::fs::read(path).ok()
+    };
+    let hello = lab.key_of("hello.txt");
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster"]);
+    copy.ok();
+    let plus = copy.server_lines("SUCCESS-PLUS");
+    assert_eq!(plus.len(), 2, "{}", copy.report());
+    for l in &plus {
+        assert_eq!(
+            plus_uuids(l),
+            sorted(lab.node_uuids.clone()),
+            "{}",
+            copy.report()
+        );
+    }
+    assert_eq!(m_has(&hello).as_deref(), Some(&b"hello\n"[..]));
+    assert_eq!(m_has(&meg), Some(meg_bytes.clone()));
+
+    // Only M keeps the content: GET goes through it.
+    for n in &lab.nodes[..3] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &hello, &meg])
+            .ok();
+    }
+    lab.annex_c(&["drop", "--force", "hello.txt", "onemeg.bin"])
+        .ok();
+    lab.annex_c(&["get", "--from", "G-mycluster"])
+        .ok()
+        .wire_has("S->C | DATA 1048576");
+    assert_eq!(
+        std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
+        meg_bytes
+    );
+    lab.annex_c(&["drop", "--from", "G-mycluster"]).ok();
+    assert_eq!(m_has(&hello), None);
+    assert_eq!(m_has(&meg), None);
+    if let Some(mut d) = daemon {
+        d.terminate(TIMEOUT);
+    }
+}
+
+/// Special remotes as nodes: D a `directory` special remote and E an external
+/// special remote (testdata/tools/git-annex-remote-dummy), both set up with
+/// stock `git annex initremote` in the gateway. Stock git-annex copies to,
+/// gets from and drops from the cluster; the content lands in each remote's
+/// own layout, where stock git-annex (in G) finds it with `fsck --from`.
+#[test]
+fn stock_client_with_special_remote_nodes() {
+    let lab = Lab::new_with(|lab| {
+        let g = lab.g.clone();
+        for (name, args) in [
+            ("D", vec!["type=directory", "encryption=none"]),
+            (
+                "E",
+                vec!["type=external", "externaltype=dummy", "encryption=none"],
+            ),
+        ] {
+            let dir = lab.root.join(format!("{name}-store"));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let directory = format!("directory={}", dir.display());
+            let mut full = vec!["annex", "initremote", name, directory.as_str()];
+            full.extend(args);
+            lab.run(&g, "git", &full).ok();
+            lab.run(
+                &g,
+                "git",
+                &[
+                    "config",
+                    &format!("remote.{name}.annex-cluster-node"),
+                    CLUSTER,
+                ],
+            )
+            .ok();
+            let uuid = lab.config(&g, &format!("remote.{name}.annex-uuid"));
+            lab.node_uuids.push(uuid);
+        }
+    });
+    lab.annex_c(&["info", "G"]).ok().says("G-D").says("G-E");
+    let hello = lab.key_of("hello.txt");
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
+    let k = protocol::Key::parse(&meg).expect("key");
+    let d_path = lab
+        .root
+        .join("D-store")
+        .join(k.hash_dir_lower())
+        .join(k.file())
+        .join(k.file());
+    let e_path = lab
+        .root
+        .join("E-store")
+        .join(k.hash_dir_lower())
+        .join(k.file());
+
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster"]);
+    copy.ok();
+    let plus = copy.server_lines("SUCCESS-PLUS");
+    assert_eq!(plus.len(), 2, "{}", copy.report());
+    for l in &plus {
+        assert_eq!(
+            plus_uuids(l),
+            sorted(lab.node_uuids.clone()),
+            "{}",
+            copy.report()
+        );
+    }
+    assert_eq!(std::fs::read(&d_path).expect("in D"), meg_bytes);
+    assert_eq!(std::fs::read(&e_path).expect("in E"), meg_bytes);
+    for r in ["D", "E"] {
+        lab.run(
+            &lab.g,
+            "git",
+            &["annex", "fsck", "--from", r, "--key", &meg],
+        )
+        .ok();
+    }
+
+    // Only the special remotes keep the content: GET goes through them.
+    for n in &lab.nodes[..3] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &hello, &meg])
+            .ok();
+    }
+    lab.annex_c(&["drop", "--force", "hello.txt", "onemeg.bin"])
+        .ok();
+    lab.annex_c(&["get", "--from", "G-mycluster"])
+        .ok()
+        .wire_has("S->C | DATA 1048576");
+    assert_eq!(
+        std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
+        meg_bytes
+    );
+    // LOCKCONTENT is FAILURE, as git-annex answers for special remotes.
+    let (_, out, _) = lab.p2pstdio(
+        &lab.cluster_uuid,
+        format!("VERSION 2\nLOCKCONTENT {meg}\n").as_bytes(),
+    );
+    assert!(out.ends_with("FAILURE\n"), "{out}");
+    lab.annex_c(&["drop", "--from", "G-mycluster"]).ok();
+    assert!(!d_path.exists());
+    assert!(!e_path.exists());
 }

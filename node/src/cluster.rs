@@ -19,12 +19,148 @@ use crate::journal::log_clock_now;
 use crate::repo::Repo;
 use crate::store::Store;
 
-/// One node of a cluster: a git remote of the gateway that is a local repository.
+/// One node of a cluster: a git remote of the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub remote: String,
     pub uuid: Uuid,
-    pub path: PathBuf,
+    pub access: Access,
+}
+
+/// How the gateway reaches a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// A local git-annex repository, written directly through its `Store`.
+    Local(PathBuf),
+    /// An existing git-annex repository behind `git-annex-shell p2pstdio`.
+    Shell(ShellCommand),
+    /// An annexmesh peer on the mesh (url `p2p-annex::libp2p:<multiaddr>`).
+    Mesh(String),
+    /// A special remote (directory or external).
+    Special(crate::special::Special),
+}
+
+/// The url prefix of a mesh node's remote.
+pub const MESH_URL_PREFIX: &str = "p2p-annex::libp2p:";
+
+/// How to start a node's `git-annex-shell p2pstdio`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellCommand {
+    /// A local repository whose remote sets `annex-shell`: that program is run
+    /// directly as `PROGRAM p2pstdio PATH CLIENT --uuid NODE`.
+    Program { program: PathBuf, path: PathBuf },
+    /// `ssh [-p PORT] HOST "SHELL 'p2pstdio' 'PATH' 'CLIENT' '--uuid' 'NODE'"`,
+    /// with git's ssh settings as git-annex honours them.
+    Ssh {
+        host: String,
+        port: Option<u16>,
+        shell: String,
+        path: String,
+    },
+}
+
+/// Quotes a word for a POSIX shell, as git-annex's `shellEscape` does.
+fn shell_quote(w: &str) -> String {
+    format!("'{}'", w.replace('\'', "'\"'\"'"))
+}
+
+impl ShellCommand {
+    /// The command for `git-annex-shell ACTION PATH ARGS…`.
+    pub fn command(&self, action: &str, args: &[&str]) -> std::process::Command {
+        match self {
+            ShellCommand::Program { program, path } => {
+                let mut c = Command::new(program);
+                c.arg(action).arg(path).args(args);
+                c
+            }
+            ShellCommand::Ssh {
+                host,
+                port,
+                shell,
+                path,
+            } => {
+                let mut line = format!("{shell} {} {}", shell_quote(action), shell_quote(path));
+                for a in args {
+                    line.push(' ');
+                    line.push_str(&shell_quote(a));
+                }
+                let mut c = ssh_command();
+                if let Some(p) = port {
+                    c.arg("-p").arg(p.to_string());
+                }
+                c.arg(host).arg(line);
+                c
+            }
+        }
+    }
+}
+
+/// `ssh`, or git's ssh when git-annex would use it (`GIT_ANNEX_USE_GIT_SSH=1`
+/// with `GIT_SSH_COMMAND` or `GIT_SSH`).
+fn ssh_command() -> Command {
+    if std::env::var("GIT_ANNEX_USE_GIT_SSH").is_ok_and(|v| v == "1") {
+        if let Ok(cmd) = std::env::var("GIT_SSH_COMMAND")
+            && !cmd.is_empty()
+        {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("{cmd} \"$@\"")).arg(cmd);
+            return c;
+        }
+        if let Some(prog) = std::env::var_os("GIT_SSH")
+            && !prog.is_empty()
+        {
+            return Command::new(prog);
+        }
+    }
+    Command::new("ssh")
+}
+
+/// An ssh-style url: `host:/path`, `host:path` (under the home directory, as
+/// `/~/path`) or `ssh://[user@]host[:port]/path`.
+fn parse_ssh_url(url: &str) -> Option<(String, Option<u16>, String)> {
+    if let Some(rest) = url
+        .strip_prefix("ssh://")
+        .or_else(|| url.strip_prefix("git+ssh://"))
+    {
+        let (hostport, path) = rest.split_at(rest.find('/')?);
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse().ok()?)),
+            None => (hostport, None),
+        };
+        return Some((host.to_owned(), port, path.to_owned()));
+    }
+    if url.contains("://") {
+        return None;
+    }
+    let (host, path) = url.split_once(':')?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/~/{path}")
+    };
+    Some((host.to_owned(), None, path))
+}
+
+/// `git-annex-shell configlist`: the node's `annex.uuid`.
+fn shell_uuid(shell: &ShellCommand) -> Result<Uuid> {
+    let out = shell
+        .command("configlist", &[])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Git(format!("running git-annex-shell configlist: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("annex.uuid="))
+        .and_then(|u| Uuid::parse(u.trim()).ok())
+        .ok_or_else(|| {
+            Error::Git(format!(
+                "git-annex-shell configlist gave no annex.uuid: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        })
 }
 
 /// A cluster this gateway serves.
@@ -134,17 +270,51 @@ pub fn init_cluster(repo_path: &Path, name: &str) -> Result<Uuid> {
     Ok(uuid)
 }
 
-/// Remote name → the local path its url names (relative urls are relative to
-/// the repository's top, as git-annex resolves them).
-fn remote_path(top: &Path, remote: &str) -> Result<Option<PathBuf>> {
+/// Remote name → how to reach it: a local path (relative urls are relative to
+/// the repository's top, as git-annex resolves them), with `annex-shell` set a
+/// program run on that path, or an ssh url.
+fn remote_access(top: &Path, remote: &str) -> Result<Option<Access>> {
+    if let Some(dir) = config_get(top, &format!("remote.{remote}.annex-directory"))? {
+        return Ok(Some(Access::Special(crate::special::Special::Directory(
+            PathBuf::from(dir),
+        ))));
+    }
+    if let Some(t) = config_get(top, &format!("remote.{remote}.annex-externaltype"))? {
+        // Its configuration is filled in from remote.log by `node_of_remote`.
+        return Ok(Some(Access::Special(crate::special::Special::External {
+            externaltype: t,
+            config: BTreeMap::new(),
+            git_dir: PathBuf::new(),
+            remote: remote.to_owned(),
+        })));
+    }
     let Some(url) = config_get(top, &format!("remote.{remote}.url"))? else {
         return Ok(None);
     };
-    let url = url.strip_prefix("file://").unwrap_or(&url);
-    if url.contains("://") || (url.contains(':') && !url.starts_with('/')) {
-        return Ok(None);
+    if let Some(addr) = url.strip_prefix(MESH_URL_PREFIX) {
+        return Ok(Some(Access::Mesh(addr.to_owned())));
     }
-    Ok(Some(top.join(url)))
+    let shell = config_get(top, &format!("remote.{remote}.annex-shell"))?;
+    let local = url.strip_prefix("file://").unwrap_or(&url);
+    if !(local.contains("://") || (local.contains(':') && !local.starts_with('/'))) {
+        let path = top.join(local);
+        return Ok(Some(match shell {
+            Some(program) => Access::Shell(ShellCommand::Program {
+                program: PathBuf::from(program),
+                path,
+            }),
+            None => Access::Local(path),
+        }));
+    }
+    let Some((host, port, path)) = parse_ssh_url(&url) else {
+        return Ok(None);
+    };
+    Ok(Some(Access::Shell(ShellCommand::Ssh {
+        host,
+        port,
+        shell: shell.unwrap_or_else(|| "git-annex-shell".into()),
+        path,
+    })))
 }
 
 /// The clusters named in the gateway's git config, with their nodes as the git
@@ -181,7 +351,7 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
             match node_of_remote(repo, remote) {
                 Ok(Some(n)) => nodes.push(n),
                 Ok(None) => problems.push(format!(
-                    "cluster node {remote} is not a local repository (skipped)"
+                    "cluster node {remote} is not a repository annexmesh can reach (skipped)"
                 )),
                 Err(e) => problems.push(format!("cluster node {remote}: {e} (skipped)")),
             }
@@ -196,15 +366,170 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
 }
 
 fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
-    let Some(path) = remote_path(&repo.top, remote)? else {
+    let Some(access) = remote_access(&repo.top, remote)? else {
         return Ok(None);
     };
-    let r = Repo::open(&path)?;
+    let (uuid, access) = match access {
+        Access::Local(path) => {
+            let r = Repo::open(&path)?;
+            (r.uuid, Access::Local(r.top))
+        }
+        Access::Shell(ShellCommand::Program { program, path }) => {
+            let r = Repo::open(&path)?;
+            (
+                r.uuid,
+                Access::Shell(ShellCommand::Program { program, path }),
+            )
+        }
+        Access::Special(special) => {
+            let uuid = config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?
+                .and_then(|u| Uuid::parse(u.trim()).ok())
+                .ok_or_else(|| Error::Usage(format!("special remote {remote} has no uuid")))?;
+            let special = match special {
+                crate::special::Special::External {
+                    externaltype,
+                    remote,
+                    ..
+                } => {
+                    let catalog = crate::branch::read(&repo.git_dir)?;
+                    let log = catalog
+                        .file("remote.log")
+                        .map(|f| String::from_utf8_lossy(&f.content()).into_owned())
+                        .unwrap_or_default();
+                    crate::special::Special::External {
+                        externaltype,
+                        config: crate::special::remote_log_config(&log, &uuid),
+                        git_dir: repo.git_dir.clone(),
+                        remote,
+                    }
+                }
+                other => other,
+            };
+            (uuid, Access::Special(special))
+        }
+        Access::Mesh(addr) => {
+            // Learnt by `updatecluster` (see [`learn_mesh_uuids`]).
+            let uuid = config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?
+                .and_then(|u| Uuid::parse(u.trim()).ok())
+                .ok_or_else(|| Error::Usage(format!("mesh node {remote}: uuid not known yet")))?;
+            (uuid, Access::Mesh(addr))
+        }
+        Access::Shell(shell) => {
+            // As git-annex: the uuid it learnt, else ask the node's shell.
+            let known = config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?
+                .and_then(|u| Uuid::parse(u.trim()).ok());
+            let uuid = match known {
+                Some(u) => u,
+                None => shell_uuid(&shell)?,
+            };
+            (uuid, Access::Shell(shell))
+        }
+    };
     Ok(Some(Node {
         remote: remote.to_owned(),
-        uuid: r.uuid,
-        path: r.top,
+        uuid,
+        access,
     }))
+}
+
+/// `annexmesh cluster add-node REMOTE ADDRESS`: a mesh peer as a node of
+/// `cluster` (the only cluster when `None`): `remote.<r>.url =
+/// p2p-annex::libp2p:<address>` and `remote.<r>.annex-cluster-node`.
+pub fn add_mesh_node(
+    repo_path: &Path,
+    remote: &str,
+    address: &str,
+    cluster: Option<&str>,
+) -> Result<String> {
+    if !legal_name(remote) {
+        return Err(Error::Usage(format!("illegal remote name {remote:?}")));
+    }
+    crate::net::PeerAddress::parse(address)?;
+    let repo = Repo::open(repo_path)?;
+    let names: Vec<String> = config_regexp(&repo.top, r"^annex\.cluster\.")?
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_prefix("annex.cluster.").map(str::to_owned))
+        .collect();
+    let cluster = match cluster {
+        Some(c) if names.iter().any(|n| n == c) => c.to_owned(),
+        Some(c) => return Err(Error::Usage(format!("no cluster named {c}"))),
+        None => match names.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(Error::Usage("no cluster here: initcluster first".into())),
+            _ => {
+                return Err(Error::Usage(
+                    "several clusters: name one with --cluster".into(),
+                ));
+            }
+        },
+    };
+    config_set(
+        &repo.top,
+        &format!("remote.{remote}.url"),
+        &format!("{MESH_URL_PREFIX}{address}"),
+    )?;
+    config_set(
+        &repo.top,
+        &format!("remote.{remote}.annex-cluster-node"),
+        &cluster,
+    )?;
+    Ok(cluster)
+}
+
+/// Connects to every mesh node whose uuid is not known yet (as the gateway,
+/// with its annexmesh identity) and records it as `remote.<r>.annex-uuid`.
+/// Returns the problems met.
+pub async fn learn_mesh_uuids(repo_path: &Path) -> Result<Vec<String>> {
+    let repo = Repo::open(repo_path)?;
+    let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-node$")?;
+    let mut problems = Vec::new();
+    let mut endpoint = None;
+    for (k, _) in members {
+        let Some(remote) = k
+            .strip_prefix("remote.")
+            .and_then(|r| r.strip_suffix(".annex-cluster-node"))
+        else {
+            continue;
+        };
+        let Some(Access::Mesh(addr)) = remote_access(&repo.top, remote)? else {
+            continue;
+        };
+        if config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?.is_some() {
+            continue;
+        }
+        let address = match crate::net::PeerAddress::parse(&addr) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("cluster node {remote}: {e}"));
+                continue;
+            }
+        };
+        if endpoint.is_none() {
+            let identity =
+                crate::config::load_or_create_identity(&crate::config::state_dir(&repo))?;
+            endpoint = Some(crate::remote::Endpoint::new(
+                identity.clone(),
+                crate::net::tcp_transport(&identity)?,
+            )?);
+        }
+        let Some(ep) = endpoint.as_ref() else {
+            continue;
+        };
+        let token =
+            protocol::AuthToken::parse("").ok_or_else(|| Error::Protocol("empty token".into()))?;
+        match ep.connect(&address, repo.uuid.clone(), token).await {
+            Ok((session, uuid)) => {
+                let _ = session.close().await;
+                config_set(
+                    &repo.top,
+                    &format!("remote.{remote}.annex-uuid"),
+                    uuid.as_str(),
+                )?;
+            }
+            Err(e) => problems.push(format!("cluster node {remote}: {e}")),
+        }
+    }
+    Ok(problems)
 }
 
 /// What `updatecluster` did, as git-annex reports it.
@@ -326,8 +651,11 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
 /// What a `p2pstdio --uuid U` on this gateway serves.
 #[derive(Debug, Clone)]
 pub enum Served {
-    /// A cluster of this gateway, with its nodes' stores.
-    Cluster { uuid: Uuid, nodes: Vec<NodeStore> },
+    /// A cluster of this gateway, with its nodes.
+    Cluster {
+        uuid: Uuid,
+        nodes: Vec<crate::gateway::GatewayNode>,
+    },
     /// One node, proxied.
     Node(Box<NodeStore>),
 }
@@ -340,8 +668,43 @@ pub struct NodeStore {
     pub store: Store,
 }
 
+fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNode> {
+    match &n.access {
+        Access::Special(special) => Some(crate::gateway::GatewayNode::Special(Box::new(
+            crate::special::SpecialNode::new(n.uuid.clone(), n.remote.clone(), special.clone()),
+        ))),
+        Access::Mesh(addr) => {
+            let address = match crate::net::PeerAddress::parse(addr) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!("node {}: {e}", n.remote);
+                    return None;
+                }
+            };
+            let key = match crate::config::load_or_create_identity(&crate::config::state_dir(repo))
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::info!("gateway identity: {e}");
+                    return None;
+                }
+            };
+            Some(crate::gateway::GatewayNode::Remote(Box::new(
+                crate::gateway::RemoteNode::mesh(n.uuid.clone(), n.remote.clone(), address, key),
+            )))
+        }
+        Access::Local(_) => open_node(n).map(crate::gateway::GatewayNode::Local),
+        Access::Shell(shell) => Some(crate::gateway::GatewayNode::Remote(Box::new(
+            crate::gateway::RemoteNode::shell(n.uuid.clone(), n.remote.clone(), shell.clone()),
+        ))),
+    }
+}
+
 fn open_node(n: &Node) -> Option<NodeStore> {
-    match Store::open(&n.path) {
+    let Access::Local(path) = &n.access else {
+        return None;
+    };
+    match Store::open(path) {
         Ok(store) if store.uuid() == &n.uuid => Some(NodeStore {
             uuid: n.uuid.clone(),
             remote: n.remote.clone(),
@@ -370,7 +733,11 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     let repo = gateway.repo();
     let clusters = configured(repo)?;
     if let Some(c) = clusters.iter().find(|c| c.uuid.as_str() == want) {
-        let nodes = c.nodes.iter().filter_map(open_node).collect();
+        let nodes = c
+            .nodes
+            .iter()
+            .filter_map(|n| open_gateway_node(repo, n))
+            .collect();
         return Ok(Some(Served::Cluster {
             uuid: c.uuid.clone(),
             nodes,

@@ -1,9 +1,17 @@
 //! The cluster gateway: serves a P2P session for a cluster uuid (annex-spec
 //! §4.4–4.8) and answers each request by acting on the cluster's nodes.
 //!
-//! Nodes are local git-annex repositories written directly through their
+//! Local git-annex repositories are written directly through their
 //! [`Store`](crate::store::Store)s, with no `git-annex-shell` per node (git-annex
-//! starts one per node and connection). A node's refusal (locked content, a
+//! starts one per node and connection). A PUT is hashed once here for every
+//! local node written from offset 0 ([`StreamCheck`]); a node resuming a
+//! partial upload re-hashes its own prefix. Other kinds of node
+//! ([`GatewayNode`]): git-annex repositories behind `git-annex-shell p2pstdio`
+//! (run directly or over ssh) and annexmesh peers on the mesh, both reached
+//! with our client ([`RemoteNode`]), and directory/external special remotes
+//! ([`SpecialNode`]); these get a PUT from a spool file once the gateway's
+//! check has accepted it, and a GET from them is fetched to a spool file
+//! first. A node's refusal (locked content, a
 //! failed write) is a clean `FAILURE` for that node; it is logged through
 //! `tracing` at info level (hidden unless `ANNEXMESH_LOG` asks for it), so it
 //! never reaches the client's terminal, which sees the shell's stderr.
@@ -27,17 +35,276 @@ use protocol::server::{
 use protocol::{Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
-use crate::cluster::NodeStore;
+use std::path::{Path, PathBuf};
+
+use protocol::AssociatedFile;
+
+use crate::cluster::{NodeStore, ShellCommand};
 use crate::error::{Error, Result};
+use crate::net::PeerAddress;
+use crate::process::ShellConnection;
+use crate::remote::{Endpoint, StreamSession};
 use crate::session::{Authenticator, IO_BUFFER, LineRead, read_line};
-use crate::store::{Store, Stored, Upload};
+use crate::special::SpecialNode;
+use crate::store::{Store, Stored, StreamCheck, Upload};
+
+/// A cluster node as the gateway reaches it.
+// Local nodes, the common case, stay unboxed; the rare kinds are boxed.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum GatewayNode {
+    /// A local repository, written directly through its store (the fast path).
+    Local(NodeStore),
+    /// A git-annex repository behind `git-annex-shell p2pstdio`, or an
+    /// annexmesh peer on the mesh: reached with our client.
+    Remote(Box<RemoteNode>),
+    /// A special remote (directory or external program): content goes
+    /// through a verified spool file, and `LOCKCONTENT` is `FAILURE`.
+    Special(Box<SpecialNode>),
+}
+
+impl GatewayNode {
+    pub fn uuid(&self) -> &Uuid {
+        match self {
+            GatewayNode::Local(n) => &n.uuid,
+            GatewayNode::Remote(n) => &n.uuid,
+            GatewayNode::Special(n) => &n.uuid,
+        }
+    }
+
+    pub fn remote(&self) -> &str {
+        match self {
+            GatewayNode::Local(n) => &n.remote,
+            GatewayNode::Remote(n) => &n.remote,
+            GatewayNode::Special(n) => &n.remote,
+        }
+    }
+}
+
+/// How the gateway reaches a remote node.
+#[derive(Debug, Clone)]
+pub enum Reach {
+    /// `git-annex-shell p2pstdio`, run directly or through ssh.
+    Shell(ShellCommand),
+    /// An annexmesh peer (`/annex/p2p/1`), dialled with the gateway's identity.
+    Mesh(PeerAddress),
+}
+
+/// A live connection to a remote node.
+enum Conn {
+    Shell(Box<ShellConnection>),
+    Mesh {
+        session: Box<StreamSession>,
+        /// Keeps the swarm alive for as long as the session.
+        _endpoint: Endpoint,
+    },
+}
+
+/// Runs the same client call on either kind of session.
+macro_rules! on_session {
+    ($conn:expr, $s:ident => $body:expr) => {
+        match $conn {
+            Conn::Shell(c) => {
+                let $s = &mut c.session;
+                $body
+            }
+            Conn::Mesh { session, .. } => {
+                let $s = &mut **session;
+                $body
+            }
+        }
+    };
+}
+
+/// A node reached with our client (see [`Reach`]). One connection is started
+/// on first use and kept for the gateway session; a request that fails drops
+/// it, and the next request starts a new one.
+pub struct RemoteNode {
+    pub uuid: Uuid,
+    pub remote: String,
+    pub reach: Reach,
+    /// The gateway's libp2p identity, for mesh nodes.
+    identity: Option<libp2p::identity::Keypair>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl Clone for RemoteNode {
+    fn clone(&self) -> Self {
+        RemoteNode {
+            uuid: self.uuid.clone(),
+            remote: self.remote.clone(),
+            reach: self.reach.clone(),
+            identity: self.identity.clone(),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNode")
+            .field("uuid", &self.uuid)
+            .field("remote", &self.remote)
+            .field("reach", &self.reach)
+            .finish_non_exhaustive()
+    }
+}
+
+type ShellGuard<'a> = tokio::sync::MutexGuard<'a, Option<Conn>>;
+
+impl RemoteNode {
+    pub fn shell(uuid: Uuid, remote: String, shell: ShellCommand) -> RemoteNode {
+        RemoteNode {
+            uuid,
+            remote,
+            reach: Reach::Shell(shell),
+            identity: None,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A mesh peer, dialled as `identity` (the gateway's).
+    pub fn mesh(
+        uuid: Uuid,
+        remote: String,
+        address: PeerAddress,
+        identity: libp2p::identity::Keypair,
+    ) -> RemoteNode {
+        RemoteNode {
+            uuid,
+            remote,
+            reach: Reach::Mesh(address),
+            identity: Some(identity),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The connection, started as `client` if there is none.
+    async fn connection(&self, client: &Uuid) -> Result<ShellGuard<'_>> {
+        let mut g = self.conn.lock().await;
+        if g.is_none() {
+            *g = Some(self.start(client).await?);
+        }
+        Ok(g)
+    }
+
+    async fn start(&self, client: &Uuid) -> Result<Conn> {
+        match &self.reach {
+            Reach::Shell(shell) => {
+                let cmd =
+                    shell.command("p2pstdio", &[client.as_str(), "--uuid", self.uuid.as_str()]);
+                let (mut c, _) =
+                    ShellConnection::spawn(tokio::process::Command::from(cmd), Some(&self.uuid))
+                        .await?;
+                c.session.negotiate_version(i64::from(MAX_VERSION)).await?;
+                Ok(Conn::Shell(Box::new(c)))
+            }
+            Reach::Mesh(address) => {
+                let key = self
+                    .identity
+                    .clone()
+                    .ok_or_else(|| Error::Protocol("no identity to dial with".into()))?;
+                let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
+                let token = protocol::AuthToken::parse("")
+                    .ok_or_else(|| Error::Protocol("empty token".into()))?;
+                let (session, uuid) = endpoint.connect(address, client.clone(), token).await?;
+                if uuid != self.uuid {
+                    return Err(Error::Protocol(format!(
+                        "{address} answered as {uuid}, not {}",
+                        self.uuid
+                    )));
+                }
+                Ok(Conn::Mesh {
+                    session: Box::new(session),
+                    _endpoint: endpoint,
+                })
+            }
+        }
+    }
+
+    fn settle<T>(&self, g: &mut ShellGuard<'_>, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            tracing::info!("node {}: {e}", self.remote);
+            **g = None;
+        }
+        r
+    }
+
+    async fn check_present(&self, client: &Uuid, key: &Key) -> Result<bool> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => s.check_present(key).await),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        self.settle(&mut g, r)
+    }
+
+    /// `REMOVE`, or `REMOVE-BEFORE` with the gateway's deadline translated to
+    /// the node's clock (the gateway's time left, added to the node's `GETTIMESTAMP`).
+    async fn remove(&self, client: &Uuid, key: &Key, before: Option<i64>) -> Result<bool> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => match before {
+                None => s.remove(key, None).await.map(|(ok, _)| ok),
+                Some(deadline) => {
+                    let left = deadline - crate::clock::monotonic_seconds();
+                    if left <= 0 {
+                        Ok(false)
+                    } else {
+                        match s.get_timestamp().await {
+                            Ok(now) => s.remove(key, Some(now + left)).await.map(|(ok, _)| ok),
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+            }),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        self.settle(&mut g, r)
+    }
+
+    async fn put(&self, client: &Uuid, key: &Key, source: &Path) -> Result<bool> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => s
+                .put(key, AssociatedFile::none(), source, &mut |_| {})
+                .await
+                .map(|o| o.stored || o.already_had)),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        self.settle(&mut g, r)
+    }
+
+    async fn get(&self, client: &Uuid, key: &Key, partial: &Path, dest: &Path) -> Result<bool> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => s
+                .get(key, AssociatedFile::none(), partial, dest, &mut |_| {})
+                .await),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        self.settle(&mut g, r)
+    }
+}
+
+/// A fresh path under the gateway's `annex/tmp` for content passing through it.
+fn spool_path(gateway: &Store, key: &Key, what: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    gateway
+        .repo()
+        .annex_dir()
+        .join("tmp")
+        .join("annexmesh-gateway")
+        .join(format!("{}-{n}-{what}-{}", std::process::id(), key.file()))
+}
 
 /// A cluster gateway session.
 pub struct Gateway<'a> {
     pub cluster: Uuid,
     /// The gateway's own repository: its journal records where content went.
     pub gateway: &'a Store,
-    pub nodes: Vec<NodeStore>,
+    pub nodes: Vec<GatewayNode>,
     /// What the client may do. With `auth`, the mode its `AUTH` is granted
     /// replaces this.
     pub mode: ServeMode,
@@ -104,14 +371,68 @@ struct Target<'n> {
     node: &'n NodeStore,
     upload: Option<Upload>,
     have: u64,
+    /// Opened with `begin_unhashed_upload`: committed with the gateway's check.
+    unhashed: bool,
 }
 
 impl Gateway<'_> {
-    fn record(&self, key: &Key, uuids: &[Uuid], status: Status) {
-        for u in uuids {
-            if let Err(e) = self.gateway.journal().record_presence(key, u, status) {
-                tracing::info!("cannot record location of {key}: {e}");
+    fn locals(&self) -> Vec<&NodeStore> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n {
+                GatewayNode::Local(l) => Some(l),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn specials(&self) -> Vec<&SpecialNode> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n {
+                GatewayNode::Special(s) => Some(&**s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn shells(&self) -> Vec<&RemoteNode> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n {
+                GatewayNode::Remote(s) => Some(&**s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether a node has the content (local nodes first: no round trip).
+    async fn any_has(&self, key: &Key) -> bool {
+        if self.locals().iter().any(|n| n.store.contains(key)) {
+            return true;
+        }
+        for s in self.shells() {
+            if matches!(s.check_present(self.gateway.uuid(), key).await, Ok(true)) {
+                return true;
             }
+        }
+        self.specials()
+            .iter()
+            .any(|s| matches!(s.contains(key), Ok(true)))
+    }
+
+    /// Records where content is (or is not) in the gateway's journal: one
+    /// journal write for all of `uuids`.
+    fn record(&self, key: &Key, uuids: &[Uuid], status: Status) {
+        if uuids.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .gateway
+            .journal()
+            .record_presence_many(key, uuids, status)
+        {
+            tracing::info!("cannot record location of {key}: {e}");
         }
     }
 
@@ -181,7 +502,7 @@ impl Gateway<'_> {
                 }
                 M::Bypass(_) => {}
                 M::CheckPresent(key) => {
-                    let have = self.nodes.iter().any(|n| n.store.contains(&key));
+                    let have = self.any_has(&key).await;
                     io.send(if have { &M::Success } else { &M::Failure })
                         .await?;
                 }
@@ -281,13 +602,31 @@ impl Gateway<'_> {
             }
             ServeMode::ReadOnly => return io.send(&Message::Error(READ_ONLY_ERROR.into())).await,
         }
-        let results = each_parallel(self.nodes.iter().collect(), |n| {
+        let mut results = each_parallel(self.locals(), |n| {
             let r = n.store.remove(&key, before);
             if let Err(e) = &r {
                 tracing::info!("remove {key} from node {}: {e}", n.remote);
             }
             (n.uuid.clone(), matches!(r, Ok(true)))
         });
+        let me = self.gateway.uuid();
+        let shells = self.shells();
+        results.extend(
+            futures::future::join_all(shells.iter().map(|s| async {
+                let r = s.remove(me, &key, before).await;
+                (s.uuid.clone(), matches!(r, Ok(true)))
+            }))
+            .await,
+        );
+        results.extend(each_parallel(self.specials(), |s| {
+            // No clock on a special remote: a passed deadline refuses.
+            let late = before.is_some_and(|d| crate::clock::monotonic_seconds() >= d);
+            let r = if late { Ok(false) } else { s.remove(&key) };
+            if let Err(e) = &r {
+                tracing::info!("remove {key} from node {}: {e}", s.remote);
+            }
+            (s.uuid.clone(), matches!(r, Ok(true)))
+        }));
         let removed: Vec<Uuid> = results
             .iter()
             .filter(|(_, ok)| *ok)
@@ -314,11 +653,34 @@ impl Gateway<'_> {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        let (holders, lacking): (Vec<&NodeStore>, Vec<&NodeStore>) =
-            self.nodes.iter().partition(|n| n.store.contains(&key));
-        let holder_uuids: Vec<Uuid> = holders.iter().map(|n| n.uuid.clone()).collect();
+        let me = self.gateway.uuid();
+        let (holders, lacking): (Vec<&NodeStore>, Vec<&NodeStore>) = self
+            .locals()
+            .into_iter()
+            .partition(|n| n.store.contains(&key));
+        let mut holder_uuids: Vec<Uuid> = holders.iter().map(|n| n.uuid.clone()).collect();
+        let mut lacking_shells: Vec<&RemoteNode> = Vec::new();
+        for s in self.shells() {
+            match s.check_present(me, &key).await {
+                Ok(true) => holder_uuids.push(s.uuid.clone()),
+                Ok(false) => lacking_shells.push(s),
+                Err(_) => {}
+            }
+        }
+        let mut lacking_specials: Vec<&SpecialNode> = Vec::new();
+        for s in self.specials() {
+            match s.contains(&key) {
+                Ok(true) => holder_uuids.push(s.uuid.clone()),
+                Ok(false) => lacking_specials.push(s),
+                Err(e) => tracing::info!("node {}: {e}", s.remote),
+            }
+        }
         self.record(&key, &holder_uuids, Status::Present);
-        if lacking.is_empty() && !holders.is_empty() {
+        if lacking.is_empty()
+            && lacking_shells.is_empty()
+            && lacking_specials.is_empty()
+            && !holder_uuids.is_empty()
+        {
             io.send(&self.plus_or(version, holder_uuids, Message::AlreadyHave))
                 .await?;
             return Ok(None);
@@ -326,11 +688,20 @@ impl Gateway<'_> {
         let mut targets: Vec<Target> = lacking
             .into_iter()
             .filter_map(|n| {
+                // A node resuming a partial upload re-hashes its own prefix
+                // (the gateway never saw those bytes); a node starting at 0 is
+                // written unhashed and committed with the gateway's one check.
                 let have = n.store.partial_size(&key);
-                match n.store.begin_upload(&key, have) {
+                let opened = if have == 0 {
+                    n.store.begin_unhashed_upload(&key)
+                } else {
+                    n.store.begin_upload(&key, have)
+                };
+                match opened {
                     Ok(up) => Some(Target {
                         node: n,
                         have: up.len(),
+                        unhashed: have == 0,
                         upload: Some(up),
                     }),
                     Err(e) => {
@@ -340,19 +711,58 @@ impl Gateway<'_> {
                 }
             })
             .collect();
-        let offset = targets.iter().map(|t| t.have).min().unwrap_or(0);
+        // Nodes behind a shell get the content from a spool file once it is
+        // verified; the spool starts at 0, so the stream does too.
+        let mut spool = if lacking_shells.is_empty() && lacking_specials.is_empty() {
+            None
+        } else {
+            let path = spool_path(self.gateway, &key, "put");
+            match std::fs::File::create(&path).or_else(|_| {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::File::create(&path)
+            }) {
+                Ok(f) => Some((path, f)),
+                Err(e) => {
+                    tracing::info!("cannot spool {key}: {e}");
+                    None
+                }
+            }
+        };
+        let offset = if spool.is_some() {
+            0
+        } else {
+            targets.iter().map(|t| t.have).min().unwrap_or(0)
+        };
+        // Hash once here for every node written from 0 (offset is then 0).
+        let mut check =
+            (spool.is_some() || targets.iter().any(|t| t.unhashed)).then(|| StreamCheck::new(&key));
         io.send(&Message::PutFrom(offset)).await?;
         let len = match io.next().await {
             Ok(Some(Some(Message::Data(len)))) => len,
             Ok(Some(Some(Message::DataPresent))) if version >= 4 => {
                 // The client says the content is already here: it is if a node has it.
                 drop(targets);
-                let have: Vec<Uuid> = self
-                    .nodes
+                if let Some((path, _)) = spool.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let mut have: Vec<Uuid> = self
+                    .locals()
                     .iter()
                     .filter(|n| n.store.confirm_present(&key))
                     .map(|n| n.uuid.clone())
                     .collect();
+                for s in &lacking_shells {
+                    if matches!(s.check_present(me, &key).await, Ok(true)) {
+                        have.push(s.uuid.clone());
+                    }
+                }
+                for s in &lacking_specials {
+                    if matches!(s.contains(&key), Ok(true)) {
+                        have.push(s.uuid.clone());
+                    }
+                }
                 self.record(&key, &have, Status::Present);
                 let plain = if have.is_empty() {
                     Message::Failure
@@ -363,6 +773,9 @@ impl Gateway<'_> {
                 return Ok(None);
             }
             Ok(Some(_)) => {
+                if let Some((path, _)) = spool.take() {
+                    let _ = std::fs::remove_file(path);
+                }
                 io.send(&Message::Error("expected DATA".into())).await?;
                 return Ok(None);
             }
@@ -390,6 +803,20 @@ impl Gateway<'_> {
                 .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
             let chunk = &avail[..n];
             let chunk_start = pos;
+            if let Some((path, f)) = spool.as_mut() {
+                use std::io::Write;
+                if let Err(e) = f.write_all(chunk) {
+                    tracing::info!("spooling {key} to {}: {e}", path.display());
+                    let _ = std::fs::remove_file(path);
+                    spool = None;
+                }
+            }
+            if let Some(c) = check.as_mut()
+                && let Err(e) = c.update(chunk)
+            {
+                tracing::info!("hashing {key}: {e}");
+                check = None;
+            }
             let work: Vec<&mut Target> = targets
                 .iter_mut()
                 .filter(|t| t.upload.is_some() && t.have < chunk_start + n as u64)
@@ -409,6 +836,9 @@ impl Gateway<'_> {
             pos += n as u64;
         }
         if !complete {
+            if let Some((path, _)) = spool.take() {
+                let _ = std::fs::remove_file(path);
+            }
             io.send(&Message::Failure).await?;
             return Ok(Some(CloseReason::ProtocolError("short DATA".into())));
         }
@@ -432,9 +862,25 @@ impl Gateway<'_> {
         } else {
             Validity::Unknown
         };
+        let checked = match check.map(StreamCheck::finish) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                tracing::info!("hashing {key}: {e}");
+                None
+            }
+            None => None,
+        };
         let stored: Vec<Uuid> = each_parallel(targets, |t| {
             let up = t.upload?;
-            match t.node.store.commit(up, validity) {
+            let done = if t.unhashed {
+                match &checked {
+                    Some(c) => t.node.store.commit_checked(up, c, validity),
+                    None => Err(Error::Protocol("the gateway's check failed".into())),
+                }
+            } else {
+                t.node.store.commit(up, validity)
+            };
+            match done {
                 Ok(Stored::Stored) => Some(t.node.uuid.clone()),
                 Ok(other) => {
                     tracing::info!("node {} refused {key}: {other:?}", t.node.remote);
@@ -449,6 +895,44 @@ impl Gateway<'_> {
         .into_iter()
         .flatten()
         .collect();
+        let mut stored = stored;
+        if let Some((path, f)) = spool.take() {
+            drop(f);
+            let good = checked
+                .as_ref()
+                .is_some_and(|c| c.verdict().accepted_given(validity));
+            if good {
+                let path = &path;
+                let done = futures::future::join_all(lacking_shells.iter().map(|s| {
+                    let key = &key;
+                    async move {
+                        match s.put(me, key, path).await {
+                            Ok(true) => Some(s.uuid.clone()),
+                            Ok(false) => {
+                                tracing::info!("node {} refused {key}", s.remote);
+                                None
+                            }
+                            Err(_) => None,
+                        }
+                    }
+                }))
+                .await;
+                stored.extend(done.into_iter().flatten());
+                let done = each_parallel(lacking_specials, |s| match s.store(&key, path) {
+                    Ok(true) => Some(s.uuid.clone()),
+                    Ok(false) => {
+                        tracing::info!("node {} refused {key}", s.remote);
+                        None
+                    }
+                    Err(e) => {
+                        tracing::info!("node {} storing {key}: {e}", s.remote);
+                        None
+                    }
+                });
+                stored.extend(done.into_iter().flatten());
+            }
+            let _ = std::fs::remove_file(&path);
+        }
         self.record(&key, &stored, Status::Present);
         if stored.is_empty() {
             io.send(&Message::Failure).await?;
@@ -475,17 +959,95 @@ impl Gateway<'_> {
         W: AsyncWrite + Unpin + Send,
     {
         let holders: Vec<&NodeStore> = self
-            .nodes
-            .iter()
+            .locals()
+            .into_iter()
             .filter(|n| n.store.contains(&key))
             .collect();
+        // No local node has it: fetch it from a node behind a shell (verified
+        // by our client) into a spool file, and send that.
+        let mut fetched: Option<PathBuf> = None;
+        if holders.is_empty() {
+            let me = self.gateway.uuid();
+            for s in self.shells() {
+                if !matches!(s.check_present(me, &key).await, Ok(true)) {
+                    continue;
+                }
+                let dest = spool_path(self.gateway, &key, "get");
+                let mut partial = dest.clone().into_os_string();
+                partial.push(".part");
+                let partial = PathBuf::from(partial);
+                if let Some(dir) = dest.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                match s.get(me, &key, &partial, &dest).await {
+                    Ok(true) => {
+                        fetched = Some(dest);
+                        break;
+                    }
+                    Ok(false) | Err(_) => {
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                }
+            }
+        }
+        if holders.is_empty() && fetched.is_none() {
+            for s in self.specials() {
+                if !matches!(s.contains(&key), Ok(true)) {
+                    continue;
+                }
+                let dest = spool_path(self.gateway, &key, "get");
+                if let Some(dir) = dest.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                match s.retrieve(&key, &dest) {
+                    Ok(true) => {
+                        fetched = Some(dest);
+                        break;
+                    }
+                    Ok(false) => {
+                        let _ = std::fs::remove_file(&dest);
+                    }
+                    Err(e) => {
+                        tracing::info!("node {} retrieving {key}: {e}", s.remote);
+                        let _ = std::fs::remove_file(&dest);
+                    }
+                }
+            }
+        }
+        let reply = self
+            .send_content(io, version, &key, offset, &holders, fetched.as_deref())
+            .await;
+        if let Some(f) = fetched {
+            let _ = std::fs::remove_file(f);
+        }
+        reply
+    }
+
+    async fn send_content<R, W>(
+        &self,
+        io: &mut Io<R, W>,
+        version: Version,
+        key: &Key,
+        offset: u64,
+        holders: &[&NodeStore],
+        fetched: Option<&Path>,
+    ) -> Result<Option<CloseReason>>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let key = key.clone();
+        let fetched_size = fetched
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len());
         // The key's own size when it has one: a node holding a damaged copy of
         // another size is then skipped for the next one.
-        let size = if holders.is_empty() {
+        let size = if holders.is_empty() && fetched_size.is_none() {
             None
         } else {
             key.size()
                 .or_else(|| holders.iter().find_map(|n| n.store.content_size(&key)))
+                .or(fetched_size)
         };
         let Some(size) = size else {
             io.send(&Message::Data(0)).await?;
@@ -499,15 +1061,31 @@ impl Gateway<'_> {
         let mut pos = offset.min(size);
         let mut buf = vec![0u8; IO_BUFFER];
         let mut valid = true;
-        for node in &holders {
+        for node in holders {
             if pos >= size {
                 break;
             }
-            match send_from(&mut io.writer, &node.store, &key, &mut pos, size, &mut buf).await {
+            let opened = node.store.open_content(&key).map_err(|e| e.to_string());
+            match send_from(&mut io.writer, opened, &mut pos, size, &mut buf).await {
                 Ok(stable) => valid &= stable,
                 Err(SendError::Stream(e)) => return Err(io_err(e)),
                 Err(SendError::Node(e)) => {
                     tracing::info!("node {} failed sending {key}: {e}", node.remote);
+                }
+            }
+        }
+        if let Some(path) = fetched
+            && pos < size
+        {
+            let opened = std::fs::File::open(path)
+                .and_then(|f| Ok((f.metadata()?.len(), f)))
+                .map(|(len, f)| Some((f, len)))
+                .map_err(|e| e.to_string());
+            match send_from(&mut io.writer, opened, &mut pos, size, &mut buf).await {
+                Ok(stable) => valid &= stable,
+                Err(SendError::Stream(e)) => return Err(io_err(e)),
+                Err(SendError::Node(e)) => {
+                    tracing::info!("sending fetched {key}: {e}");
                 }
             }
         }
@@ -563,16 +1141,14 @@ enum SendError {
 /// go out. Returns whether the content stayed the same size while read.
 async fn send_from<W: AsyncWrite + Unpin>(
     writer: &mut BufWriter<W>,
-    store: &Store,
-    key: &Key,
+    opened: std::result::Result<Option<(std::fs::File, u64)>, String>,
     pos: &mut u64,
     size: u64,
     buf: &mut [u8],
 ) -> std::result::Result<bool, SendError> {
     let node = |e: &dyn std::fmt::Display| SendError::Node(e.to_string());
-    let (mut file, len) = store
-        .open_content(key)
-        .map_err(|e| node(&e))?
+    let (mut file, len) = opened
+        .map_err(SendError::Node)?
         .ok_or_else(|| SendError::Node("content vanished".into()))?;
     if len != size {
         return Err(SendError::Node(format!("size {len}, expected {size}")));
@@ -668,7 +1244,7 @@ mod tests {
         let gw = Gateway {
             cluster: cluster.clone(),
             gateway: &g,
-            nodes: nodes.clone(),
+            nodes: nodes.iter().cloned().map(GatewayNode::Local).collect(),
             mode: ServeMode::ReadOnly,
             auth: Some(&Token),
         };
@@ -714,5 +1290,84 @@ mod tests {
             out,
             format!("AUTH-SUCCESS {cluster}\nVERSION 1\nERROR {READ_ONLY_ERROR}\n")
         );
+    }
+
+    #[tokio::test]
+    async fn put_hashes_once_and_resuming_nodes_check_their_prefix() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let g = repo(
+            &tmp.path().join("G"),
+            "99999999-9999-4999-8999-999999999999",
+        );
+        let uuids = [
+            "11111111-1111-4111-8111-111111111111",
+            "22222222-2222-4222-8222-222222222222",
+        ];
+        let nodes: Vec<NodeStore> = uuids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| NodeStore {
+                uuid: Uuid::parse(u).expect("uuid"),
+                remote: format!("N{i}"),
+                store: repo(&tmp.path().join(format!("N{i}")), u),
+            })
+            .collect();
+        let cluster = Uuid::parse("ac525812-b24e-81d5-ad3f-c2acde9c9b05").expect("uuid");
+        let gw = Gateway {
+            cluster: cluster.clone(),
+            gateway: &g,
+            nodes: nodes.iter().cloned().map(GatewayNode::Local).collect(),
+            mode: ServeMode::ReadWrite,
+            auth: None,
+        };
+        let key = Key::parse(HELLO).expect("key");
+        // Bad content: the gateway's one check refuses it on every node.
+        let out = session(
+            &gw,
+            format!("VERSION 4\nPUT x {HELLO}\nDATA 6\njello\nVALID\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!("AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 0\nFAILURE\n")
+        );
+        assert!(nodes.iter().all(|n| !n.store.contains(&key)));
+        assert!(nodes.iter().all(|n| n.store.partial_size(&key) == 0));
+        // N0 holds a corrupt 3-byte prefix, N1 nothing: the stream starts at 0,
+        // N1 is vouched for by the gateway, N0 re-hashes its prefix and refuses.
+        let mut up = nodes[0].store.begin_upload(&key, 0).expect("upload");
+        up.write(b"jel").expect("write");
+        drop(up);
+        let out = session(
+            &gw,
+            format!("VERSION 4\nPUT x {HELLO}\nDATA 6\nhello\nVALID\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!(
+                "AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 0\nSUCCESS-PLUS {}\n",
+                uuids[1]
+            )
+        );
+        assert!(!nodes[0].store.contains(&key));
+        assert!(nodes[1].store.contains(&key));
+        // A good prefix on N0: the stream resumes at 3 and N0 stores it.
+        let mut up = nodes[0].store.begin_upload(&key, 0).expect("upload");
+        up.write(b"hel").expect("write");
+        drop(up);
+        let out = session(
+            &gw,
+            format!("VERSION 4\nPUT x {HELLO}\nDATA 3\nlo\nVALID\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!(
+                "AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 3\nSUCCESS-PLUS {} {}\n",
+                uuids[0], uuids[1]
+            )
+        );
+        assert!(nodes[0].store.contains(&key));
     }
 }

@@ -122,6 +122,23 @@ impl Journal {
         })
     }
 
+    /// [`Journal::record_presence`] for several repositories in one write.
+    pub fn record_presence_many(
+        &self,
+        key: &Key,
+        uuids: &[protocol::Uuid],
+        status: Status,
+    ) -> Result<Vec<u8>> {
+        let now = log_clock_now();
+        self.modify(&presence::location_log_path(key), |old| {
+            let mut content = old.to_vec();
+            for u in uuids {
+                content = presence::record(&content, u.as_str(), status, now);
+            }
+            content
+        })
+    }
+
     /// Repositories the location log says have `key`.
     pub fn locations(&self, key: &Key) -> Result<Vec<String>> {
         Ok(presence::present(

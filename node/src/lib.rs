@@ -24,6 +24,7 @@ pub mod process;
 pub mod remote;
 pub mod repo;
 pub mod session;
+pub mod special;
 pub mod store;
 pub mod sys;
 

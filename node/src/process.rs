@@ -33,6 +33,16 @@ impl ShellConnection {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, expected).await
+    }
+
+    /// Runs `cmd` (which starts a `p2pstdio` server, possibly through ssh) and
+    /// reads its unprompted `AUTH-SUCCESS`, checking the UUID when one is expected.
+    pub async fn spawn(
+        mut cmd: Command,
+        expected: Option<&protocol::Uuid>,
+    ) -> Result<(ShellConnection, protocol::Uuid)> {
+        let program = std::path::PathBuf::from(cmd.as_std().get_program());
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

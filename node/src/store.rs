@@ -168,6 +168,10 @@ impl Store {
 
     /// Opens the partial file for appending at `offset`, re-hashing what is kept.
     pub fn begin_upload(&self, key: &Key, offset: u64) -> Result<Upload> {
+        self.open_upload(key, offset, true)
+    }
+
+    fn open_upload(&self, key: &Key, offset: u64, hashed: bool) -> Result<Upload> {
         let path = self.partial_path(key);
         fs::create_dir_all(&self.tmp).context(|| format!("creating {}", self.tmp.display()))?;
         let mut file = OpenOptions::new()
@@ -210,10 +214,10 @@ impl Store {
         file.seek(SeekFrom::Start(keep))
             .context(|| "seeking partial file".into())?;
         let left = key.size().map_or(u64::MAX, |s| s.saturating_sub(keep));
-        let hasher = if left >= HASH_THREAD_MIN {
-            Hasher::spawn(verifier)
+        let hasher = if hashed {
+            Hasher::for_key(verifier, left)
         } else {
-            Hasher::Inline(Box::new(verifier))
+            Hasher::Caller
         };
         Ok(Upload {
             key: key.clone(),
@@ -224,16 +228,56 @@ impl Store {
         })
     }
 
+    /// Opens the partial file for an upload from offset 0 that this store does
+    /// not hash: the caller hashes the stream once with a [`StreamCheck`] (a
+    /// cluster gateway writing the same bytes to several local nodes), and only
+    /// [`Store::commit_checked`] with that check's [`Checked`] verdict can make
+    /// it visible. A kept partial file is discarded: the caller cannot vouch for
+    /// bytes it did not see.
+    pub fn begin_unhashed_upload(&self, key: &Key) -> Result<Upload> {
+        self.open_upload(key, 0, false)
+    }
+
     /// Verifies a finished upload and, if good, moves it into place atomically.
+    /// An upload from [`Store::begin_unhashed_upload`] is refused here.
     pub fn commit(&self, upload: Upload, validity: Validity) -> Result<Stored> {
-        let Upload {
-            key,
-            path,
-            file,
-            hasher,
-            ..
-        } = upload;
-        let verdict = hasher.finish()?.finish();
+        let verdict = upload.hasher.finish()?;
+        self.finish_commit(upload.key, upload.path, upload.file, verdict, validity)
+    }
+
+    /// Commits an upload from [`Store::begin_unhashed_upload`] with the verdict
+    /// of the caller's [`StreamCheck`], which must have seen exactly the bytes
+    /// written to this upload (same key, same length, both from offset 0).
+    pub fn commit_checked(
+        &self,
+        upload: Upload,
+        checked: &Checked,
+        validity: Validity,
+    ) -> Result<Stored> {
+        if !matches!(upload.hasher, Hasher::Caller) {
+            return Err(Error::Protocol(
+                "commit_checked needs an upload from begin_unhashed_upload".into(),
+            ));
+        }
+        if checked.key != upload.key || checked.len != upload.written {
+            let _ = fs::remove_file(&upload.path);
+            return Err(Error::Protocol(format!(
+                "the check of {} saw {} bytes, the upload has {}",
+                checked.key, checked.len, upload.written
+            )));
+        }
+        let verdict = checked.verdict.clone();
+        self.finish_commit(upload.key, upload.path, upload.file, verdict, validity)
+    }
+
+    fn finish_commit(
+        &self,
+        key: Key,
+        path: PathBuf,
+        file: File,
+        verdict: Verdict,
+        validity: Validity,
+    ) -> Result<Stored> {
         if !verdict.accepted_given(validity) {
             drop(file);
             let _ = fs::remove_file(&path);
@@ -409,6 +453,8 @@ pub struct Upload {
 /// Where an upload's bytes are hashed.
 #[derive(Debug)]
 enum Hasher {
+    /// The caller hashes the stream ([`StreamCheck`]); see [`Store::commit_checked`].
+    Caller,
     Inline(Box<Verifier>),
     Thread {
         chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -435,8 +481,17 @@ impl Hasher {
         }
     }
 
+    fn for_key(verifier: Verifier, left: u64) -> Hasher {
+        if left >= HASH_THREAD_MIN {
+            Hasher::spawn(verifier)
+        } else {
+            Hasher::Inline(Box::new(verifier))
+        }
+    }
+
     fn update(&mut self, bytes: &[u8]) -> Result<()> {
         match self {
+            Hasher::Caller => {}
             Hasher::Inline(v) => v.update(bytes),
             Hasher::Thread { chunks, spare, .. } => {
                 let mut buf = spare.try_recv().unwrap_or_default();
@@ -450,15 +505,67 @@ impl Hasher {
         Ok(())
     }
 
-    fn finish(self) -> Result<Verifier> {
+    fn finish(self) -> Result<Verdict> {
         match self {
-            Hasher::Inline(v) => Ok(*v),
+            Hasher::Caller => Err(Error::Protocol(
+                "an unhashed upload can only be committed with its caller's check".into(),
+            )),
+            Hasher::Inline(v) => Ok(v.finish()),
             Hasher::Thread { chunks, done, .. } => {
                 drop(chunks);
                 done.join()
+                    .map(Verifier::finish)
                     .map_err(|_| Error::Protocol("the hashing thread panicked".into()))
             }
         }
+    }
+}
+
+/// Hashes one stream of a key's content from offset 0, once, for several
+/// unhashed uploads (see [`Store::begin_unhashed_upload`]). Large content is
+/// hashed on its own thread, as uploads are.
+#[derive(Debug)]
+pub struct StreamCheck {
+    key: Key,
+    hasher: Hasher,
+    len: u64,
+}
+
+/// The verdict of a finished [`StreamCheck`]: only a check can make one.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    key: Key,
+    len: u64,
+    verdict: Verdict,
+}
+
+impl Checked {
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+}
+
+impl StreamCheck {
+    pub fn new(key: &Key) -> StreamCheck {
+        StreamCheck {
+            key: key.clone(),
+            hasher: Hasher::for_key(Verifier::new(key), key.size().unwrap_or(u64::MAX)),
+            len: 0,
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Checked> {
+        Ok(Checked {
+            verdict: self.hasher.finish()?,
+            key: self.key,
+            len: self.len,
+        })
     }
 }
 

@@ -250,3 +250,61 @@ fn one_upload_per_key_at_a_time() {
         Stored::Stored
     );
 }
+
+#[test]
+fn unhashed_uploads_commit_only_with_their_callers_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = bare_repo(tmp.path());
+    let content = b"checked once by the caller";
+    let key = key_for(content);
+    // A plain commit of an unhashed upload is refused, and nothing is visible.
+    let mut up = store.begin_unhashed_upload(&key).unwrap();
+    up.write(content).unwrap();
+    assert!(store.commit(up, Validity::Valid).is_err());
+    assert!(!store.contains(&key));
+    // A check that saw other bytes rejects it.
+    let mut check = StreamCheck::new(&key);
+    check.update(b"something else entirely!!!").unwrap();
+    let bad = check.finish().unwrap();
+    let mut up = store.begin_unhashed_upload(&key).unwrap();
+    up.write(content).unwrap();
+    assert!(matches!(
+        store.commit_checked(up, &bad, Validity::Valid).unwrap(),
+        Stored::Rejected(_)
+    ));
+    assert!(!store.contains(&key));
+    assert_eq!(store.partial_size(&key), 0);
+    // A check of another length than the upload is an error.
+    let mut check = StreamCheck::new(&key);
+    check.update(content).unwrap();
+    let good = check.finish().unwrap();
+    assert_eq!(good.verdict(), &Verdict::Good);
+    let mut up = store.begin_unhashed_upload(&key).unwrap();
+    up.write(&content[..5]).unwrap();
+    assert!(store.commit_checked(up, &good, Validity::Valid).is_err());
+    assert!(!store.contains(&key));
+    // A kept partial file is discarded: the check starts at 0.
+    let mut up = store.begin_upload(&key, 0).unwrap();
+    up.write(b"XXXX").unwrap();
+    drop(up);
+    let mut up = store.begin_unhashed_upload(&key).unwrap();
+    assert_eq!(up.len(), 0);
+    up.write(content).unwrap();
+    assert_eq!(
+        store.commit_checked(up, &good, Validity::Valid).unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(
+        fs::read(store.content_path(&key).unwrap()).unwrap(),
+        content
+    );
+    // A hashed upload cannot borrow a caller's check.
+    let c2 = b"another";
+    let k2 = key_for(c2);
+    let mut check = StreamCheck::new(&k2);
+    check.update(c2).unwrap();
+    let ok2 = check.finish().unwrap();
+    let mut up = store.begin_upload(&k2, 0).unwrap();
+    up.write(c2).unwrap();
+    assert!(store.commit_checked(up, &ok2, Validity::Valid).is_err());
+}

@@ -1,0 +1,362 @@
+//! Special remotes as cluster nodes (annex-spec §4.10, §9): a `directory`
+//! special remote (written directly, in git-annex's layout
+//! `<dir>/<hashDirLower>/<keyFile>/<keyFile>`, mixed-case hash directories
+//! also read), and an external special remote program `git-annex-remote-NAME`
+//! spoken to over its line protocol (one process per gateway session).
+//!
+//! All calls block; the gateway runs them as it runs local stores.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use protocol::{Key, Uuid};
+
+use crate::error::{Error, IoContext, Result};
+
+/// What kind of special remote a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Special {
+    /// `type=directory`: `remote.<r>.annex-directory`.
+    Directory(PathBuf),
+    /// `type=external`: `git-annex-remote-<externaltype>` on PATH, with the
+    /// remote's configuration from `remote.log` (for `GETCONFIG`).
+    External {
+        externaltype: String,
+        config: BTreeMap<String, String>,
+        /// The gateway's git directory (`GETGITDIR`).
+        git_dir: PathBuf,
+        remote: String,
+    },
+}
+
+/// The newest `remote.log` line of `uuid`, as `key=value` pairs.
+pub fn remote_log_config(remote_log: &str, uuid: &Uuid) -> BTreeMap<String, String> {
+    let mut best: Option<(f64, BTreeMap<String, String>)> = None;
+    for line in remote_log.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some(uuid.as_str()) {
+            continue;
+        }
+        let fields: BTreeMap<String, String> = words
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let ts = fields
+            .get("timestamp")
+            .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if best.as_ref().is_none_or(|(b, _)| ts >= *b) {
+            best = Some((ts, fields));
+        }
+    }
+    best.map(|(_, f)| f).unwrap_or_default()
+}
+
+/// A special-remote node of a gateway session.
+pub struct SpecialNode {
+    pub uuid: Uuid,
+    pub remote: String,
+    pub special: Special,
+    external: std::sync::Mutex<Option<External>>,
+}
+
+impl Clone for SpecialNode {
+    fn clone(&self) -> Self {
+        SpecialNode::new(self.uuid.clone(), self.remote.clone(), self.special.clone())
+    }
+}
+
+impl std::fmt::Debug for SpecialNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpecialNode")
+            .field("uuid", &self.uuid)
+            .field("remote", &self.remote)
+            .field("special", &self.special)
+            .finish_non_exhaustive()
+    }
+}
+
+fn dir_paths(dir: &Path, key: &Key) -> [PathBuf; 2] {
+    let file = key.file();
+    [
+        dir.join(key.hash_dir_lower()).join(&file).join(&file),
+        dir.join(key.hash_dir_mixed()).join(&file).join(&file),
+    ]
+}
+
+impl SpecialNode {
+    pub fn new(uuid: Uuid, remote: String, special: Special) -> SpecialNode {
+        SpecialNode {
+            uuid,
+            remote,
+            special,
+            external: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the external program, started (and prepared) if needed; a
+    /// failed call stops it.
+    fn with_external<T>(&self, f: impl FnOnce(&mut External) -> Result<T>) -> Result<T> {
+        let Special::External {
+            externaltype,
+            config,
+            git_dir,
+            remote,
+        } = &self.special
+        else {
+            return Err(Error::Protocol("not an external special remote".into()));
+        };
+        let mut guard = self
+            .external
+            .lock()
+            .map_err(|_| Error::Protocol("external remote lock poisoned".into()))?;
+        if guard.is_none() {
+            *guard = Some(External::start(
+                externaltype,
+                config.clone(),
+                &self.uuid,
+                git_dir,
+                remote,
+            )?);
+        }
+        let Some(ext) = guard.as_mut() else {
+            return Err(Error::Protocol("no external remote".into()));
+        };
+        let r = f(ext);
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+
+    pub fn contains(&self, key: &Key) -> Result<bool> {
+        match &self.special {
+            Special::Directory(dir) => Ok(dir_paths(dir, key).iter().any(|p| p.is_file())),
+            Special::External { .. } => self.with_external(|e| e.check_present(key)),
+        }
+    }
+
+    /// Stores verified content from `source`.
+    pub fn store(&self, key: &Key, source: &Path) -> Result<bool> {
+        match &self.special {
+            Special::Directory(dir) => {
+                if self.contains(key)? {
+                    return Ok(true);
+                }
+                let file = key.file();
+                let tmp_dir = dir.join("tmp").join(&file);
+                fs::create_dir_all(&tmp_dir)
+                    .context(|| format!("creating {}", tmp_dir.display()))?;
+                let tmp = tmp_dir.join(&file);
+                fs::copy(source, &tmp).context(|| format!("writing {}", tmp.display()))?;
+                fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .context(|| format!("fsync {}", tmp.display()))?;
+                let [dest, _] = dir_paths(dir, key);
+                let key_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                if let Some(hash_dir) = key_dir.parent() {
+                    fs::create_dir_all(hash_dir)
+                        .context(|| format!("creating {}", hash_dir.display()))?;
+                }
+                fs::rename(&tmp_dir, &key_dir)
+                    .context(|| format!("moving to {}", key_dir.display()))?;
+                Ok(true)
+            }
+            Special::External { .. } => self.with_external(|e| e.transfer("STORE", key, source)),
+        }
+    }
+
+    /// Fetches the content into `dest` (unverified: the caller's client
+    /// verifies, as git-annex's gateway leaves it to the client).
+    pub fn retrieve(&self, key: &Key, dest: &Path) -> Result<bool> {
+        match &self.special {
+            Special::Directory(dir) => {
+                let Some(src) = dir_paths(dir, key).into_iter().find(|p| p.is_file()) else {
+                    return Ok(false);
+                };
+                fs::copy(&src, dest).context(|| format!("reading {}", src.display()))?;
+                Ok(true)
+            }
+            Special::External { .. } => self.with_external(|e| e.transfer("RETRIEVE", key, dest)),
+        }
+    }
+
+    /// Removes the content; absent content counts as removed.
+    pub fn remove(&self, key: &Key) -> Result<bool> {
+        match &self.special {
+            Special::Directory(dir) => {
+                for p in dir_paths(dir, key) {
+                    if p.is_file() {
+                        fs::remove_file(&p).context(|| format!("removing {}", p.display()))?;
+                        if let Some(kd) = p.parent() {
+                            let _ = fs::remove_dir(kd);
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            Special::External { .. } => self.with_external(|e| e.remove(key)),
+        }
+    }
+}
+
+/// A running `git-annex-remote-NAME`.
+struct External {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    config: BTreeMap<String, String>,
+    uuid: Uuid,
+    git_dir: PathBuf,
+    remote: String,
+    line: String,
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Longest line accepted from an external program.
+const MAX_LINE: usize = 1 << 20;
+
+impl External {
+    fn start(
+        externaltype: &str,
+        config: BTreeMap<String, String>,
+        uuid: &Uuid,
+        git_dir: &Path,
+        remote: &str,
+    ) -> Result<External> {
+        let program = format!("git-annex-remote-{externaltype}");
+        let mut child = Command::new(&program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(|| format!("starting {program}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::Protocol(format!("{program} has no pipes")));
+        };
+        let mut ext = External {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            config,
+            uuid: uuid.clone(),
+            git_dir: git_dir.to_owned(),
+            remote: remote.to_owned(),
+            line: String::new(),
+        };
+        let first = ext.read()?;
+        if !first.starts_with("VERSION ") {
+            return Err(Error::Protocol(format!(
+                "{program}: expected VERSION, got {first:?}"
+            )));
+        }
+        ext.send("EXTENSIONS INFO GETGITREMOTENAME")?;
+        let _ = ext.reply(|l| l.starts_with("EXTENSIONS") || l == "UNSUPPORTED-REQUEST")?;
+        ext.send("PREPARE")?;
+        let r = ext.reply(|l| l.starts_with("PREPARE-"))?;
+        if r != "PREPARE-SUCCESS" {
+            return Err(Error::Protocol(format!("{program}: {r}")));
+        }
+        Ok(ext)
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| self.stdin.flush())
+            .context(|| "writing to external special remote".into())
+    }
+
+    fn read(&mut self) -> Result<String> {
+        self.line.clear();
+        let n = (&mut self.stdout)
+            .take(MAX_LINE as u64)
+            .read_line(&mut self.line)
+            .context(|| "reading from external special remote".into())?;
+        if n == 0 {
+            return Err(Error::Protocol("external special remote exited".into()));
+        }
+        Ok(self.line.trim_end_matches('\n').to_owned())
+    }
+
+    /// Reads lines, answering the program's own requests, until `done` says
+    /// a line is the reply.
+    fn reply(&mut self, done: impl Fn(&str) -> bool) -> Result<String> {
+        loop {
+            let line = self.read()?;
+            if done(&line) {
+                return Ok(line);
+            }
+            let (cmd, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match cmd {
+                "GETCONFIG" => {
+                    let v = self.config.get(rest).cloned().unwrap_or_default();
+                    self.send(&format!("VALUE {v}"))?;
+                }
+                "DIRHASH" | "DIRHASH-LOWER" => {
+                    let key = Key::parse(rest)
+                        .map_err(|e| Error::Protocol(format!("bad key {rest}: {e}")))?;
+                    let h = if cmd == "DIRHASH" {
+                        key.hash_dir_mixed()
+                    } else {
+                        key.hash_dir_lower()
+                    };
+                    self.send(&format!("VALUE {h}"))?;
+                }
+                "GETUUID" => {
+                    let v = format!("VALUE {}", self.uuid);
+                    self.send(&v)?;
+                }
+                "GETGITDIR" => {
+                    let v = format!("VALUE {}", self.git_dir.display());
+                    self.send(&v)?;
+                }
+                "GETGITREMOTENAME" => {
+                    let v = format!("VALUE {}", self.remote);
+                    self.send(&v)?;
+                }
+                "GETCREDS" => self.send("CREDS  ")?,
+                "GETSTATE" | "GETWANTED" => self.send("VALUE ")?,
+                "GETURLS" => self.send("VALUE ")?,
+                "ERROR" => return Err(Error::Protocol(format!("external: {rest}"))),
+                // PROGRESS, DEBUG, INFO, SETCONFIG, SETSTATE, SETURLPRESENT, …
+                _ => {}
+            }
+        }
+    }
+
+    fn check_present(&mut self, key: &Key) -> Result<bool> {
+        self.send(&format!("CHECKPRESENT {key}"))?;
+        let r = self.reply(|l| l.starts_with("CHECKPRESENT-"))?;
+        if r.starts_with("CHECKPRESENT-SUCCESS ") {
+            Ok(true)
+        } else if r.starts_with("CHECKPRESENT-FAILURE ") {
+            Ok(false)
+        } else {
+            Err(Error::Protocol(r))
+        }
+    }
+
+    fn transfer(&mut self, dir: &str, key: &Key, file: &Path) -> Result<bool> {
+        self.send(&format!("TRANSFER {dir} {key} {}", file.display()))?;
+        let r = self
+            .reply(|l| l.starts_with("TRANSFER-SUCCESS ") || l.starts_with("TRANSFER-FAILURE "))?;
+        Ok(r.starts_with("TRANSFER-SUCCESS "))
+    }
+
+    fn remove(&mut self, key: &Key) -> Result<bool> {
+        self.send(&format!("REMOVE {key}"))?;
+        let r =
+            self.reply(|l| l.starts_with("REMOVE-SUCCESS ") || l.starts_with("REMOVE-FAILURE "))?;
+        Ok(r.starts_with("REMOVE-SUCCESS "))
+    }
+}
