@@ -1274,3 +1274,93 @@ fn stock_client_with_special_remote_nodes() {
     assert!(!d_path.exists());
     assert!(!e_path.exists());
 }
+
+/// Stock git-annex reaching the cluster through the libp2p helper: a
+/// `p2p-annex::libp2p:<multiaddr>/annex-uuid/<cluster>` remote, linked with a
+/// token from `annexmesh p2p --gen-addresses`, copies to and gets from all nodes.
+#[test]
+fn stock_client_over_libp2p_to_the_cluster() {
+    let lab = Lab::gateway();
+    lab.annexmesh(&lab.g, &["updatecluster"]).ok();
+    lab.annexmesh(&lab.g, &["init"]).ok();
+    let mut daemon_cmd = lab.command(&support::annexmesh_bin(), &lab.g);
+    daemon_cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut daemon = support::ProcessGuard::spawn(&mut daemon_cmd);
+    daemon.wait_for(TIMEOUT, |out| out.contains("listening on ").then_some(()));
+    let line = lab.annexmesh(&lab.g, &["p2p", "--gen-addresses"]);
+    line.ok();
+    let line = line.stdout.lines().next().expect("an address").to_owned();
+    let (address, token) = line.rsplit_once(':').expect("address:token");
+    let with_target = format!("{address}/annex-uuid/{}:{token}", lab.cluster_uuid);
+
+    // A stock client with our helper on PATH.
+    let helper = PathBuf::from(env!("CARGO_BIN_EXE_git-annex-p2p-libp2p"));
+    let mut path = vec![helper.parent().expect("bin dir").to_path_buf()];
+    path.extend(std::env::split_paths(&support::path_with_git_annex()));
+    let path = std::env::join_paths(path).expect("PATH");
+    let client = lab.root.join("P");
+    let run = |args: &[&str], dir: &Path| {
+        let mut c = lab.command(Path::new(args[0]), dir);
+        c.args(&args[1..])
+            .env("PATH", &path)
+            .env("ADDR", &with_target);
+        let f = support::run_with_timeout(&mut c, TIMEOUT);
+        assert!(
+            f.status.success(),
+            "{args:?} failed:\n{}\n{}",
+            f.stdout,
+            f.stderr
+        );
+        f.stdout
+    };
+    run(&["git", "init", "-q", "P"], &lab.root);
+    run(&["git", "annex", "init", "-q", "P"], &client);
+    run(
+        &[
+            "sh",
+            "-c",
+            r#"printf '%s\n' "$ADDR" | git annex p2p --link --name GC"#,
+        ],
+        &client,
+    );
+    let uuid = run(&["git", "config", "remote.GC.annex-uuid"], &client);
+    assert_eq!(
+        uuid.trim(),
+        lab.cluster_uuid,
+        "AUTH-SUCCESS named the cluster"
+    );
+    std::fs::write(client.join("f.bin"), vec![7u8; 200_000]).expect("write");
+    run(&["git", "annex", "add", "-q", "f.bin"], &client);
+    run(&["git", "annex", "copy", "--to", "GC", "f.bin"], &client);
+    let key = run(&["git", "annex", "lookupkey", "f.bin"], &client);
+    let key = protocol::Key::parse(key.trim()).expect("key");
+    for n in &lab.nodes {
+        let object = n
+            .join(".git/annex/objects")
+            .join(key.hash_dir_mixed())
+            .join(key.file())
+            .join(key.file());
+        assert_eq!(
+            std::fs::read(&object).expect("on every node").len(),
+            200_000
+        );
+    }
+    run(&["git", "annex", "drop", "--force", "f.bin"], &client);
+    run(&["git", "annex", "get", "--from", "GC", "f.bin"], &client);
+    run(
+        &["git", "annex", "drop", "--from", "GC", "--force", "f.bin"],
+        &client,
+    );
+    for n in &lab.nodes {
+        let object = n
+            .join(".git/annex/objects")
+            .join(key.hash_dir_mixed())
+            .join(key.file());
+        assert!(
+            !object.join(key.file()).exists(),
+            "removed from {}",
+            n.display()
+        );
+    }
+    daemon.terminate(TIMEOUT);
+}
