@@ -1364,3 +1364,85 @@ fn stock_client_over_libp2p_to_the_cluster() {
     }
     daemon.terminate(TIMEOUT);
 }
+
+/// PUT targets follow the nodes' preferred content, set with stock `git annex
+/// wanted` in G (annex-spec §4.6 step 1): N1 wants `*.txt`, N2 wants big
+/// files, N3 wants neither. A file no node wants goes to every node lacking it.
+#[test]
+fn put_targets_follow_node_preferred_content() {
+    let lab = Lab::new_with(|lab| {
+        let exprs = [
+            "include=*.txt",
+            "largerthan=100kb",
+            "exclude=*.txt and exclude=*.bin and exclude=*.dat",
+        ];
+        for (u, expr) in lab.node_uuids.iter().zip(exprs) {
+            lab.run(&lab.g, "git", &["annex", "wanted", u, expr]).ok();
+        }
+    });
+    lab.run(&lab.g, "git", &["annex", "wanted", "N1"])
+        .ok()
+        .says("include=*.txt");
+    std::fs::write(lab.c.join("tiny.dat"), "tiny\n").expect("cluster test step");
+    std::fs::write(lab.c.join("small.dat"), "small\n").expect("cluster test step");
+    lab.annex_c(&["add", "tiny.dat", "small.dat"]).ok();
+    lab.run(&lab.c, "git", &["commit", "-q", "-m", "dat"]).ok();
+    let hello = lab.key_of("hello.txt");
+    let meg = lab.key_of("onemeg.bin");
+    let tiny = lab.key_of("tiny.dat");
+    let small = lab.key_of("small.dat");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
+
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster", "hello.txt"]);
+    copy.ok();
+    assert_eq!(
+        plus_uuids(&copy.server_lines("SUCCESS-PLUS")[0]),
+        vec![lab.node_uuids[0].clone()],
+        "{}",
+        copy.report()
+    );
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster", "onemeg.bin"]);
+    copy.ok();
+    assert_eq!(
+        plus_uuids(&copy.server_lines("SUCCESS-PLUS")[0]),
+        vec![lab.node_uuids[1].clone()],
+        "{}",
+        copy.report()
+    );
+    assert!(lab.node_has(0, &hello, Some(b"hello\n")));
+    assert!(!lab.node_has(1, &hello, None));
+    assert!(!lab.node_has(2, &hello, None));
+    assert!(!lab.node_has(0, &meg, None));
+    assert!(lab.node_has(1, &meg, Some(&meg_bytes)));
+    assert!(!lab.node_has(2, &meg, None));
+
+    // Nobody wants tiny.dat: every node gets it.
+    lab.annex_c(&["copy", "--to", "G-mycluster", "tiny.dat"])
+        .ok();
+    for i in 0..3 {
+        assert!(
+            lab.node_has(i, &tiny, Some(b"tiny\n")),
+            "N{} lacks tiny",
+            i + 1
+        );
+    }
+    // Nobody wants small.dat and N3 has it already: N1 and N2 get it.
+    // N3 gets it behind C's back (`--fast`: C trusts its log and sends PUT).
+    std::fs::write(lab.nodes[2].join("small.dat"), "small\n").expect("cluster test step");
+    lab.run(&lab.nodes[2], "git", &["annex", "add", "small.dat"])
+        .ok();
+    assert!(lab.node_has(2, &small, None));
+    let copy = lab.annex_c(&["copy", "--fast", "--to", "G-mycluster", "small.dat"]);
+    copy.ok();
+    assert_eq!(
+        plus_uuids(&copy.server_lines("SUCCESS-PLUS")[0]),
+        sorted(lab.node_uuids.clone()),
+        "{}",
+        copy.report()
+    );
+    assert!(lab.node_has(0, &small, Some(b"small\n")));
+    assert!(lab.node_has(1, &small, Some(b"small\n")));
+    assert!(lab.node_has(2, &small, Some(b"small\n")));
+    lab.fsck_nodes(&tiny);
+    lab.fsck_nodes(&small);
+}

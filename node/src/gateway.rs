@@ -27,8 +27,11 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use protocol::logs::catalog::Catalog;
 use protocol::logs::presence::Status;
+use protocol::logs::view::View;
 use protocol::message::{MAX_VERSION, Message, Version};
+use protocol::preferred::{self, Facts};
 use protocol::server::{
     APPEND_ONLY_ERROR, CloseReason, MAX_AUTH_ATTEMPTS, READ_ONLY_ERROR, ServeMode, Validity,
 };
@@ -472,6 +475,9 @@ impl Gateway<'_> {
         W: AsyncWrite + Unpin + Send,
     {
         let mut version: Version = 0;
+        // The gateway's branch, read on the first PUT (for the nodes'
+        // preferred content) and kept for the session.
+        let mut catalog: Option<Catalog> = None;
         let mode = match self.auth {
             None => {
                 io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
@@ -513,10 +519,13 @@ impl Gateway<'_> {
                 }
                 M::Remove(key) => self.remove(io, mode, version, key, None).await?,
                 M::RemoveBefore(ts, key) => self.remove(io, mode, version, key, Some(ts)).await?,
-                M::Put(_file, key) => {
+                M::Put(file, key) => {
                     if mode == ServeMode::ReadOnly {
                         io.send(&M::Error(READ_ONLY_ERROR.into())).await?;
-                    } else if let Some(reason) = self.put(io, version, key).await? {
+                    } else if let Some(reason) = self
+                        .put(io, version, &mut catalog, file.as_deref(), key)
+                        .await?
+                    {
                         return Ok(reason);
                     }
                 }
@@ -642,11 +651,53 @@ impl Gateway<'_> {
         io.send(&self.plus_or(version, removed, plain)).await
     }
 
-    /// `PUT`: fans the content out to every node that lacks it.
+    /// Which nodes want `key` for `file` by their preferred content (annex-spec
+    /// §4.6 step 1), evaluated as for a node lacking it, with the copies the
+    /// gateway's log knows plus `holders`. The branch is read once into
+    /// `catalog`; if it cannot be read, every node wants everything.
+    fn wanting(
+        &self,
+        catalog: &mut Option<Catalog>,
+        file: Option<&str>,
+        key: &Key,
+        holders: &[Uuid],
+    ) -> std::collections::BTreeSet<Uuid> {
+        let catalog = catalog.get_or_insert_with(|| {
+            crate::branch::read(&self.gateway.repo().git_dir).unwrap_or_else(|e| {
+                tracing::info!("cannot read preferred content: {e}");
+                Catalog::new()
+            })
+        });
+        let view = View::new(catalog);
+        let mut copies: std::collections::BTreeSet<String> =
+            view.whereis(key).copies.into_iter().collect();
+        copies.extend(holders.iter().map(|u| u.as_str().to_owned()));
+        let facts = Facts {
+            file,
+            size: key.size(),
+            present: false,
+            copies: copies.len(),
+        };
+        self.nodes
+            .iter()
+            .map(GatewayNode::uuid)
+            .filter(|u| {
+                let expr = view.preferred_content(u.as_str());
+                preferred::wants(expr.as_deref(), &facts)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// `PUT`: fans the content out to the nodes that lack it and whose
+    /// preferred content wants it; if none wants it, to every node lacking it
+    /// (git-annex's `proxyPUT` rule, annex-spec §4.6 step 1).
     async fn put<R, W>(
         &self,
         io: &mut Io<R, W>,
         version: Version,
+        catalog: &mut Option<Catalog>,
+        file: Option<&str>,
         key: Key,
     ) -> Result<Option<CloseReason>>
     where
@@ -654,7 +705,7 @@ impl Gateway<'_> {
         W: AsyncWrite + Unpin + Send,
     {
         let me = self.gateway.uuid();
-        let (holders, lacking): (Vec<&NodeStore>, Vec<&NodeStore>) = self
+        let (holders, mut lacking): (Vec<&NodeStore>, Vec<&NodeStore>) = self
             .locals()
             .into_iter()
             .partition(|n| n.store.contains(&key));
@@ -684,6 +735,15 @@ impl Gateway<'_> {
             io.send(&self.plus_or(version, holder_uuids, Message::AlreadyHave))
                 .await?;
             return Ok(None);
+        }
+        let wanting = self.wanting(catalog, file, &key, &holder_uuids);
+        if lacking.iter().any(|n| wanting.contains(&n.uuid))
+            || lacking_shells.iter().any(|s| wanting.contains(&s.uuid))
+            || lacking_specials.iter().any(|s| wanting.contains(&s.uuid))
+        {
+            lacking.retain(|n| wanting.contains(&n.uuid));
+            lacking_shells.retain(|s| wanting.contains(&s.uuid));
+            lacking_specials.retain(|s| wanting.contains(&s.uuid));
         }
         let mut targets: Vec<Target> = lacking
             .into_iter()

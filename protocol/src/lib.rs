@@ -27,6 +27,7 @@ pub mod hex;
 pub mod key;
 pub mod logs;
 pub mod message;
+pub mod preferred;
 pub mod server;
 pub mod uuid;
 pub mod verify;
