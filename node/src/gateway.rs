@@ -1241,6 +1241,25 @@ mod tests {
     const HELLO: &str =
         "SHA256E-s6--5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03.txt";
 
+    /// A gateway G with two local nodes N0, N1 and a cluster uuid.
+    fn two_nodes(dir: &std::path::Path) -> (Store, Vec<NodeStore>, Uuid) {
+        let g = repo(&dir.join("G"), "99999999-9999-4999-8999-999999999999");
+        let nodes = [
+            "11111111-1111-4111-8111-111111111111",
+            "22222222-2222-4222-8222-222222222222",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| NodeStore {
+            uuid: Uuid::parse(u).expect("uuid"),
+            remote: format!("N{i}"),
+            store: repo(&dir.join(format!("N{i}")), u),
+        })
+        .collect();
+        let cluster = Uuid::parse("ac525812-b24e-81d5-ad3f-c2acde9c9b05").expect("uuid");
+        (g, nodes, cluster)
+    }
+
     fn repo(dir: &std::path::Path, uuid: &str) -> Store {
         let git = |args: &[&str]| {
             let ok = std::process::Command::new("git")
@@ -1284,23 +1303,7 @@ mod tests {
     #[tokio::test]
     async fn auth_put_get_remove() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let g = repo(
-            &tmp.path().join("G"),
-            "99999999-9999-4999-8999-999999999999",
-        );
-        let nodes: Vec<NodeStore> = [
-            "11111111-1111-4111-8111-111111111111",
-            "22222222-2222-4222-8222-222222222222",
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, u)| NodeStore {
-            uuid: Uuid::parse(u).expect("uuid"),
-            remote: format!("N{i}"),
-            store: repo(&tmp.path().join(format!("N{i}")), u),
-        })
-        .collect();
-        let cluster = Uuid::parse("ac525812-b24e-81d5-ad3f-c2acde9c9b05").expect("uuid");
+        let (g, nodes, cluster) = two_nodes(tmp.path());
         let gw = Gateway {
             cluster: cluster.clone(),
             gateway: &g,
@@ -1355,24 +1358,7 @@ mod tests {
     #[tokio::test]
     async fn put_hashes_once_and_resuming_nodes_check_their_prefix() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let g = repo(
-            &tmp.path().join("G"),
-            "99999999-9999-4999-8999-999999999999",
-        );
-        let uuids = [
-            "11111111-1111-4111-8111-111111111111",
-            "22222222-2222-4222-8222-222222222222",
-        ];
-        let nodes: Vec<NodeStore> = uuids
-            .iter()
-            .enumerate()
-            .map(|(i, u)| NodeStore {
-                uuid: Uuid::parse(u).expect("uuid"),
-                remote: format!("N{i}"),
-                store: repo(&tmp.path().join(format!("N{i}")), u),
-            })
-            .collect();
-        let cluster = Uuid::parse("ac525812-b24e-81d5-ad3f-c2acde9c9b05").expect("uuid");
+        let (g, nodes, cluster) = two_nodes(tmp.path());
         let gw = Gateway {
             cluster: cluster.clone(),
             gateway: &g,
@@ -1407,7 +1393,7 @@ mod tests {
             out,
             format!(
                 "AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 0\nSUCCESS-PLUS {}\n",
-                uuids[1]
+                nodes[1].uuid
             )
         );
         assert!(!nodes[0].store.contains(&key));
@@ -1425,7 +1411,7 @@ mod tests {
             out,
             format!(
                 "AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 3\nSUCCESS-PLUS {} {}\n",
-                uuids[0], uuids[1]
+                nodes[0].uuid, nodes[1].uuid
             )
         );
         assert!(nodes[0].store.contains(&key));
