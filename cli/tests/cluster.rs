@@ -1075,6 +1075,70 @@ fn stock_client_with_shell_nodes() {
     }
 }
 
+/// Starts an annexmesh peer `name` (its own daemon, on loopback) that grants
+/// G, and adds it to the cluster with `annexmesh cluster add-node`.
+fn add_mesh_node(lab: &mut Lab, name: &str) -> support::ProcessGuard {
+    let g = lab.g.clone();
+    let g_peer = peer_of(lab.annexmesh(&g, &["init"]).ok());
+    let m = lab.root.join(name);
+    let ms = m.to_str().expect("utf8").to_owned();
+    lab.annexmesh(&lab.root, &["--repo", &ms, "init"]).ok();
+    lab.annexmesh(&lab.root, &["--repo", &ms, "grant", &g_peer])
+        .ok();
+    let mut cmd = lab.command(&support::annexmesh_bin(), &m);
+    cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut d = support::ProcessGuard::spawn(&mut cmd);
+    let addr = d.wait_for(TIMEOUT, |out| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("listening on "))
+            .map(str::to_owned)
+    });
+    lab.annexmesh(&g, &["cluster", "add-node", name, &addr])
+        .ok()
+        .says(&format!("added node {name} to cluster mycluster"));
+    assert_eq!(
+        lab.config(&g, &format!("remote.{name}.url")),
+        format!("p2p-annex::libp2p:{addr}")
+    );
+    let uuid = lab.config(&m, "annex.uuid");
+    lab.nodes.push(m);
+    lab.node_uuids.push(uuid);
+    d
+}
+
+/// D, a `directory` special remote, and E, an external special remote
+/// (testdata/tools/git-annex-remote-dummy), made by stock `git annex
+/// initremote` in G, as cluster nodes (their stores: `D-store`, `E-store`).
+fn add_special_nodes(lab: &mut Lab) {
+    let g = lab.g.clone();
+    for (name, args) in [
+        ("D", vec!["type=directory", "encryption=none"]),
+        (
+            "E",
+            vec!["type=external", "externaltype=dummy", "encryption=none"],
+        ),
+    ] {
+        let dir = lab.root.join(format!("{name}-store"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let directory = format!("directory={}", dir.display());
+        let mut full = vec!["annex", "initremote", name, directory.as_str()];
+        full.extend(args);
+        lab.run(&g, "git", &full).ok();
+        lab.run(
+            &g,
+            "git",
+            &[
+                "config",
+                &format!("remote.{name}.annex-cluster-node"),
+                CLUSTER,
+            ],
+        )
+        .ok();
+        let uuid = lab.config(&g, &format!("remote.{name}.annex-uuid"));
+        lab.node_uuids.push(uuid);
+    }
+}
+
 /// The peer id `annexmesh init` printed.
 fn peer_of(init: &Finished) -> String {
     init.stdout
@@ -1092,35 +1156,7 @@ fn peer_of(init: &Finished) -> String {
 #[test]
 fn stock_client_with_mesh_node() {
     let mut daemon = None;
-    let lab = Lab::new_with(|lab| {
-        let g = lab.g.clone();
-        let g_peer = peer_of(lab.annexmesh(&g, &["init"]).ok());
-        let m = lab.root.join("M");
-        let ms = m.to_str().expect("utf8").to_owned();
-        let init = lab.annexmesh(&lab.root, &["--repo", &ms, "init"]);
-        init.ok();
-        lab.annexmesh(&lab.root, &["--repo", &ms, "grant", &g_peer])
-            .ok();
-        let mut cmd = lab.command(&support::annexmesh_bin(), &m);
-        cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
-        let mut d = support::ProcessGuard::spawn(&mut cmd);
-        let addr = d.wait_for(TIMEOUT, |out| {
-            out.lines()
-                .find_map(|l| l.strip_prefix("listening on "))
-                .map(str::to_owned)
-        });
-        daemon = Some(d);
-        lab.annexmesh(&g, &["cluster", "add-node", "M", &addr])
-            .ok()
-            .says("added node M to cluster mycluster");
-        assert_eq!(
-            lab.config(&g, "remote.M.url"),
-            format!("p2p-annex::libp2p:{addr}")
-        );
-        let uuid = lab.config(&m, "annex.uuid");
-        lab.nodes.push(m);
-        lab.node_uuids.push(uuid);
-    });
+    let lab = Lab::new_with(|lab| daemon = Some(add_mesh_node(lab, "M")));
     // updatecluster learnt M's uuid by connecting.
     assert_eq!(lab.config(&lab.g, "remote.M.annex-uuid"), lab.node_uuids[3]);
     lab.annex_c(&["info", "G"]).ok().says("G-M");
@@ -1181,35 +1217,7 @@ fn stock_client_with_mesh_node() {
 /// own layout, where stock git-annex (in G) finds it with `fsck --from`.
 #[test]
 fn stock_client_with_special_remote_nodes() {
-    let lab = Lab::new_with(|lab| {
-        let g = lab.g.clone();
-        for (name, args) in [
-            ("D", vec!["type=directory", "encryption=none"]),
-            (
-                "E",
-                vec!["type=external", "externaltype=dummy", "encryption=none"],
-            ),
-        ] {
-            let dir = lab.root.join(format!("{name}-store"));
-            std::fs::create_dir_all(&dir).expect("mkdir");
-            let directory = format!("directory={}", dir.display());
-            let mut full = vec!["annex", "initremote", name, directory.as_str()];
-            full.extend(args);
-            lab.run(&g, "git", &full).ok();
-            lab.run(
-                &g,
-                "git",
-                &[
-                    "config",
-                    &format!("remote.{name}.annex-cluster-node"),
-                    CLUSTER,
-                ],
-            )
-            .ok();
-            let uuid = lab.config(&g, &format!("remote.{name}.annex-uuid"));
-            lab.node_uuids.push(uuid);
-        }
-    });
+    let lab = Lab::new_with(add_special_nodes);
     lab.annex_c(&["info", "G"]).ok().says("G-D").says("G-E");
     let hello = lab.key_of("hello.txt");
     let meg = lab.key_of("onemeg.bin");
@@ -1445,4 +1453,103 @@ fn put_targets_follow_node_preferred_content() {
     assert!(lab.node_has(2, &small, Some(b"small\n")));
     lab.fsck_nodes(&tiny);
     lab.fsck_nodes(&small);
+}
+
+/// Every kind of node reached on its own through the gateway (`G-<node>`, git-annex's
+/// single-node proxy): N4 a git-annex repository behind the real git-annex-shell,
+/// M an annexmesh peer, D a directory special remote, E an external one. Stock
+/// git-annex copies to each, drops its own copy with the node's lock where a
+/// node can lock, gets back and drops from it; the gateway's own location log
+/// follows (git-annex's gateway records what passes through it).
+#[test]
+fn stock_client_through_single_nodes_of_every_kind() {
+    let real_shell = support::git_annex_bin_dir().join("git-annex-shell");
+    let mut daemon = None;
+    let lab = Lab::new_with(|lab| {
+        add_shell_node(lab, "N4", "../N4", &real_shell);
+        daemon = Some(add_mesh_node(lab, "M"));
+        add_special_nodes(lab);
+    });
+    lab.annex_c(&["info", "G"])
+        .ok()
+        .says("G-N4")
+        .says("G-M")
+        .says("G-D")
+        .says("G-E");
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
+    let k = protocol::Key::parse(&meg).expect("key");
+    let lower = k.hash_dir_lower();
+    let file = k.file();
+    let held = |name: &str| -> Option<Vec<u8>> {
+        let path = match name {
+            "N4" => {
+                let r = lab.run(&lab.nodes[3], "git", &["annex", "contentlocation", &meg]);
+                if !r.status.success() {
+                    return None;
+                }
+                lab.nodes[3].join(r.stdout.trim())
+            }
+            "M" => lab.nodes[4]
+                .join("annex/objects")
+                .join(&lower)
+                .join(&file)
+                .join(&file),
+            "D" => lab
+                .root
+                .join("D-store")
+                .join(&lower)
+                .join(&file)
+                .join(&file),
+            _ => lab.root.join("E-store").join(&lower).join(&file),
+        };
+        std::fs::read(path).ok()
+    };
+    let gateway_knows = |uuid: &str| {
+        let r = lab.run(&lab.g, "git", &["annex", "whereis", "--key", &meg]);
+        r.stdout.contains(uuid)
+    };
+    for (name, u, lockable) in [
+        ("N4", 3, true),
+        ("M", 4, true),
+        ("D", 5, false),
+        ("E", 6, false),
+    ] {
+        let remote = format!("G-{name}");
+        let uuid = lab.node_uuids[u].clone();
+        lab.annex_c(&["copy", "--to", &remote, "onemeg.bin"])
+            .ok()
+            .wire_has(&format!("S->C | AUTH-SUCCESS {uuid}"));
+        assert_eq!(held(name).as_deref(), Some(&meg_bytes[..]), "{name}");
+        assert!(gateway_knows(&uuid), "G did not record {name}");
+        if lockable {
+            // The only other copy is on the node: the drop locks it there.
+            lab.annex_c(&["drop", "onemeg.bin"])
+                .ok()
+                .wire_has(&format!("C->S | LOCKCONTENT {meg}"))
+                .wire_has("C->S | UNLOCKCONTENT");
+        } else {
+            lab.annex_c(&["drop", "--force", "onemeg.bin"]).ok();
+        }
+        lab.annex_c(&["get", "--from", &remote, "onemeg.bin"])
+            .ok()
+            .wire_has("S->C | DATA 1048576");
+        assert_eq!(
+            std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
+            meg_bytes
+        );
+        lab.annex_c(&["drop", "--from", &remote, "onemeg.bin"]).ok();
+        assert_eq!(held(name), None, "{name} kept it");
+        assert!(!gateway_knows(&uuid), "G still lists {name}");
+    }
+    // A special remote cannot lock: LOCKCONTENT through G-D is FAILURE.
+    lab.annex_c(&["copy", "--to", "G-D", "onemeg.bin"]).ok();
+    let (_, out, _) = lab.p2pstdio(
+        &lab.node_uuids[5],
+        format!("VERSION 2\nLOCKCONTENT {meg}\n").as_bytes(),
+    );
+    assert!(out.ends_with("FAILURE\n"), "{out}");
+    if let Some(mut d) = daemon {
+        d.terminate(TIMEOUT);
+    }
 }

@@ -243,21 +243,8 @@ pub async fn p2pstdio(
                 return gateway.serve(reader, writer).await;
             }
             Ok(Some(crate::cluster::Served::Node(node))) => {
-                let server = Server::new(ServerConfig {
-                    uuid: node.uuid.clone(),
-                    start: Start::Preauthenticated { mode },
-                    git: GitAccess::Refused,
-                    max_version: i64::from(MAX_VERSION),
-                });
                 let (reader, writer) = stdio();
-                return serve(
-                    server,
-                    reader,
-                    writer,
-                    &node.store,
-                    &ServeContext::default(),
-                )
-                .await;
+                return crate::proxy::serve_node(*node, &store, mode, None, reader, writer).await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("reading cluster configuration: {e}"),

@@ -656,8 +656,8 @@ pub enum Served {
         uuid: Uuid,
         nodes: Vec<crate::gateway::GatewayNode>,
     },
-    /// One node, proxied.
-    Node(Box<NodeStore>),
+    /// One node, proxied (any kind: see [`crate::proxy`]).
+    Node(Box<crate::gateway::GatewayNode>),
 }
 
 /// A node's uuid and its object store, written directly (no extra process).
@@ -767,7 +767,7 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     if node.uuid.as_str() != want {
         return Ok(None);
     }
-    Ok(open_node(&node).map(|n| Served::Node(Box::new(n))))
+    Ok(open_gateway_node(repo, &node).map(|n| Served::Node(Box::new(n))))
 }
 
 #[cfg(test)]

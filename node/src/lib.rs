@@ -21,6 +21,7 @@ pub mod meta;
 pub mod net;
 pub mod peer;
 pub mod process;
+pub mod proxy;
 pub mod remote;
 pub mod repo;
 pub mod session;

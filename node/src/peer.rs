@@ -261,17 +261,15 @@ async fn serve_stream(
                     return gateway.serve(reader, writer).await;
                 }
                 Ok(Some(crate::cluster::Served::Node(node))) => {
-                    let server = Server::new(ServerConfig {
-                        uuid: node.uuid.clone(),
-                        start: Start::RequireAuth,
-                        git: GitAccess::Refused,
-                        max_version: i64::from(MAX_VERSION),
-                    });
-                    let ctx = ServeContext {
-                        auth: Some(&access),
-                        git: None,
-                    };
-                    return serve(server, reader, writer, &node.store, &ctx).await;
+                    return crate::proxy::serve_node(
+                        *node,
+                        store,
+                        protocol::server::ServeMode::ReadOnly,
+                        Some(&access),
+                        reader,
+                        writer,
+                    )
+                    .await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::info!("resolving target {target}: {e}"),

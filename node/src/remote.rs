@@ -2,7 +2,7 @@
 //! session on it (used by `annexmesh put/get/drop/checkpresent`).
 
 use libp2p::identity::Keypair;
-use protocol::message::MAX_VERSION;
+use protocol::message::{MAX_VERSION, Version};
 use protocol::{AuthToken, Uuid};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
@@ -37,6 +37,19 @@ impl Endpoint {
         me: Uuid,
         token: AuthToken,
     ) -> Result<(StreamSession, Uuid)> {
+        self.connect_offering(address, me, token, Some(Version::from(MAX_VERSION)))
+            .await
+    }
+
+    /// [`Endpoint::connect`], offering `version` (`None`: no `VERSION` is
+    /// sent, so the session stays at version 0). A relay offers its client's.
+    pub async fn connect_offering(
+        &self,
+        address: &PeerAddress,
+        me: Uuid,
+        token: AuthToken,
+        version: Option<Version>,
+    ) -> Result<(StreamSession, Uuid)> {
         let (mut session, answer) = self.open_and_auth(address, &me, &token).await?;
         let Some(uuid) = answer else {
             return Err(Error::Protocol(format!(
@@ -50,7 +63,9 @@ impl Endpoint {
                 "{address} answered as {uuid}, not {want}"
             )));
         }
-        session.negotiate_version(i64::from(MAX_VERSION)).await?;
+        if let Some(v) = version {
+            session.negotiate_version(v).await?;
+        }
         Ok((session, uuid))
     }
 

@@ -679,3 +679,101 @@ where
 pub fn partial_download_path(dir: &Path, key: &Key) -> PathBuf {
     dir.join(key.file())
 }
+
+/// Message-level access for relays ([`crate::proxy`]): the session's own
+/// request machine is bypassed, so the relay must keep both sides in step.
+impl<R, W> ClientSession<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// Writes one message (buffered until the next read or flush).
+    pub async fn send_message(&mut self, m: &Message) -> Result<()> {
+        self.writer
+            .write_all(&m.to_line())
+            .await
+            .context(|| "p2p stream".into())
+    }
+
+    /// Sends what was written.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.writer.flush().await.context(|| "p2p stream".into())
+    }
+
+    /// Flushes what was written, then reads the peer's next message: `None` at
+    /// end of stream; an unparsable or over-long line is an error.
+    pub async fn read_message(&mut self) -> Result<Option<Message>> {
+        self.writer.flush().await.context(|| "p2p stream".into())?;
+        match read_line(&mut self.reader, &mut self.line)
+            .await
+            .context(|| "p2p stream".into())?
+        {
+            LineRead::Line => Message::parse(&self.line).map(Some).map_err(|_| {
+                Error::Protocol(format!(
+                    "unparsable line from peer: {:?}",
+                    String::from_utf8_lossy(&self.line[..self.line.len().min(80)])
+                ))
+            }),
+            LineRead::Eof => Ok(None),
+            LineRead::TooLong => Err(Error::Protocol("over-long line from peer".into())),
+        }
+    }
+
+    /// Copies `len` payload bytes from the peer to `to`. Returns how many were
+    /// copied: fewer than `len` when the peer's stream ended first.
+    pub async fn relay_payload_to<T: AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut T,
+        len: u64,
+    ) -> Result<u64> {
+        let mut done = 0;
+        while done < len {
+            let avail = self
+                .reader
+                .fill_buf()
+                .await
+                .context(|| "p2p stream".into())?;
+            if avail.is_empty() {
+                break;
+            }
+            let n = avail
+                .len()
+                .min(usize::try_from(len - done).unwrap_or(usize::MAX));
+            to.write_all(&avail[..n])
+                .await
+                .context(|| "relaying payload".into())?;
+            self.reader.consume(n);
+            done += n as u64;
+        }
+        Ok(done)
+    }
+
+    /// Copies `len` payload bytes from `from` to the peer. Returns how many
+    /// were copied: fewer than `len` when `from` ended first.
+    pub async fn relay_payload_from<T: tokio::io::AsyncBufRead + Unpin>(
+        &mut self,
+        from: &mut T,
+        len: u64,
+    ) -> Result<u64> {
+        let mut done = 0;
+        while done < len {
+            let avail = from
+                .fill_buf()
+                .await
+                .context(|| "relaying payload".into())?;
+            if avail.is_empty() {
+                break;
+            }
+            let n = avail
+                .len()
+                .min(usize::try_from(len - done).unwrap_or(usize::MAX));
+            self.writer
+                .write_all(&avail[..n])
+                .await
+                .context(|| "p2p stream".into())?;
+            from.consume(n);
+            done += n as u64;
+        }
+        Ok(done)
+    }
+}
