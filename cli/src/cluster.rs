@@ -44,6 +44,16 @@ pub fn cluster(repo: &Path, command: ClusterCommand) -> anyhow::Result<ExitCode>
     }
 }
 
+/// `extendcluster REMOTE NAME`, then `updatecluster`, as git-annex does.
+pub async fn extendcluster(repo: &Path, remote: &str, name: &str) -> anyhow::Result<ExitCode> {
+    for p in node::cluster::learn_mesh_uuids_of(repo, &[remote.to_owned()]).await? {
+        eprintln!("annexmesh: {p}");
+    }
+    node::cluster::extend_cluster(repo, remote, name)?;
+    println!("extendcluster {name} ok");
+    updatecluster(repo).await
+}
+
 pub async fn updatecluster(repo: &Path) -> anyhow::Result<ExitCode> {
     for p in node::cluster::learn_mesh_uuids(repo).await? {
         eprintln!("annexmesh: {p}");

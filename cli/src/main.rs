@@ -120,6 +120,9 @@ enum Command {
     /// Record the clusters' nodes (remotes with `annex-cluster-node`) in
     /// cluster.log and proxy.log (as `git annex updatecluster`).
     Updatecluster,
+    /// Make this repository another gateway of the cluster NAME that the
+    /// gateway REMOTE serves (as `git annex extendcluster`), then update.
+    Extendcluster { remote: String, name: String },
     /// Cluster nodes beyond local repositories.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -203,6 +206,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info { peer, json } => query::info(&repo, peer.as_deref(), json),
         Command::Initcluster { name } => cluster::initcluster(&repo, &name),
         Command::Updatecluster => runtime.block_on(cluster::updatecluster(&repo)),
+        Command::Extendcluster { remote, name } => {
+            runtime.block_on(cluster::extendcluster(&repo, &remote, &name))
+        }
         Command::Cluster(c) => cluster::cluster(&repo, c),
         Command::AnnexShell { .. } => Ok(ExitCode::SUCCESS),
     }

@@ -185,6 +185,12 @@ impl Lab {
         let mut lab = Lab::gateway();
         extra(&mut lab);
         lab.annexmesh(&lab.g, &["updatecluster"]).ok();
+        lab.with_client()
+    }
+
+    /// C, cloned from G over fake-ssh, with two files added (G `wants` nothing).
+    fn with_client(self) -> Lab {
+        let lab = self;
         lab.run(&lab.g, "git", &["annex", "wanted", ".", "nothing"])
             .ok();
         let url = format!("localhost:{}", lab.g.display());
@@ -1552,4 +1558,102 @@ fn stock_client_through_single_nodes_of_every_kind() {
     if let Some(mut d) = daemon {
         d.terminate(TIMEOUT);
     }
+}
+
+/// A second annexmesh gateway H of the same cluster, set up as git-annex's
+/// clusters tip does (transcript cluster-14): H fetches G and runs
+/// `extendcluster G mycluster`, adds nodes N4 and N5 and `updatecluster`; G
+/// adds H, fetches it, `extendcluster H mycluster`. Returns the lab (C cloned
+/// from G, after all that) and H's path.
+fn two_gateways() -> (Lab, PathBuf) {
+    let mut lab = Lab::gateway();
+    lab.annexmesh(&lab.g, &["updatecluster"]).ok();
+    let g = lab.g.clone();
+    let h = lab.root.join("H");
+    lab.run(&lab.root, "git", &["init", "-q", "H"]).ok();
+    lab.run(&h, "git", &["annex", "init", "H"]).ok();
+    lab.run(&h, "git", &["commit", "-q", "--allow-empty", "-m", "init"])
+        .ok();
+    let g_url = format!("localhost:{}", g.display());
+    lab.run(&h, "git", &["remote", "add", "G", &g_url]).ok();
+    lab.run(&h, "git", &["fetch", "-q", "G"]).ok();
+    lab.annexmesh(&h, &["extendcluster", "G", CLUSTER])
+        .ok()
+        .says("extendcluster mycluster ok")
+        .says("No cluster node changes for cluster: mycluster")
+        .says("Started proxying for G-N1")
+        .says("Started proxying for mycluster");
+    for name in ["N4", "N5"] {
+        lab.run(&lab.root, "git", &["init", "-q", name]).ok();
+        let dir = lab.root.join(name);
+        lab.run(&dir, "git", &["annex", "init", name]).ok();
+        lab.run(&h, "git", &["remote", "add", name, &format!("../{name}")])
+            .ok();
+        lab.run(
+            &h,
+            "git",
+            &[
+                "config",
+                &format!("remote.{name}.annex-cluster-node"),
+                CLUSTER,
+            ],
+        )
+        .ok();
+        lab.node_uuids.push(lab.config(&dir, "annex.uuid"));
+        lab.nodes.push(dir);
+    }
+    lab.annexmesh(&h, &["updatecluster"])
+        .ok()
+        .says("Added node N4 to cluster: mycluster")
+        .says("Started proxying for N5");
+    lab.run(&h, "git", &["annex", "wanted", ".", "nothing"])
+        .ok();
+    let h_url = format!("localhost:{}", h.display());
+    lab.run(&g, "git", &["remote", "add", "H", &h_url]).ok();
+    lab.run(&g, "git", &["fetch", "-q", "H"]).ok();
+    lab.annexmesh(&g, &["extendcluster", "H", CLUSTER])
+        .ok()
+        .says("extendcluster mycluster ok")
+        .says("Started proxying for H-N4")
+        .says("Started proxying for H-N5");
+    lab.annexmesh(&g, &["updatecluster"])
+        .ok()
+        .says("No cluster node changes for cluster: mycluster")
+        .says("No proxy changes to record.");
+    assert_eq!(
+        lab.config(&g, "remote.H.annex-cluster-gateway"),
+        lab.cluster_uuid
+    );
+    assert_eq!(
+        lab.config(&h, &format!("annex.cluster.{CLUSTER}")),
+        lab.cluster_uuid
+    );
+    (lab.with_client(), h)
+}
+
+/// Two gateways: stock git-annex sees H's nodes through G (`G-H-N4`, as
+/// git-annex names them), and uses a far node through both hops.
+#[test]
+fn stock_client_through_two_gateways_to_a_far_node() {
+    let (lab, _h) = two_gateways();
+    lab.annex_c(&["info", "G"])
+        .ok()
+        .says("gateway to cluster: G-mycluster")
+        .says("G-N1 ")
+        .says("G-H-N4")
+        .says("G-H-N5");
+    let hello = lab.key_of("hello.txt");
+    lab.annex_c(&["copy", "--to", "G-H-N4", "hello.txt"])
+        .ok()
+        .wire_has(&format!("S->C | AUTH-SUCCESS {}", lab.node_uuids[3]));
+    assert!(lab.node_has(3, &hello, Some(b"hello\n")));
+    assert!(!lab.node_has(4, &hello, None));
+    lab.annex_c(&["drop", "hello.txt"])
+        .ok()
+        .wire_has("C->S | LOCKCONTENT");
+    lab.annex_c(&["get", "--from", "G-H-N4", "hello.txt"])
+        .ok()
+        .wire_has("S->C | DATA 6");
+    lab.annex_c(&["drop", "--from", "G-H-N4", "hello.txt"]).ok();
+    assert!(!lab.node_has(3, &hello, None));
 }

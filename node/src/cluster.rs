@@ -169,6 +169,91 @@ pub struct Cluster {
     pub name: String,
     pub uuid: Uuid,
     pub nodes: Vec<Node>,
+    /// Other gateways of the same cluster (`remote.<r>.annex-cluster-gateway`,
+    /// set by `extendcluster`): each node's `uuid` is that gateway's own.
+    pub gateways: Vec<Node>,
+}
+
+/// A node of a cluster reached through another gateway of it (git-annex's
+/// `G-H-N4`): listed in that gateway's `proxy.log` line and in `cluster.log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FarNode {
+    pub uuid: Uuid,
+    /// `<gateway remote>-<its name there>`, the name in this gateway's `proxy.log`.
+    pub name: String,
+    pub gateway: Node,
+}
+
+impl FarNode {
+    /// The node as a remote node of this gateway: the other gateway's access,
+    /// naming the far node as its target.
+    pub fn as_node(&self) -> Node {
+        via(&self.gateway, &self.name, &self.uuid)
+    }
+}
+
+/// `gateway`'s access, aimed at `target` (`--uuid`, or `/annex-uuid/` on the mesh).
+fn via(gateway: &Node, name: &str, target: &Uuid) -> Node {
+    let access = match &gateway.access {
+        Access::Mesh(addr) => {
+            let base = addr.split("/annex-uuid/").next().unwrap_or(addr);
+            Access::Mesh(format!("{base}/annex-uuid/{target}"))
+        }
+        other => other.clone(),
+    };
+    Node {
+        remote: name.to_owned(),
+        uuid: target.clone(),
+        access,
+    }
+}
+
+impl Cluster {
+    /// The nodes other gateways of this cluster proxy and this one does not
+    /// (git-annex's `updateproxy` rule: cluster nodes the other gateway lists
+    /// in its `proxy.log`, minus what this gateway proxies directly).
+    pub fn far_nodes(&self, view: &protocol::logs::view::View<'_>) -> Vec<FarNode> {
+        let members: BTreeSet<String> = view
+            .clusters()
+            .remove(self.uuid.as_str())
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
+        let direct: BTreeSet<&str> = self.nodes.iter().map(|n| n.uuid.as_str()).collect();
+        let proxies = view.proxies();
+        let mut far: Vec<FarNode> = Vec::new();
+        for g in &self.gateways {
+            for (u, name) in proxies.get(g.uuid.as_str()).into_iter().flatten() {
+                if u == self.uuid.as_str()
+                    || !members.contains(u)
+                    || direct.contains(u.as_str())
+                    || far.iter().any(|f| f.uuid.as_str() == u)
+                {
+                    continue;
+                }
+                let Ok(uuid) = Uuid::parse(u) else { continue };
+                far.push(FarNode {
+                    uuid,
+                    name: format!("{}-{name}", g.remote),
+                    gateway: g.clone(),
+                });
+            }
+        }
+        far
+    }
+
+    /// This cluster as reached through each other gateway, as one node each
+    /// (annex-spec §4.9): the gateway's access aimed at the cluster uuid.
+    pub fn via_gateways(&self) -> Vec<(Uuid, Node)> {
+        self.gateways
+            .iter()
+            .map(|g| {
+                (
+                    g.uuid.clone(),
+                    via(g, &format!("{}-{}", g.remote, self.name), &self.uuid),
+                )
+            })
+            .collect()
+    }
 }
 
 fn git(dir: &Path) -> Command {
@@ -330,6 +415,7 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
     let mut clusters = Vec::new();
     let names = config_regexp(&repo.top, r"^annex\.cluster\.")?;
     let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-node$")?;
+    let gateway_remotes = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-gateway$")?;
     for (key, value) in names {
         let Some(name) = key.strip_prefix("annex.cluster.") else {
             continue;
@@ -356,10 +442,35 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
                 Err(e) => problems.push(format!("cluster node {remote}: {e} (skipped)")),
             }
         }
+        let mut gateways = Vec::new();
+        for (k, v) in &gateway_remotes {
+            if !v.split_whitespace().any(|c| c == uuid.as_str()) {
+                continue;
+            }
+            let Some(remote) = k
+                .strip_prefix("remote.")
+                .and_then(|r| r.strip_suffix(".annex-cluster-gateway"))
+            else {
+                continue;
+            };
+            match node_of_remote(repo, remote) {
+                Ok(Some(
+                    g @ Node {
+                        access: Access::Shell(_) | Access::Mesh(_),
+                        ..
+                    },
+                )) => gateways.push(g),
+                Ok(_) => problems.push(format!(
+                    "cluster gateway {remote} is not an ssh or annexmesh remote (skipped)"
+                )),
+                Err(e) => problems.push(format!("cluster gateway {remote}: {e} (skipped)")),
+            }
+        }
         clusters.push(Cluster {
             name: name.to_owned(),
             uuid,
             nodes,
+            gateways,
         });
     }
     Ok((clusters, problems))
@@ -476,21 +587,91 @@ pub fn add_mesh_node(
     Ok(cluster)
 }
 
+/// `annexmesh extendcluster REMOTE NAME` (git-annex's `extendcluster`): this
+/// repository becomes another gateway of the cluster that the gateway `REMOTE`
+/// serves as `NAME` (found in REMOTE's `proxy.log` line, fetched with its
+/// git-annex branch): `annex.cluster.NAME = <cluster uuid>` and
+/// `remote.REMOTE.annex-cluster-gateway = <cluster uuid>`. REMOTE must be an
+/// ssh or annexmesh remote. Run [`update_clusters`] afterwards.
+pub fn extend_cluster(repo_path: &Path, remote: &str, name: &str) -> Result<Uuid> {
+    let repo = Repo::open(repo_path)?;
+    let gateway = match node_of_remote(&repo, remote)? {
+        Some(
+            g @ Node {
+                access: Access::Shell(_) | Access::Mesh(_),
+                ..
+            },
+        ) => g,
+        Some(_) => {
+            return Err(Error::Usage(format!(
+                "{remote} is not an ssh or annexmesh remote, so it cannot be a cluster gateway"
+            )));
+        }
+        None => return Err(Error::Usage(format!("there is no remote named {remote}"))),
+    };
+    let catalog = crate::branch::read(&repo.git_dir)?;
+    let view = protocol::logs::view::View::new(&catalog);
+    let cluster = view
+        .proxies()
+        .remove(gateway.uuid.as_str())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(_, n)| n == name)
+        .and_then(|(u, _)| Uuid::parse(&u).ok())
+        .filter(Uuid::is_cluster)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{remote} is not a gateway of a cluster named {name} (fetch its git-annex branch first)"
+            ))
+        })?;
+    let key = format!("annex.cluster.{name}");
+    match config_get(&repo.top, &key)? {
+        Some(u) if u.trim() != cluster.as_str() => {
+            return Err(Error::Usage(format!(
+                "this repository already has a cluster named {name}, with uuid {}",
+                u.trim()
+            )));
+        }
+        Some(_) => {}
+        None => config_set(&repo.top, &key, cluster.as_str())?,
+    }
+    let gw_key = format!("remote.{remote}.annex-cluster-gateway");
+    let mut list: Vec<String> = config_get(&repo.top, &gw_key)?
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    if !list.iter().any(|u| u == cluster.as_str()) {
+        list.push(cluster.as_str().to_owned());
+        config_set(&repo.top, &gw_key, &list.join(" "))?;
+    }
+    Ok(cluster)
+}
+
 /// Connects to every mesh node whose uuid is not known yet (as the gateway,
 /// with its annexmesh identity) and records it as `remote.<r>.annex-uuid`.
 /// Returns the problems met.
 pub async fn learn_mesh_uuids(repo_path: &Path) -> Result<Vec<String>> {
     let repo = Repo::open(repo_path)?;
-    let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-node$")?;
+    let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-(node|gateway)$")?;
+    let remotes: Vec<String> = members
+        .iter()
+        .filter_map(|(k, _)| {
+            k.strip_prefix("remote.").and_then(|r| {
+                r.strip_suffix(".annex-cluster-node")
+                    .or_else(|| r.strip_suffix(".annex-cluster-gateway"))
+            })
+        })
+        .map(str::to_owned)
+        .collect();
+    learn_mesh_uuids_of(repo_path, &remotes).await
+}
+
+/// [`learn_mesh_uuids`] for the named remotes (those that are mesh remotes).
+pub async fn learn_mesh_uuids_of(repo_path: &Path, remotes: &[String]) -> Result<Vec<String>> {
+    let repo = Repo::open(repo_path)?;
     let mut problems = Vec::new();
     let mut endpoint = None;
-    for (k, _) in members {
-        let Some(remote) = k
-            .strip_prefix("remote.")
-            .and_then(|r| r.strip_suffix(".annex-cluster-node"))
-        else {
-            continue;
-        };
+    for remote in remotes {
+        let remote = remote.as_str();
         let Some(Access::Mesh(addr)) = remote_access(&repo.top, remote)? else {
             continue;
         };
@@ -543,6 +724,10 @@ pub struct Update {
     pub proxying: Vec<String>,
     /// Configured nodes that could not be used, with why.
     pub problems: Vec<String>,
+    /// Clusters whose nodes did not change.
+    pub unchanged: Vec<String>,
+    /// Whether `proxy.log` needed no change.
+    pub proxy_unchanged: bool,
 }
 
 impl Update {
@@ -555,8 +740,14 @@ impl Update {
         for (r, c) in &self.removed {
             m.push(format!("Removed node {r} from cluster: {c}"));
         }
+        for c in &self.unchanged {
+            m.push(format!("No cluster node changes for cluster: {c}"));
+        }
         for p in &self.proxying {
             m.push(format!("Started proxying for {p}"));
+        }
+        if self.proxy_unchanged {
+            m.push("No proxy changes to record.".into());
         }
         m
     }
@@ -590,11 +781,20 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
             .get(cluster.uuid.as_str())
             .map(|v| v.iter().cloned().collect())
             .unwrap_or_default();
+        let far = cluster.far_nodes(&view);
         let nodes: BTreeSet<String> = cluster
             .nodes
             .iter()
             .map(|n| n.uuid.as_str().to_owned())
+            .chain(far.iter().map(|f| f.uuid.as_str().to_owned()))
             .collect();
+        let changes = update.added.len() + update.removed.len();
+        for f in &far {
+            if !before.contains(f.uuid.as_str()) {
+                update.added.push((f.name.clone(), cluster.name.clone()));
+            }
+            proxied.insert(f.uuid.as_str().to_owned(), f.name.clone());
+        }
         for n in &cluster.nodes {
             if !before.contains(n.uuid.as_str()) {
                 update.added.push((n.remote.clone(), cluster.name.clone()));
@@ -608,6 +808,9 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
         }
         for u in before.difference(&nodes) {
             update.removed.push((u.clone(), cluster.name.clone()));
+        }
+        if update.added.len() + update.removed.len() == changes {
+            update.unchanged.push(cluster.name.clone());
         }
         if before != nodes {
             let value = nodes.iter().cloned().collect::<Vec<_>>().join(" ");
@@ -634,6 +837,7 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
         }
     }
     let wanted: BTreeSet<(String, String)> = proxied.clone().into_iter().collect();
+    update.proxy_unchanged = wanted == old_proxies;
     if wanted != old_proxies {
         let value = proxied
             .iter()
@@ -743,16 +947,26 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
             nodes,
         }));
     }
-    let proxy_log = gateway.journal().read("proxy.log")?;
     let mut catalog = protocol::logs::catalog::Catalog::new();
-    catalog.insert_content("proxy.log", &proxy_log);
-    let proxies = protocol::logs::view::View::new(&catalog).proxies();
+    for log in ["proxy.log", "cluster.log"] {
+        catalog.insert_content(log, &gateway.journal().read(log)?);
+    }
+    let view = protocol::logs::view::View::new(&catalog);
+    let proxies = view.proxies();
     let Some(entries) = proxies.get(repo.uuid.as_str()) else {
         return Ok(None);
     };
     let Some((_, remote)) = entries.iter().find(|(u, _)| u == want) else {
         return Ok(None);
     };
+    // A node behind another gateway of one of our clusters: relayed there.
+    if let Some(far) = clusters
+        .iter()
+        .flat_map(|c| c.far_nodes(&view))
+        .find(|f| f.uuid.as_str() == want && &f.name == remote)
+    {
+        return Ok(open_gateway_node(repo, &far.as_node()).map(|n| Served::Node(Box::new(n))));
+    }
     let is_node = clusters
         .iter()
         .any(|c| c.nodes.iter().any(|n| &n.remote == remote));
