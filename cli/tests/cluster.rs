@@ -432,10 +432,15 @@ fn setup_writes_logs_like_git_annex() {
         .ok()
         .says("description: cluster mycluster");
 
-    // Running it again changes nothing and says nothing.
+    // Running it again changes nothing, and says so as git-annex does (cluster-14).
     let again = lab.annexmesh(&lab.g, &["updatecluster"]);
     again.ok();
-    assert_eq!(again.stdout, "", "{}", again.report());
+    assert_eq!(
+        again.stdout,
+        "No cluster node changes for cluster: mycluster\nNo proxy changes to record.\n",
+        "{}",
+        again.report()
+    );
     assert_eq!(show("proxy.log"), proxy);
     assert_eq!(show("cluster.log"), cluster);
 }
@@ -1639,7 +1644,7 @@ fn stock_client_through_two_gateways_to_a_far_node() {
     lab.annex_c(&["info", "G"])
         .ok()
         .says("gateway to cluster: G-mycluster")
-        .says("G-N1 ")
+        .says("G-N1")
         .says("G-H-N4")
         .says("G-H-N5");
     let hello = lab.key_of("hello.txt");
@@ -1656,4 +1661,57 @@ fn stock_client_through_two_gateways_to_a_far_node() {
         .wire_has("S->C | DATA 6");
     lab.annex_c(&["drop", "--from", "G-H-N4", "hello.txt"]).ok();
     assert!(!lab.node_has(3, &hello, None));
+}
+
+/// Two gateways (transcript cluster-15): a PUT to `G-mycluster` reaches G's
+/// nodes and, through H (sent `BYPASS <G>`, so H does not bounce it back), H's
+/// nodes; the reply lists all five. `whereis`, `get` and `drop --from` the
+/// cluster cover both gateways' nodes.
+#[test]
+fn stock_client_copies_through_two_gateways() {
+    let (lab, _h) = two_gateways();
+    let hello = lab.key_of("hello.txt");
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster"]);
+    copy.ok().wire_has(&format!("C->S | BYPASS {}", lab.g_uuid));
+    let plus = copy.server_lines("SUCCESS-PLUS");
+    // The client's two sessions with G, and G's two with H.
+    assert_eq!(plus.len(), 4, "{}", copy.report());
+    for l in &plus {
+        let mut got = plus_uuids(l);
+        got.retain(|u| u != &lab.cluster_uuid);
+        let want: Vec<String> = if l.contains(&lab.node_uuids[0]) {
+            sorted(lab.node_uuids.clone())
+        } else {
+            sorted(lab.node_uuids[3..].to_vec())
+        };
+        assert_eq!(got, want, "{}", copy.report());
+    }
+    for i in 0..5 {
+        assert!(lab.node_has(i, &hello, Some(b"hello\n")), "N{}", i + 1);
+        assert!(lab.node_has(i, &meg, Some(&meg_bytes)), "N{}", i + 1);
+    }
+    lab.annex_c(&["whereis", "onemeg.bin"])
+        .ok()
+        .says("G-H-N4")
+        .says("G-N1");
+    // Only H's nodes keep it: GET goes through H.
+    for n in &lab.nodes[..3] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &meg])
+            .ok();
+    }
+    lab.annex_c(&["drop", "--force", "onemeg.bin"]).ok();
+    lab.annex_c(&["get", "--from", "G-mycluster", "onemeg.bin"])
+        .ok()
+        .wire_has("S->C | DATA 1048576");
+    assert_eq!(
+        std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
+        meg_bytes
+    );
+    lab.annex_c(&["drop", "--from", "G-mycluster"]).ok();
+    for i in 0..5 {
+        assert!(!lab.node_has(i, &hello, None), "N{} kept hello", i + 1);
+        assert!(!lab.node_has(i, &meg, None), "N{} kept onemeg", i + 1);
+    }
 }

@@ -937,11 +937,19 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     let repo = gateway.repo();
     let clusters = configured(repo)?;
     if let Some(c) = clusters.iter().find(|c| c.uuid.as_str() == want) {
-        let nodes = c
+        let mut nodes: Vec<crate::gateway::GatewayNode> = c
             .nodes
             .iter()
             .filter_map(|n| open_gateway_node(repo, n))
             .collect();
+        // The same cluster through each other gateway of it, as one node.
+        for (gateway, node) in c.via_gateways() {
+            if let Some(crate::gateway::GatewayNode::Remote(r)) = open_gateway_node(repo, &node) {
+                nodes.push(crate::gateway::GatewayNode::Remote(Box::new(
+                    r.via_gateway(gateway),
+                )));
+            }
+        }
         return Ok(Some(Served::Cluster {
             uuid: c.uuid.clone(),
             nodes,

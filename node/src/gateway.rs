@@ -128,6 +128,11 @@ pub struct RemoteNode {
     pub reach: Reach,
     /// The gateway's libp2p identity, for mesh nodes.
     identity: Option<libp2p::identity::Keypair>,
+    /// When this node is the cluster itself, reached through another gateway
+    /// of it: that gateway's uuid (annex-spec §4.9).
+    pub via: Option<Uuid>,
+    /// Gateways to avoid, sent as `BYPASS` on connecting (version 2+).
+    bypass: std::sync::Mutex<Vec<Uuid>>,
     conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
@@ -138,6 +143,8 @@ impl Clone for RemoteNode {
             remote: self.remote.clone(),
             reach: self.reach.clone(),
             identity: self.identity.clone(),
+            via: self.via.clone(),
+            bypass: std::sync::Mutex::new(self.bypass_list()),
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -162,8 +169,34 @@ impl RemoteNode {
             remote,
             reach: Reach::Shell(shell),
             identity: None,
+            via: None,
+            bypass: std::sync::Mutex::new(Vec::new()),
             conn: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// This node is the cluster as another gateway (`gateway`) serves it.
+    pub fn via_gateway(mut self, gateway: Uuid) -> RemoteNode {
+        self.via = Some(gateway);
+        self
+    }
+
+    fn bypass_list(&self) -> Vec<Uuid> {
+        self.bypass.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Sets the gateways a new connection asks the node to avoid.
+    pub fn set_bypass(&self, uuids: Vec<Uuid>) {
+        if let Ok(mut b) = self.bypass.lock() {
+            *b = uuids;
+        }
+    }
+
+    /// Whether this node is the cluster via a gateway the client asked to avoid.
+    fn bypassed(&self) -> bool {
+        self.via
+            .as_ref()
+            .is_some_and(|g| self.bypass_list().contains(g))
     }
 
     /// A mesh peer, dialled as `identity` (the gateway's).
@@ -178,6 +211,8 @@ impl RemoteNode {
             remote,
             reach: Reach::Mesh(address),
             identity: Some(identity),
+            via: None,
+            bypass: std::sync::Mutex::new(Vec::new()),
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -199,7 +234,11 @@ impl RemoteNode {
                 let (mut c, _) =
                     ShellConnection::spawn(tokio::process::Command::from(cmd), Some(&self.uuid))
                         .await?;
-                c.session.negotiate_version(i64::from(MAX_VERSION)).await?;
+                let v = c.session.negotiate_version(i64::from(MAX_VERSION)).await?;
+                let bypass = self.bypass_list();
+                if v >= 2 && !bypass.is_empty() {
+                    c.session.bypass(bypass).await?;
+                }
                 Ok(Conn::Shell(Box::new(c)))
             }
             Reach::Mesh(address) => {
@@ -210,12 +249,16 @@ impl RemoteNode {
                 let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
                 let token = protocol::AuthToken::parse("")
                     .ok_or_else(|| Error::Protocol("empty token".into()))?;
-                let (session, uuid) = endpoint.connect(address, client.clone(), token).await?;
+                let (mut session, uuid) = endpoint.connect(address, client.clone(), token).await?;
                 if uuid != self.uuid {
                     return Err(Error::Protocol(format!(
                         "{address} answered as {uuid}, not {}",
                         self.uuid
                     )));
+                }
+                let bypass = self.bypass_list();
+                if session.version() >= 2 && !bypass.is_empty() {
+                    session.bypass(bypass).await?;
                 }
                 Ok(Conn::Mesh {
                     session: Box::new(session),
@@ -244,18 +287,25 @@ impl RemoteNode {
 
     /// `REMOVE`, or `REMOVE-BEFORE` with the gateway's deadline translated to
     /// the node's clock (the gateway's time left, added to the node's `GETTIMESTAMP`).
-    async fn remove(&self, client: &Uuid, key: &Key, before: Option<i64>) -> Result<bool> {
+    /// Whether the node removed it, and the other repositories it reports as
+    /// changed (`SUCCESS-PLUS`/`FAILURE-PLUS`: a cluster via another gateway).
+    async fn remove(
+        &self,
+        client: &Uuid,
+        key: &Key,
+        before: Option<i64>,
+    ) -> Result<(bool, Vec<Uuid>)> {
         let mut g = self.connection(client).await?;
         let r = match g.as_mut() {
             Some(c) => on_session!(c, s => match before {
-                None => s.remove(key, None).await.map(|(ok, _)| ok),
+                None => s.remove(key, None).await,
                 Some(deadline) => {
                     let left = deadline - crate::clock::monotonic_seconds();
                     if left <= 0 {
-                        Ok(false)
+                        Ok((false, Vec::new()))
                     } else {
                         match s.get_timestamp().await {
-                            Ok(now) => s.remove(key, Some(now + left)).await.map(|(ok, _)| ok),
+                            Ok(now) => s.remove(key, Some(now + left)).await,
                             Err(e) => Err(e),
                         }
                     }
@@ -266,13 +316,15 @@ impl RemoteNode {
         self.settle(&mut g, r)
     }
 
-    async fn put(&self, client: &Uuid, key: &Key, source: &Path) -> Result<bool> {
+    /// Whether the node has it now, and the other repositories it reports
+    /// (`SUCCESS-PLUS`: a cluster via another gateway lists its nodes).
+    async fn put(&self, client: &Uuid, key: &Key, source: &Path) -> Result<(bool, Vec<Uuid>)> {
         let mut g = self.connection(client).await?;
         let r = match g.as_mut() {
             Some(c) => on_session!(c, s => s
                 .put(key, AssociatedFile::none(), source, &mut |_| {})
                 .await
-                .map(|o| o.stored || o.already_had)),
+                .map(|o| (o.stored || o.already_had, o.also))),
             None => Err(Error::Protocol("no connection".into())),
         };
         self.settle(&mut g, r)
@@ -399,14 +451,29 @@ impl Gateway<'_> {
             .collect()
     }
 
+    /// Remote nodes, without the cluster via a gateway the client bypasses.
     fn shells(&self) -> Vec<&RemoteNode> {
         self.nodes
             .iter()
             .filter_map(|n| match n {
-                GatewayNode::Remote(s) => Some(&**s),
+                GatewayNode::Remote(s) if !s.bypassed() => Some(&**s),
                 _ => None,
             })
             .collect()
+    }
+
+    /// `BYPASS`: the client's gateways to avoid, plus this gateway, for every
+    /// remote node (annex-spec §4.5).
+    fn set_bypass(&self, client: Vec<Uuid>) {
+        let mut all = client;
+        if !all.contains(self.gateway.uuid()) {
+            all.push(self.gateway.uuid().clone());
+        }
+        for n in &self.nodes {
+            if let GatewayNode::Remote(r) = n {
+                r.set_bypass(all.clone());
+            }
+        }
     }
 
     /// Whether a node has the content (local nodes first: no round trip).
@@ -427,6 +494,9 @@ impl Gateway<'_> {
     /// Records where content is (or is not) in the gateway's journal: one
     /// journal write for all of `uuids`.
     fn record(&self, key: &Key, uuids: &[Uuid], status: Status) {
+        // Cluster uuids are never logged as holding content.
+        let uuids: Vec<Uuid> = uuids.iter().filter(|u| !u.is_cluster()).cloned().collect();
+        let uuids = uuids.as_slice();
         if uuids.is_empty() {
             return;
         }
@@ -478,6 +548,7 @@ impl Gateway<'_> {
         // The gateway's branch, read on the first PUT (for the nodes'
         // preferred content) and kept for the session.
         let mut catalog: Option<Catalog> = None;
+        self.set_bypass(Vec::new());
         let mode = match self.auth {
             None => {
                 io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
@@ -506,7 +577,7 @@ impl Gateway<'_> {
                     version = v.min(Version::from(MAX_VERSION));
                     io.send(&M::Version(version)).await?;
                 }
-                M::Bypass(_) => {}
+                M::Bypass(uuids) => self.set_bypass(uuids),
                 M::CheckPresent(key) => {
                     let have = self.any_has(&key).await;
                     io.send(if have { &M::Success } else { &M::Failure })
@@ -620,10 +691,16 @@ impl Gateway<'_> {
         });
         let me = self.gateway.uuid();
         let shells = self.shells();
+        let also_removed = std::sync::Mutex::new(Vec::<Uuid>::new());
         results.extend(
             futures::future::join_all(shells.iter().map(|s| async {
-                let r = s.remove(me, &key, before).await;
-                (s.uuid.clone(), matches!(r, Ok(true)))
+                match s.remove(me, &key, before).await {
+                    Ok((ok, also)) => {
+                        also_removed.lock().map(|mut a| a.extend(also)).ok();
+                        (s.uuid.clone(), ok)
+                    }
+                    Err(_) => (s.uuid.clone(), false),
+                }
             }))
             .await,
         );
@@ -636,11 +713,16 @@ impl Gateway<'_> {
             }
             (s.uuid.clone(), matches!(r, Ok(true)))
         }));
-        let removed: Vec<Uuid> = results
+        let mut removed: Vec<Uuid> = results
             .iter()
             .filter(|(_, ok)| *ok)
             .map(|(u, _)| u.clone())
             .collect();
+        for u in also_removed.into_inner().unwrap_or_default() {
+            if !removed.contains(&u) {
+                removed.push(u);
+            }
+        }
         let all = results.iter().all(|(_, ok)| *ok) && !results.is_empty();
         self.record(&key, &removed, Status::Absent);
         let plain = if all {
@@ -967,8 +1049,11 @@ impl Gateway<'_> {
                     let key = &key;
                     async move {
                         match s.put(me, key, path).await {
-                            Ok(true) => Some(s.uuid.clone()),
-                            Ok(false) => {
+                            Ok((true, mut also)) => {
+                                also.insert(0, s.uuid.clone());
+                                Some(also)
+                            }
+                            Ok((false, _)) => {
                                 tracing::info!("node {} refused {key}", s.remote);
                                 None
                             }
@@ -977,7 +1062,13 @@ impl Gateway<'_> {
                     }
                 }))
                 .await;
-                stored.extend(done.into_iter().flatten());
+                for uuids in done.into_iter().flatten() {
+                    for u in uuids {
+                        if !stored.contains(&u) {
+                            stored.push(u);
+                        }
+                    }
+                }
                 let done = each_parallel(lacking_specials, |s| match s.store(&key, path) {
                     Ok(true) => Some(s.uuid.clone()),
                     Ok(false) => {
