@@ -28,6 +28,7 @@ pub mod key;
 pub mod logs;
 pub mod message;
 pub mod preferred;
+pub mod routing;
 pub mod server;
 pub mod uuid;
 pub mod verify;
