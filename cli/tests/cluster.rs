@@ -562,6 +562,10 @@ fn stock_client_through_single_node() {
     assert!(!lab.node_has(2, &hello, None));
     lab.run(&lab.nodes[0], "git", &["annex", "fsck", "--key", &hello])
         .ok();
+    // The gateway recorded where the content went, as git-annex's does.
+    lab.run(&lab.g, "git", &["annex", "whereis", "--key", &hello])
+        .ok()
+        .says(&lab.node_uuids[0]);
     lab.annex_c(&["whereis", "hello.txt"])
         .ok()
         .says("(2 copies)")
@@ -577,6 +581,12 @@ fn stock_client_through_single_node() {
         .wire_has("S->C | DATA 6");
     lab.annex_c(&["drop", "--from", "G-N1", "hello.txt"]).ok();
     assert!(!lab.node_has(0, &hello, None));
+    let whereis = lab.run(&lab.g, "git", &["annex", "whereis", "--key", &hello]);
+    assert!(
+        !whereis.stdout.contains(&lab.node_uuids[0]),
+        "{}",
+        whereis.report()
+    );
 }
 
 /// The hand-driven session of transcript cluster-12, against our gateway.

@@ -67,7 +67,12 @@ where
                 max_version: i64::from(MAX_VERSION),
             });
             let ctx = ServeContext { auth, git: None };
-            serve(server, reader, writer, &n.store, &ctx).await
+            let mut store = n.store.clone();
+            store.set_observer(std::sync::Arc::new(Recorder {
+                gateway: gateway.journal().clone(),
+                node: n.uuid.clone(),
+            }));
+            serve(server, reader, writer, &store, &ctx).await
         }
         GatewayNode::Special(s) => {
             let server = Server::new(ServerConfig {
@@ -94,6 +99,32 @@ where
             let _ = io.writer.flush().await;
             let _ = io.writer.shutdown().await;
             reason
+        }
+    }
+}
+
+/// Copies a local node's location changes into the gateway's journal, as
+/// git-annex's gateway records what passes through it.
+struct Recorder {
+    gateway: crate::journal::Journal,
+    node: Uuid,
+}
+
+impl crate::store::StoreObserver for Recorder {
+    fn changed(&self, path: &str, content: &[u8]) {
+        let status = if protocol::logs::presence::present(content)
+            .iter()
+            .any(|u| u == self.node.as_str())
+        {
+            Status::Present
+        } else {
+            Status::Absent
+        };
+        let now = crate::journal::log_clock_now();
+        if let Err(e) = self.gateway.modify(path, |old| {
+            protocol::logs::presence::record(old, self.node.as_str(), status, now)
+        }) {
+            tracing::info!("cannot record {path} in the gateway: {e}");
         }
     }
 }
