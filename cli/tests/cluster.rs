@@ -1575,6 +1575,33 @@ fn stock_client_through_single_nodes_of_every_kind() {
     }
 }
 
+/// New git-annex repositories `names` (beside G) as cluster nodes of `gateway`.
+fn add_local_nodes(lab: &mut Lab, gateway: &Path, names: &[&str]) {
+    for name in names {
+        lab.run(&lab.root, "git", &["init", "-q", name]).ok();
+        let dir = lab.root.join(name);
+        lab.run(&dir, "git", &["annex", "init", name]).ok();
+        lab.run(
+            gateway,
+            "git",
+            &["remote", "add", name, &format!("../{name}")],
+        )
+        .ok();
+        lab.run(
+            gateway,
+            "git",
+            &[
+                "config",
+                &format!("remote.{name}.annex-cluster-node"),
+                CLUSTER,
+            ],
+        )
+        .ok();
+        lab.node_uuids.push(lab.config(&dir, "annex.uuid"));
+        lab.nodes.push(dir);
+    }
+}
+
 /// A second annexmesh gateway H of the same cluster, set up as git-annex's
 /// clusters tip does (transcript cluster-14): H fetches G and runs
 /// `extendcluster G mycluster`, adds nodes N4 and N5 and `updatecluster`; G
@@ -1598,25 +1625,7 @@ fn two_gateways() -> (Lab, PathBuf) {
         .says("No cluster node changes for cluster: mycluster")
         .says("Started proxying for G-N1")
         .says("Started proxying for mycluster");
-    for name in ["N4", "N5"] {
-        lab.run(&lab.root, "git", &["init", "-q", name]).ok();
-        let dir = lab.root.join(name);
-        lab.run(&dir, "git", &["annex", "init", name]).ok();
-        lab.run(&h, "git", &["remote", "add", name, &format!("../{name}")])
-            .ok();
-        lab.run(
-            &h,
-            "git",
-            &[
-                "config",
-                &format!("remote.{name}.annex-cluster-node"),
-                CLUSTER,
-            ],
-        )
-        .ok();
-        lab.node_uuids.push(lab.config(&dir, "annex.uuid"));
-        lab.nodes.push(dir);
-    }
+    add_local_nodes(&mut lab, &h, &["N4", "N5"]);
     lab.annexmesh(&h, &["updatecluster"])
         .ok()
         .says("Added node N4 to cluster: mycluster")
@@ -1724,4 +1733,117 @@ fn stock_client_copies_through_two_gateways() {
         assert!(!lab.node_has(i, &hello, None), "N{} kept hello", i + 1);
         assert!(!lab.node_has(i, &meg, None), "N{} kept onemeg", i + 1);
     }
+}
+
+/// Starts `annexmesh daemon` in `dir`; returns it and its address.
+fn start_daemon(lab: &Lab, dir: &Path) -> (support::ProcessGuard, String) {
+    let mut cmd = lab.command(&support::annexmesh_bin(), dir);
+    cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut d = support::ProcessGuard::spawn(&mut cmd);
+    let addr = d.wait_for(TIMEOUT, |out| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("listening on "))
+            .map(str::to_owned)
+    });
+    (d, addr)
+}
+
+/// Two gateways that reach each other over the mesh (`p2p-annex::libp2p:`
+/// remotes, each granting the other's peer id): annexmesh's client uploads to
+/// the cluster through G and the content lands on G's and H's nodes; a far
+/// node (`/annex-uuid/<N4>` on G) is relayed to H over libp2p; get and drop
+/// go through both gateways.
+#[test]
+fn gateways_on_the_mesh() {
+    let mut lab = Lab::gateway();
+    let g = lab.g.clone();
+    lab.annexmesh(&g, &["updatecluster"]).ok();
+    let g_peer = peer_of(lab.annexmesh(&g, &["init"]).ok());
+    let h = lab.root.join("H");
+    lab.run(&lab.root, "git", &["init", "-q", "H"]).ok();
+    lab.run(&h, "git", &["annex", "init", "H"]).ok();
+    lab.run(&h, "git", &["commit", "-q", "--allow-empty", "-m", "init"])
+        .ok();
+    let h_peer = peer_of(lab.annexmesh(&h, &["init"]).ok());
+    let x = lab.root.join("X");
+    let xs = x.to_str().expect("utf8").to_owned();
+    let x_peer = peer_of(lab.annexmesh(&lab.root, &["--repo", &xs, "init"]).ok());
+    for (dir, peer) in [(&g, &h_peer), (&h, &g_peer), (&g, &x_peer)] {
+        lab.annexmesh(dir, &["grant", peer]).ok();
+    }
+    let (mut g_daemon, g_addr) = start_daemon(&lab, &g);
+    let (mut h_daemon, h_addr) = start_daemon(&lab, &h);
+
+    // H: G's logs (fetched from its path), G as a mesh remote, extendcluster.
+    lab.run(&h, "git", &["remote", "add", "Gfs", "../G"]).ok();
+    lab.run(&h, "git", &["fetch", "-q", "Gfs"]).ok();
+    let g_url = format!("p2p-annex::libp2p:{g_addr}");
+    lab.run(&h, "git", &["config", "remote.G.url", &g_url]).ok();
+    lab.annexmesh(&h, &["extendcluster", "G", CLUSTER])
+        .ok()
+        .says("Started proxying for G-N1");
+    add_local_nodes(&mut lab, &h, &["N4", "N5"]);
+    lab.annexmesh(&h, &["updatecluster"]).ok();
+    // G: the same the other way.
+    lab.run(&g, "git", &["remote", "add", "Hfs", "../H"]).ok();
+    lab.run(&g, "git", &["fetch", "-q", "Hfs"]).ok();
+    let h_url = format!("p2p-annex::libp2p:{h_addr}");
+    lab.run(&g, "git", &["config", "remote.H.url", &h_url]).ok();
+    lab.annexmesh(&g, &["extendcluster", "H", CLUSTER])
+        .ok()
+        .says("Started proxying for H-N4");
+    assert_eq!(
+        lab.config(&g, "remote.H.annex-uuid"),
+        lab.config(&h, "annex.uuid")
+    );
+
+    let target = format!("{g_addr}/annex-uuid/{}", lab.cluster_uuid);
+    let file = lab.root.join("payload.bin");
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let fs = file.to_str().expect("utf8");
+    let put = lab.annexmesh(&lab.root, &["--repo", &xs, "put", fs, "--to", &target]);
+    put.ok();
+    let key = put.stdout.trim().to_owned();
+    let k = protocol::Key::parse(&key).expect("key");
+    let object = |n: &Path| {
+        n.join(".git/annex/objects")
+            .join(k.hash_dir_mixed())
+            .join(k.file())
+            .join(k.file())
+    };
+    for n in &lab.nodes {
+        assert_eq!(
+            std::fs::read(object(n)).ok().as_deref(),
+            Some(&data[..]),
+            "{} lacks it",
+            n.display()
+        );
+    }
+    // Only H's nodes keep it: the download comes through H.
+    for n in &lab.nodes[..3] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &key])
+            .ok();
+    }
+    let back = lab.root.join("back.bin");
+    let bs = back.to_str().expect("utf8");
+    lab.annexmesh(
+        &lab.root,
+        &["--repo", &xs, "get", &key, "--from", &target, "-o", bs],
+    )
+    .ok();
+    assert_eq!(std::fs::read(&back).expect("got"), data);
+    lab.annexmesh(&lab.root, &["--repo", &xs, "drop", &key, "--from", &target])
+        .ok();
+    for n in &lab.nodes {
+        assert!(!object(n).exists(), "{} kept it", n.display());
+    }
+    // A far node by its uuid on G: relayed to H over libp2p, then to N4.
+    let far = format!("{g_addr}/annex-uuid/{}", lab.node_uuids[3]);
+    lab.annexmesh(&lab.root, &["--repo", &xs, "put", fs, "--to", &far])
+        .ok();
+    assert_eq!(std::fs::read(object(&lab.nodes[3])).expect("on N4"), data);
+    assert!(!object(&lab.nodes[4]).exists());
+    g_daemon.terminate(TIMEOUT);
+    h_daemon.terminate(TIMEOUT);
 }
