@@ -6,6 +6,7 @@
 
 pub mod annex_shell;
 pub mod auth;
+pub mod busy;
 pub mod branch;
 pub mod clock;
 pub mod cluster;
