@@ -31,6 +31,27 @@ impl Trust {
         }
     }
 
+    /// git-annex's `readTrustLevel`: the names `copies=LEVEL:N` accepts.
+    pub fn from_name(name: &str) -> Option<Trust> {
+        Some(match name {
+            "trusted" => Trust::Trusted,
+            "semitrusted" => Trust::SemiTrusted,
+            "untrusted" => Trust::Untrusted,
+            "dead" => Trust::Dead,
+            _ => return None,
+        })
+    }
+
+    /// The order of git-annex's `TrustLevel`: dead < untrusted < semitrusted < trusted.
+    pub fn rank(self) -> u8 {
+        match self {
+            Trust::Dead => 0,
+            Trust::Untrusted => 1,
+            Trust::SemiTrusted => 2,
+            Trust::Trusted => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trust::Trusted => "trusted",
@@ -74,6 +95,32 @@ fn map_values(catalog: &Catalog, path: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// Decodes `remote.log`'s `&<decimal code>;` escapes (`Logs/Remote/Pure.hs`).
+fn unescape_config(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 1..];
+        let decoded = tail.split_once(';').and_then(|(code, after)| {
+            let c = char::from_u32(code.parse().ok()?)?;
+            Some((c, after))
+        });
+        match decoded {
+            Some((c, after)) => {
+                out.push(c);
+                rest = after;
+            }
+            None => {
+                out.push('&');
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Legal git remote names, as git-annex requires of proxy.log names.
 fn legal_remote_name(name: &str) -> bool {
     !name.is_empty()
@@ -100,6 +147,85 @@ impl<'a> View<'a> {
         uuid_values(self.catalog, "trust.log")
             .get(uuid)
             .map_or(Trust::SemiTrusted, |v| Trust::parse(v))
+    }
+
+    /// Every repository's trust level that `trust.log` sets (others are
+    /// semitrusted).
+    pub fn trust_map(&self) -> BTreeMap<String, Trust> {
+        uuid_values(self.catalog, "trust.log")
+            .into_iter()
+            .map(|(u, v)| (u, Trust::parse(&v)))
+            .collect()
+    }
+
+    /// `group.log`: every repository's groups (repositories with none left out).
+    pub fn group_map(&self) -> BTreeMap<String, BTreeSet<String>> {
+        uuid_values(self.catalog, "group.log")
+            .into_iter()
+            .map(|(u, v)| (u, v.split_whitespace().map(str::to_owned).collect()))
+            .filter(|(_, g): &(String, BTreeSet<String>)| !g.is_empty())
+            .collect()
+    }
+
+    /// `group-preferred-content.log`: group → expression (`groupwanted`).
+    pub fn group_preferred_content(&self) -> BTreeMap<String, String> {
+        map_values(self.catalog, "group-preferred-content.log")
+    }
+
+    /// `preferred-content.log`: every repository's expression.
+    pub fn preferred_contents(&self) -> BTreeMap<String, String> {
+        uuid_values(self.catalog, "preferred-content.log")
+    }
+
+    /// `required-content.log`: every repository's expression.
+    pub fn required_contents(&self) -> BTreeMap<String, String> {
+        uuid_values(self.catalog, "required-content.log")
+    }
+
+    /// `maxsize.log`: every repository's advisory maximum size in bytes.
+    pub fn maxsizes(&self) -> BTreeMap<String, u64> {
+        map_values(self.catalog, "maxsize.log")
+            .into_iter()
+            .filter_map(|(u, v)| Some((u, v.trim().parse().ok()?)))
+            .collect()
+    }
+
+    /// `remote.log`: `uuid`'s special remote configuration (`key=value`,
+    /// with git-annex's `&<code>;` escapes decoded).
+    pub fn remote_config(&self, uuid: &str) -> BTreeMap<String, String> {
+        uuid_values(self.catalog, "remote.log")
+            .get(uuid)
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|w| w.split_once('='))
+                    .map(|(k, v)| (unescape_config(k), unescape_config(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every repository's size as git-annex computes it from the location
+    /// logs: the sum of the sizes (`-s`, 0 when absent) of the keys it holds.
+    pub fn repo_sizes(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for (path, file) in self.catalog.files() {
+            if !path.ends_with(".log") || path.matches('/').count() != 2 {
+                continue;
+            }
+            let name = path.rsplit('/').next().unwrap_or("");
+            let Some(key) = name
+                .strip_suffix(".log")
+                .and_then(|f| Key::from_file(f).ok())
+            else {
+                continue;
+            };
+            let size = key.size().unwrap_or(0);
+            for u in presence::present(&file.content()) {
+                let total = out.entry(u).or_insert(0);
+                *total = total.saturating_add(size);
+            }
+        }
+        out
     }
 
     pub fn groups(&self, uuid: &str) -> Vec<String> {
