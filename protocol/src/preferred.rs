@@ -58,9 +58,12 @@
 //! `fullysizebalanced` takes the `N` members with a positive maxsize, room,
 //! and the largest free fraction; members without a maxsize never want.
 //! `balanced=G:N` is `present or (not copies=G:N and fullybalanced=G:N)`
-//! (`sizebalanced` likewise with `fullysizebalanced`); with `:lackingcopies`,
-//! `N` is numcopies minus the trusted/semitrusted copies and the guard is
-//! "still lacking copies".
+//! (`sizebalanced` likewise with `fullysizebalanced`). With `:lackingcopies`
+//! (whose source we could not read: the rule is inferred from stock
+//! git-annex 10.20261026's answers in `cli/tests/preferred.rs`), `N` is
+//! numcopies minus the non-untrusted copies *outside* the group, and
+//! `balanced`'s guard is "still lacking copies" (fewer non-untrusted copies
+//! than numcopies).
 //!
 //! **Not configured / unparsable**: [`Context::wants`] treats a repository
 //! without an expression (or whose expression is empty) as wanting
@@ -720,6 +723,19 @@ impl Context {
             .saturating_sub(i64::try_from(have).unwrap_or(i64::MAX))
     }
 
+    /// For `G:lackingcopies`: numcopies minus the copies that count and are
+    /// outside group `g` (inferred from stock git-annex's answers; see the
+    /// module docs).
+    fn lacking_outside(&self, g: &str, f: &Facts<'_>) -> i64 {
+        let outside = self
+            .live_locations(f)
+            .filter(|u| self.trust_of(u) != Trust::Untrusted)
+            .filter(|u| !self.groups.get(*u).is_some_and(|gs| gs.contains(g)))
+            .count();
+        self.numcopies
+            .saturating_sub(i64::try_from(outside).unwrap_or(i64::MAX))
+    }
+
     /// `repoHasSpace`, or true when the maxsize or size is unknown.
     fn has_space(&self, u: &str, f: &Facts<'_>) -> bool {
         match (self.maxsize.get(u), self.sizes.get(u)) {
@@ -781,7 +797,7 @@ impl Context {
         let size = matches!(kind, Balance::SizeBalanced | Balance::FullySizeBalanced);
         let n = match count {
             Count::N(n) => n,
-            Count::LackingCopies => self.lacking(f),
+            Count::LackingCopies => self.lacking_outside(g, f),
         };
         match kind {
             Balance::FullyBalanced | Balance::FullySizeBalanced => {
@@ -790,7 +806,7 @@ impl Context {
             Balance::Balanced | Balance::SizeBalanced => {
                 let enough = match count {
                     Count::N(n) => self.copies(&CopiesOf::Group(g.to_owned()), f) >= n,
-                    Count::LackingCopies => n <= 0,
+                    Count::LackingCopies => self.lacking(f) <= 0,
                 };
                 self.present(u, f) || (!enough && self.fully_balanced(size, g, n, u, f))
             }
