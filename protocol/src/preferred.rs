@@ -633,7 +633,8 @@ pub struct Context {
     /// `maxsize.log`.
     pub maxsize: BTreeMap<String, u64>,
     /// Repository sizes from the location logs (read only when some
-    /// repository has a maxsize: they matter for nothing else).
+    /// repository has a maxsize and some expression a balanced term: they
+    /// matter for nothing else).
     pub sizes: BTreeMap<String, u64>,
     /// `remote.log`'s `preferreddir` per repository.
     pub preferreddir: BTreeMap<String, String>,
@@ -645,7 +646,15 @@ impl Context {
         let preferred = view.preferred_contents();
         let required = view.required_contents();
         let maxsize = view.maxsizes();
-        let sizes = if maxsize.is_empty() {
+        let group_wanted = view.group_preferred_content();
+        // Sizes take a scan of every location log; only the balanced terms
+        // with a maxsize set use them.
+        let balanced = preferred
+            .values()
+            .chain(required.values())
+            .chain(group_wanted.values())
+            .any(|e| e.contains("balanced="));
+        let sizes = if maxsize.is_empty() || !balanced {
             BTreeMap::new()
         } else {
             view.repo_sizes()
@@ -663,7 +672,7 @@ impl Context {
             groups: view.group_map(),
             trust: view.trust_map(),
             numcopies: view.numcopies().map_or(1, i64::from),
-            group_wanted: view.group_preferred_content(),
+            group_wanted,
             preferred,
             required,
             maxsize,
