@@ -2,8 +2,8 @@
 //! git-annex repository with seven other repositories (directory special
 //! remotes, so each has a uuid, a name and a `remote.log` config), files of
 //! several sizes, names and backends, copies recorded with `git annex
-//! setpresentkey`, groups, trust, numcopies, maxsize and group-preferred
-//! content set with the real commands. Then, round after round, each
+//! setpresentkey`, metadata, groups, trust, numcopies, maxsize and
+//! group-preferred content set with the real commands. Then, round after round, each
 //! repository gets a preferred-content expression with `git annex wanted`
 //! and, for every repository, the files `git annex find --want-get-by=REPO`
 //! prints are compared with the files our evaluation
@@ -187,6 +187,30 @@ fn rounds() -> Vec<(Option<&'static str>, [&'static str; 7])> {
                 "include=c/*",
             ],
         ),
+        (
+            None,
+            [
+                "metadata=author=jo*",
+                "metadata=Author=BOB",
+                "metadata=year<2020",
+                "metadata=year>=2019",
+                "metadata=tag=foo",
+                "metadata=title=hello*",
+                "metadata=author",
+            ],
+        ),
+        (
+            None,
+            [
+                "metadata=year>2019.5",
+                "metadata=year<=2019",
+                "not metadata=author=*",
+                "metadata=author>c",
+                "metadata=year<x",
+                "metadata=author=* or metadata=tag=*",
+                "metadata=lastchanged<1",
+            ],
+        ),
         (Some("regroup"), ["standard"; 7]),
     ]
 }
@@ -281,6 +305,26 @@ fn setup() -> (Repo, BTreeMap<String, String>) {
             repo.git_annex(&["drop", "-q", "--force", file]);
         }
     }
+    // Metadata, including a value with a space (base64 in the log) and a
+    // value set then removed.
+    for (file, args) in [
+        ("a.txt", &["--set", "author=joey"][..]),
+        (
+            "big.bin",
+            &["--set", "author=Bob", "--set", "year=2019"][..],
+        ),
+        ("music/song.mp3", &["--set", "year=2021"][..]),
+        ("music/other.mp3", &["--set", "title=hello world"][..]),
+        ("c/d/e.txt", &["--tag", "foo"][..]),
+        ("u.bin", &["--set", "year=2000"][..]),
+        ("worm.dat", &["--set", "author=joe"][..]),
+        ("worm.dat", &["--remove", "author"][..]),
+    ] {
+        let mut a = vec!["metadata", "-q"];
+        a.extend_from_slice(args);
+        a.push(file);
+        repo.git_annex(&a);
+    }
     // r7 holds copies, then dies: its copies stop counting.
     repo.git_annex(&["dead", "--force", "r7"]);
     (repo, uuids)
@@ -307,10 +351,12 @@ fn ours(git_dir: &Path, uuid: &str, files: &[(String, String)]) -> (BTreeSet<Str
     for (file, key) in files {
         let key = Key::parse(key).expect("key");
         let locations: BTreeSet<String> = view.whereis(&key).copies.into_iter().collect();
+        let metadata = view.metadata(&key);
         let facts = Facts {
             file: Some(file),
             key: &key,
             locations: &locations,
+            metadata: Some(&metadata),
         };
         if expr.wants(&ctx, uuid, &facts) {
             out.insert(file.clone());

@@ -677,10 +677,12 @@ impl Gateway<'_> {
         let mut locations: std::collections::BTreeSet<String> =
             view.whereis(key).copies.into_iter().collect();
         locations.extend(holders.iter().map(|u| u.as_str().to_owned()));
+        let metadata = view.metadata(key);
         let facts = Facts {
             file,
             key,
             locations: &locations,
+            metadata: Some(&metadata),
         };
         self.nodes
             .iter()

@@ -37,9 +37,14 @@
 //! *last* directory of the file (`a/public/x` yes, `public/sub/x` no).
 //! `lackingcopies`/`approxlackingcopies` both use `numcopies.log` (default
 //! 1): per-file `annex.numcopies` attributes are not in the branch.
-//! `unused` is false (a file we are told about is in use), `metadata=` is
-//! false (the branch's metadata logs are not read: as for a key without
-//! metadata).
+//! `unused` is false (a file we are told about is in use). `metadata=`
+//! matches the key's current metadata from its `.log.met` branch log
+//! ([`View::metadata`], given in [`Facts::metadata`]): `FIELD=GLOB`
+//! (case-insensitive glob and field name) or `FIELD<V`, `<=`, `>`, `>=`
+//! (as numbers when both sides are, as Haskell's `readish :: Double`, else
+//! as strings, which is what stock git-annex answers); the synthesized
+//! `lastchanged`/`FIELD-lastchanged` fields are not computed, so terms on
+//! them are false.
 //!
 //! **Unstable negations**: when a `present`, `balanced`, `fullybalanced` or
 //! `sizebalanced` term (or a `standard`/`groupwanted` whose expression
@@ -122,6 +127,26 @@ pub enum Count {
     LackingCopies,
 }
 
+/// How `metadata=` matches one field's values (`parseMetaDataMatcher`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// Case-insensitive glob.
+    Glob(String),
+    /// Comparisons of the value with the operand: as numbers when both are
+    /// (Haskell's `readish :: Double`), else as strings.
+    Less(String),
+    LessEq(String),
+    Greater(String),
+    GreaterEq(String),
+}
+
+/// A `metadata=` term: the field (lowercased) and how its values match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaMatch {
+    pub field: String,
+    pub op: MetaOp,
+}
+
 /// One term.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Term {
@@ -145,7 +170,7 @@ pub enum Term {
     Copies(CopiesOf, i64),
     LackingCopies(i64),
     ApproxLackingCopies(i64),
-    MetaData(String),
+    MetaData(MetaMatch),
     InAllGroup(String),
     OnlyInGroup(String),
     Balanced(Balance, String, Count),
@@ -160,6 +185,8 @@ pub struct Facts<'a> {
     /// Repositories the location log (plus what is known better) says hold
     /// the key; dead ones are ignored on evaluation.
     pub locations: &'a BTreeSet<String>,
+    /// The key's current metadata ([`View::metadata`]); `None`: none.
+    pub metadata: Option<&'a BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// Why an expression could not be parsed.
@@ -331,13 +358,133 @@ fn simplify(e: Expr) -> Expr {
     }
 }
 
-/// Haskell's `readish` for an `Int`: an optionally signed decimal.
+/// Haskell's `readish :: String -> Maybe Int`: the first lexeme must be
+/// an integer literal (optionally negative; decimal, `0x` hex or `0o`
+/// octal), and whatever follows it is ignored (`copies=2x` is 2); a
+/// fractional literal (`1.5`, `1e3`) is no `Int`. Out-of-range values wrap,
+/// as `fromInteger` does.
 fn readish(s: &str) -> Option<i64> {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let s = s.trim_start();
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, s),
+    };
+    let bytes = body.as_bytes();
+    let (radix, digits_start) = match bytes {
+        [b'0', b'x' | b'X', d, ..] if d.is_ascii_hexdigit() => (16, 2),
+        [b'0', b'o' | b'O', d, ..] if (b'0'..=b'7').contains(d) => (8, 2),
+        _ => (10, 0),
+    };
+    let digits: &[u8] = &bytes[digits_start..];
+    let len = digits
+        .iter()
+        .take_while(|d| char::from(**d).is_digit(radix))
+        .count();
+    if len == 0 {
         return None;
     }
-    s.parse().ok()
+    if radix == 10 {
+        let rest = &digits[len..];
+        let fractional = matches!(rest, [b'.', d, ..] if d.is_ascii_digit())
+            || matches!(rest, [b'e' | b'E', d, ..] if d.is_ascii_digit())
+            || matches!(rest, [b'e' | b'E', b'+' | b'-', d, ..] if d.is_ascii_digit());
+        if fractional {
+            return None;
+        }
+    }
+    let mut n: i64 = 0;
+    for d in &digits[..len] {
+        let v = char::from(*d).to_digit(radix)?;
+        n = n.wrapping_mul(i64::from(radix)).wrapping_add(i64::from(v));
+    }
+    Some(if neg { n.wrapping_neg() } else { n })
+}
+
+/// Haskell's `readish :: String -> Maybe Double`: the first lexeme must
+/// be a number (`3`, `-2.5`, `1e3`); what follows is ignored.
+fn readish_f64(s: &str) -> Option<f64> {
+    let s = s.trim_start();
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, s),
+    };
+    let b = body.as_bytes();
+    if matches!(b, [b'0', b'x' | b'X' | b'o' | b'O', ..]) {
+        return readish(s).map(|n| n as f64);
+    }
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut end = digits(0);
+    if end == 0 {
+        return None;
+    }
+    if b.get(end) == Some(&b'.') && digits(end + 1) > 0 {
+        end += 1 + digits(end + 1);
+    }
+    if matches!(b.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(b.get(end + 1), Some(b'+' | b'-')));
+        let exp = digits(end + 1 + sign);
+        if exp > 0 {
+            end += 1 + sign + exp;
+        }
+    }
+    let v: f64 = body[..end].parse().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// `legalField`: an alphanumeric first character, then alphanumerics or
+/// `_-.`.
+fn legal_field(f: &str) -> bool {
+    let mut chars = f.chars();
+    chars.next().is_some_and(char::is_alphanumeric)
+        && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// `parseMetaDataMatcher`: `field=glob`, `field<n`, `<=`, `>`, `>=`; a
+/// bare field is `field=` (the empty glob).
+fn parse_metadata(value: &str) -> Result<MetaMatch, ParseError> {
+    let split = value.find(['=', '<', '>']).unwrap_or(value.len());
+    let (field, op) = value.split_at(split);
+    if !legal_field(field) {
+        return Err(ParseError(format!(
+            "Illegal metadata field name, \"{field}\""
+        )));
+    }
+    let op = if let Some(v) = op.strip_prefix('=') {
+        MetaOp::Glob(v.to_owned())
+    } else if let Some(v) = op.strip_prefix("<=") {
+        MetaOp::LessEq(v.to_owned())
+    } else if let Some(v) = op.strip_prefix('<') {
+        MetaOp::Less(v.to_owned())
+    } else if let Some(v) = op.strip_prefix(">=") {
+        MetaOp::GreaterEq(v.to_owned())
+    } else if let Some(v) = op.strip_prefix('>') {
+        MetaOp::Greater(v.to_owned())
+    } else {
+        MetaOp::Glob(String::new())
+    };
+    Ok(MetaMatch {
+        field: field.to_lowercase(),
+        op,
+    })
+}
+
+impl MetaOp {
+    fn matches(&self, value: &str) -> bool {
+        use std::cmp::Ordering;
+        let cmp = |operand: &str| match (readish_f64(value), readish_f64(operand)) {
+            (Some(v), Some(n)) => v.partial_cmp(&n),
+            _ => Some(value.cmp(operand)),
+        };
+        match self {
+            MetaOp::Glob(g) => glob_match(&g.to_lowercase(), &value.to_lowercase()),
+            MetaOp::Less(n) => cmp(n) == Some(Ordering::Less),
+            MetaOp::LessEq(n) => matches!(cmp(n), Some(Ordering::Less | Ordering::Equal)),
+            MetaOp::Greater(n) => cmp(n) == Some(Ordering::Greater),
+            MetaOp::GreaterEq(n) => {
+                matches!(cmp(n), Some(Ordering::Greater | Ordering::Equal))
+            }
+        }
+    }
 }
 
 fn parse_copies(value: &str) -> Result<(CopiesOf, i64), ParseError> {
@@ -403,7 +550,7 @@ fn term(tok: &str) -> Result<Term, ParseError> {
         "lackingcopies" => Term::LackingCopies(count(value)?),
         "approxlackingcopies" => Term::ApproxLackingCopies(count(value)?),
         "inbackend" => Term::InBackend(value.to_owned()),
-        "metadata" => Term::MetaData(value.to_owned()),
+        "metadata" => Term::MetaData(parse_metadata(value)?),
         "inallgroup" => Term::InAllGroup(value.to_owned()),
         "onlyingroup" => Term::OnlyInGroup(value.to_owned()),
         "balanced" => parse_balanced(Balance::Balanced, value)?,
@@ -592,7 +739,11 @@ impl Term {
             Term::Exclude(g) => !f.file.is_some_and(|p| glob_match(g, p)),
             Term::LargerThan(n) => f.key.size().is_some_and(|s| s > *n),
             Term::SmallerThan(n) => f.key.size().is_none_or(|s| s < *n),
-            Term::Unused | Term::MetaData(_) => false,
+            Term::Unused => false,
+            Term::MetaData(m) => f
+                .metadata
+                .and_then(|md| md.get(&m.field))
+                .is_some_and(|vs| vs.iter().any(|v| m.op.matches(v))),
             Term::InPreferredDir => {
                 let dir = ctx.preferreddir.get(u).map_or("public", String::as_str);
                 f.file.is_some_and(|p| in_dir(dir, p))
@@ -1098,6 +1249,7 @@ mod tests {
             file,
             key: k,
             locations: &locations,
+            metadata: None,
         };
         c.compile(A, expr).expect("parses").wants(c, A, &f)
     }
@@ -1363,6 +1515,7 @@ mod tests {
             file: Some("x"),
             key: &sha(),
             locations: &locations,
+            metadata: None,
         };
         assert!(c.wants(A, &f), "not configured");
         c.preferred.insert(A.into(), "bogus".into());
@@ -1411,6 +1564,7 @@ mod tests {
                 file: Some("x"),
                 key: &k,
                 locations: &locations,
+                metadata: None,
             };
             c.compile(u, e).expect("parses").wants(c, u, &f)
         };
@@ -1462,6 +1616,7 @@ mod tests {
                 file: Some("x"),
                 key: &k,
                 locations: &locations,
+                metadata: None,
             };
             c.compile(u, e).expect("parses").wants(c, u, &f)
         };
@@ -1482,5 +1637,71 @@ mod tests {
         assert!(wants_as(&c, A, "fullysizebalanced=g:2"));
         assert!(wants_as(&c, B, "fullysizebalanced=g:2"));
         assert!(!wants_as(&c, C, "fullysizebalanced=g:3"), "full");
+    }
+
+    #[test]
+    fn readish_is_haskells() {
+        assert_eq!(readish("2"), Some(2));
+        assert_eq!(readish("-3"), Some(-3));
+        assert_eq!(readish("2x"), Some(2), "trailing text ignored");
+        assert_eq!(readish("2."), Some(2));
+        assert_eq!(readish("0x10"), Some(16));
+        assert_eq!(readish("0o17"), Some(15));
+        assert_eq!(readish("1.5"), None, "a fractional literal is no Int");
+        assert_eq!(readish("1e3"), None);
+        assert_eq!(readish("+1"), None);
+        assert_eq!(readish(""), None);
+        assert_eq!(readish("x"), None);
+        assert_eq!(readish("18446744073709551617"), Some(1), "wraps");
+        assert_eq!(readish_f64("2.5kg"), Some(2.5));
+        assert_eq!(readish_f64("1e3"), Some(1000.0));
+        assert_eq!(readish_f64("-2"), Some(-2.0));
+        assert_eq!(readish_f64(".5"), None);
+        assert_eq!(readish_f64("nan"), None);
+        assert!(Expr::parse("copies=2x").is_ok());
+        assert!(Expr::parse("lackingcopies=1.5").is_err());
+    }
+
+    #[test]
+    fn metadata_terms() {
+        let mut md: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        md.insert("author".into(), set(&["Joey"]));
+        md.insert("year".into(), set(&["2020"]));
+        md.insert("code".into(), set(&["x"]));
+        let locations = set(&[]);
+        let k = sha();
+        let f = Facts {
+            file: Some("x"),
+            key: &k,
+            locations: &locations,
+            metadata: Some(&md),
+        };
+        let c = ctx();
+        let m = |e: &str| c.compile(A, e).expect("parses").wants(&c, A, &f);
+        assert!(m("metadata=author=jo*"), "case-insensitive glob");
+        assert!(m("metadata=AUTHOR=joey"), "case-insensitive field");
+        assert!(!m("metadata=author=bob"));
+        assert!(m("metadata=year<2021"));
+        assert!(m("metadata=year<=2020"));
+        assert!(!m("metadata=year<2020"));
+        assert!(m("metadata=year>=2020"));
+        assert!(!m("metadata=year>2020"));
+        // Not numbers: compared as strings ("2020" < "abc" < "x").
+        assert!(m("metadata=year<abc"));
+        assert!(!m("metadata=year>abc"));
+        assert!(m("metadata=code>abc"));
+        assert!(m("metadata=code>2"), "\"x\" > \"2\" as strings");
+        assert!(m("metadata=author>c") == ("Joey" > "c"));
+        assert!(!m("metadata=title=*"));
+        assert!(!m("metadata=author"), "bare field: the empty glob");
+        for bad in [
+            "metadata=!x=y",
+            "metadata==y",
+            "metadata=a/b=c",
+            "metadata=",
+        ] {
+            assert!(Expr::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Expr::parse("metadata=a-b.c_d=*").is_ok());
     }
 }
