@@ -87,7 +87,7 @@ use crate::logs::view::{Trust, View};
 
 /// Longest expression accepted, in tokens, and deepest parenthesis nesting:
 /// expressions come from other repositories.
-const MAX_TOKENS: usize = 1024;
+const MAX_TOKENS: usize = 256;
 const MAX_DEPTH: usize = 64;
 
 /// A parsed expression: git-annex's `Matcher`.
@@ -98,8 +98,10 @@ pub enum Expr {
     Any,
     Term(Term),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// All of (git-annex's left-nested `MAnd`s, flattened).
+    And(Vec<Expr>),
+    /// Any of (git-annex's left-nested `MOr`s, flattened).
+    Or(Vec<Expr>),
 }
 
 /// What `copies=` counts.
@@ -308,54 +310,104 @@ fn implicit_and(groups: Vec<Group>) -> Vec<Group> {
     out
 }
 
+/// `MAnd a b`, flattening a left `And` so long chains stay shallow, and
+/// dropping an `MAny` operand as `simplify` would.
 fn and(a: Expr, b: Expr) -> Expr {
-    Expr::And(Box::new(a), Box::new(b))
+    match (a, b) {
+        (Expr::Any, b) => b,
+        (a, Expr::Any) => a,
+        (Expr::And(mut v), b) => {
+            v.push(b);
+            Expr::And(v)
+        }
+        (a, b) => Expr::And(vec![a, b]),
+    }
 }
 
-/// `process`: folds the groups left to right into `m`.
-fn process(mut m: Expr, groups: &[Group]) -> Expr {
+/// `MOr a b`, flattening a left `Or`.
+fn or(a: Expr, b: Expr) -> Expr {
+    match a {
+        Expr::Or(mut v) => {
+            v.push(b);
+            Expr::Or(v)
+        }
+        a => Expr::Or(vec![a, b]),
+    }
+}
+
+/// `process`: folds the groups left to right into `m`. `depth` counts the
+/// nested groups and `not`/`and`/`or` operands being read, bounded so that
+/// no expression from a peer can exhaust the stack.
+fn process(mut m: Expr, groups: &[Group], depth: usize) -> Result<Expr, ParseError> {
     let mut rest = groups;
     while !rest.is_empty() {
-        let (m2, r) = consume(m, rest);
+        let (m2, r) = consume(m, rest, depth)?;
         m = m2;
         rest = r;
     }
-    m
+    Ok(m)
 }
 
-fn consume(m: Expr, groups: &[Group]) -> (Expr, &[Group]) {
+fn consume(m: Expr, groups: &[Group], depth: usize) -> Result<(Expr, &[Group]), ParseError> {
+    if depth > MAX_DEPTH {
+        return Err(ParseError("expression nested too deeply".into()));
+    }
     let Some((first, rest)) = groups.split_first() else {
-        return (m, groups);
+        return Ok((m, groups));
     };
-    match first {
+    Ok(match first {
         Group::One(Tok::And) => {
-            let (p, r) = consume(Expr::Any, rest);
+            let (p, r) = consume(Expr::Any, rest, depth + 1)?;
             (and(m, p), r)
         }
         Group::One(Tok::Or) => {
-            let (p, r) = consume(Expr::Any, rest);
-            (Expr::Or(Box::new(m), Box::new(p)), r)
+            let (p, r) = consume(Expr::Any, rest, depth + 1)?;
+            (or(m, p), r)
         }
         Group::One(Tok::Not) => {
-            let (p, r) = consume(Expr::Any, rest);
+            let (p, r) = consume(Expr::Any, rest, depth + 1)?;
             (and(m, Expr::Not(Box::new(p))), r)
         }
         Group::One(Tok::Op(t)) => (and(m, Expr::Term(t.clone())), rest),
-        Group::Group(g) => (process(m, g), rest),
-        Group::One(Tok::Open | Tok::Close) => consume(m, rest),
-    }
+        Group::Group(g) => (process(m, g, depth + 1)?, rest),
+        Group::One(Tok::Open | Tok::Close) => consume(m, rest, depth)?,
+    })
 }
 
 /// `simplify`: drops the `MAny`s the fold leaves in `and`s.
 fn simplify(e: Expr) -> Expr {
     match e {
-        Expr::And(a, b) if *a == Expr::Any => simplify(*b),
-        Expr::And(a, b) if *b == Expr::Any => simplify(*a),
-        Expr::And(a, b) => and(simplify(*a), simplify(*b)),
-        Expr::Or(a, b) => Expr::Or(Box::new(simplify(*a)), Box::new(simplify(*b))),
+        Expr::And(v) => {
+            let mut v: Vec<Expr> = v
+                .into_iter()
+                .filter(|x| *x != Expr::Any)
+                .map(simplify)
+                .collect();
+            match v.len() {
+                0 => Expr::Any,
+                1 => v.pop().unwrap_or(Expr::Any),
+                _ => Expr::And(v),
+            }
+        }
+        Expr::Or(v) => Expr::Or(v.into_iter().map(simplify).collect()),
         Expr::Not(a) => Expr::Not(Box::new(simplify(*a))),
         e => e,
     }
+}
+
+/// The depth of `e`, found without recursion.
+fn depth(e: &Expr) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        max = max.max(d);
+        match e {
+            Expr::Not(a) => stack.push((a, d + 1)),
+            Expr::And(v) | Expr::Or(v) => stack.extend(v.iter().map(|x| (x, d + 1))),
+            Expr::Any | Expr::Term(_) => {}
+        }
+    }
+    max
 }
 
 /// Haskell's `readish :: String -> Maybe Int`: the first lexeme must be
@@ -591,7 +643,11 @@ impl Expr {
             return Err(ParseError(errors.join("; ")));
         }
         let groups = implicit_and(token_groups(toks)?);
-        Ok(simplify(process(Expr::Any, &groups)))
+        let e = process(Expr::Any, &groups, 0)?;
+        if depth(&e) > MAX_DEPTH {
+            return Err(ParseError("expression nested too deeply".into()));
+        }
+        Ok(simplify(e))
     }
 
     /// Whether this is the empty matcher (an expression with no terms).
@@ -604,7 +660,7 @@ impl Expr {
             Expr::Any => false,
             Expr::Term(t) => f(t),
             Expr::Not(e) => e.any_term(f),
-            Expr::And(a, b) | Expr::Or(a, b) => a.any_term(f) || b.any_term(f),
+            Expr::And(v) | Expr::Or(v) => v.iter().any(|x| x.any_term(f)),
         }
     }
 
@@ -616,9 +672,7 @@ impl Expr {
             Expr::Any => false,
             Expr::Term(t) => negated && t.unstable(),
             Expr::Not(e) => e.unstable_negation(!negated),
-            Expr::And(a, b) | Expr::Or(a, b) => {
-                a.unstable_negation(negated) || b.unstable_negation(negated)
-            }
+            Expr::And(v) | Expr::Or(v) => v.iter().any(|x| x.unstable_negation(negated)),
         }
     }
 
@@ -634,8 +688,8 @@ impl Expr {
             Expr::Any => true,
             Expr::Term(t) => t.matches(ctx, uuid, facts),
             Expr::Not(e) => !e.matches(ctx, uuid, facts),
-            Expr::And(a, b) => a.matches(ctx, uuid, facts) && b.matches(ctx, uuid, facts),
-            Expr::Or(a, b) => a.matches(ctx, uuid, facts) || b.matches(ctx, uuid, facts),
+            Expr::And(v) => v.iter().all(|x| x.matches(ctx, uuid, facts)),
+            Expr::Or(v) => v.iter().any(|x| x.matches(ctx, uuid, facts)),
         }
     }
 }
@@ -1012,13 +1066,15 @@ impl Context {
                 _ => fallback(),
             }),
             Expr::Not(a) => Expr::Not(Box::new(self.expand(u, *a, standard, groupwanted)?)),
-            Expr::And(a, b) => and(
-                self.expand(u, *a, standard, groupwanted)?,
-                self.expand(u, *b, standard, groupwanted)?,
+            Expr::And(v) => Expr::And(
+                v.into_iter()
+                    .map(|x| self.expand(u, x, standard, groupwanted))
+                    .collect::<Result<_, _>>()?,
             ),
-            Expr::Or(a, b) => Expr::Or(
-                Box::new(self.expand(u, *a, standard, groupwanted)?),
-                Box::new(self.expand(u, *b, standard, groupwanted)?),
+            Expr::Or(v) => Expr::Or(
+                v.into_iter()
+                    .map(|x| self.expand(u, x, standard, groupwanted))
+                    .collect::<Result<_, _>>()?,
             ),
             e => e,
         })
@@ -1060,7 +1116,7 @@ impl Context {
             } else if b.is_empty() {
                 a
             } else {
-                Expr::Or(Box::new(a), Box::new(b))
+                Expr::Or(vec![a, b])
             }),
         };
         match combined {
@@ -1703,5 +1759,120 @@ mod tests {
             assert!(Expr::parse(bad).is_err(), "{bad}");
         }
         assert!(Expr::parse("metadata=a-b.c_d=*").is_ok());
+    }
+
+    /// Expressions come from other repositories: whatever they say, parsing,
+    /// compiling and evaluating never panics, and stays within the bounds.
+    mod no_panic {
+        use super::*;
+        use proptest::prelude::*;
+
+        const WORDS: &[&str] = &[
+            "and",
+            "or",
+            "not",
+            "(",
+            ")",
+            "anything",
+            "nothing",
+            "present",
+            "standard",
+            "groupwanted",
+            "include=*.txt",
+            "copies=g:2",
+            "copies=trusted+:1",
+            "lackingcopies=1",
+            "balanced=g",
+            "fullybalanced=g:2",
+            "sizebalanced=g:lackingcopies",
+            "fullysizebalanced=g:9",
+            "inallgroup=g",
+            "onlyingroup=g",
+            "metadata=a<3",
+            "inpreferreddir",
+            "securehash",
+            "largerthan=1k",
+            "smallerthan=-",
+            "copies=-9",
+            "balanced=g:99999999999999999999",
+        ];
+
+        fn context() -> Context {
+            let mut c = ctx();
+            for u in [A, B, C] {
+                c.groups.insert(u.into(), set(&["g", "backup"]));
+                c.maxsize.insert(u.into(), 1000);
+                c.sizes.insert(u.into(), 10);
+            }
+            c.group_wanted
+                .insert("g".into(), "standard or groupwanted".into());
+            c
+        }
+
+        proptest! {
+            #[test]
+            fn words(ws in proptest::collection::vec(0..WORDS.len(), 0..40)) {
+                let text: Vec<&str> = ws.iter().map(|&i| WORDS[i]).collect();
+                let c = context();
+                let locations = set(&[A, B]);
+                let k = sha();
+                let f = Facts { file: Some("a/b.txt"), key: &k, locations: &locations, metadata: None };
+                if let Ok(e) = c.compile(A, &text.join(" ")) {
+                    let _ = e.wants(&c, A, &f);
+                }
+            }
+
+            #[test]
+            fn bytes(text in ".{0,200}") {
+                let c = context();
+                let locations = set(&[C]);
+                let k = sha();
+                let f = Facts { file: None, key: &k, locations: &locations, metadata: None };
+                if let Ok(e) = c.compile(B, &text) {
+                    let _ = e.wants(&c, B, &f);
+                }
+            }
+        }
+
+        /// The deepest expressions, nested through `groupwanted` and
+        /// `standard`, on a quarter of a tokio worker's 2 MiB stack.
+        #[test]
+        fn long_chains_stay_within_the_stack() {
+            let run = || {
+                let mut c = context();
+                let locations = set(&[]);
+                let k = sha();
+                let f = Facts {
+                    file: Some("x"),
+                    key: &k,
+                    locations: &locations,
+                    metadata: None,
+                };
+                let nots = |n: usize, last: &str| format!("{}{last}", "not ".repeat(n));
+                assert!(c.compile(A, &nots(MAX_DEPTH + 1, "anything")).is_err());
+                let e = c
+                    .compile(A, &nots(MAX_DEPTH - 1, "anything"))
+                    .expect("parses");
+                // An odd number of `not`s.
+                assert!(!e.wants(&c, A, &f));
+                c.group_wanted
+                    .insert("g".into(), nots(MAX_DEPTH - 2, "standard"));
+                let e = c
+                    .compile(A, &nots(MAX_DEPTH - 2, "groupwanted"))
+                    .expect("parses");
+                assert!(e.wants(&c, A, &f), "backup: anything");
+                // Long lists of alternatives stay shallow.
+                let ors = vec!["nothing"; MAX_TOKENS / 2].join(" or ");
+                assert!(!c.compile(A, &ors).expect("parses").wants(&c, A, &f));
+                let parens = format!("{}anything{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+                assert!(c.compile(A, &parens).expect("parses").wants(&c, A, &f));
+            };
+            std::thread::Builder::new()
+                .stack_size(512 * 1024)
+                .spawn(run)
+                .expect("thread")
+                .join()
+                .expect("no overflow, no failure");
+        }
     }
 }
