@@ -390,9 +390,15 @@ fn find_want_get_by_agrees_with_our_evaluation() {
                 repo.git_annex(&["required", "r2", "include=a.txt"]);
             }
             Some("regroup") => {
-                // Two standard groups: `standard` falls back to `present`.
+                // r1 in two standard groups: `standard` falls back to
+                // `present`; the other standard groups get their turn.
                 repo.git_annex(&["group", "r1", "transfer"]);
                 repo.git_annex(&["ungroup", "r5", "nodes"]);
+                repo.git_annex(&["ungroup", "r3", "backup"]);
+                repo.git_annex(&["group", "r3", "source"]);
+                repo.git_annex(&["group", "r4", "manual"]);
+                repo.git_annex(&["ungroup", "r7", "incrementalbackup"]);
+                repo.git_annex(&["group", "r7", "unwanted"]);
                 repo.git_annex(&["required", "r1", ""]);
                 repo.git_annex(&["required", "r2", ""]);
             }

@@ -20,7 +20,10 @@
 //! folded left to right with *no precedence* (`a or b and c` is
 //! `(a or b) and c`); adjacent terms/groups get an implicit `and`; `not`
 //! negates the next item; a missing or extra `)` is tolerated. Only an
-//! unknown term or a bad value makes an expression unparsable.
+//! unknown term or a bad value makes an expression unparsable — and, since
+//! expressions come from other repositories, more than 256 tokens or more
+//! than 64 levels of nesting (`and`/`or` chains are flattened, so long
+//! lists of alternatives stay shallow).
 //!
 //! **Evaluation** follows `Limit.hs` for a repository `u` other than the one
 //! running the check (`find --want-get-by=u`): locations are the logged
