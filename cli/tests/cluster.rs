@@ -1847,3 +1847,62 @@ fn gateways_on_the_mesh() {
     g_daemon.terminate(TIMEOUT);
     h_daemon.terminate(TIMEOUT);
 }
+
+/// Balanced preferred content (annex-spec §6), the way clusters are meant to
+/// use it: the nodes are in group `nodes`, `groupwanted nodes balanced=nodes`
+/// and each node `wanted groupwanted`. Each file goes to exactly the one node
+/// stock git-annex (`find --want-get-by`, run in C before the copy) says
+/// wants it.
+#[test]
+fn put_targets_follow_balanced_preferred_content() {
+    let lab = Lab::new_with(|lab| {
+        lab.run(
+            &lab.g,
+            "git",
+            &["annex", "groupwanted", "nodes", "balanced=nodes"],
+        )
+        .ok();
+        for i in 1..=3 {
+            let node = format!("N{i}");
+            lab.run(&lab.g, "git", &["annex", "group", &node, "nodes"])
+                .ok();
+            lab.run(&lab.g, "git", &["annex", "wanted", &node, "groupwanted"])
+                .ok();
+        }
+    });
+    let files: Vec<String> = (0..8).map(|i| format!("b{i}.dat")).collect();
+    for f in &files {
+        std::fs::write(lab.c.join(f), format!("balanced {f}\n")).expect("cluster test step");
+    }
+    let mut args = vec!["add"];
+    args.extend(files.iter().map(String::as_str));
+    lab.annex_c(&args).ok();
+    lab.run(&lab.c, "git", &["commit", "-q", "-m", "balanced"])
+        .ok();
+    let wanted_by: Vec<Vec<String>> = (1..=3)
+        .map(|i| {
+            let by = format!("--want-get-by=G-N{i}");
+            let r = lab.annex_c(&["find", &by, "--format=${file}\n"]);
+            r.ok();
+            r.stdout.lines().map(str::to_owned).collect()
+        })
+        .collect();
+    for f in &files {
+        let wanting: Vec<usize> = (0..3).filter(|&i| wanted_by[i].contains(f)).collect();
+        assert_eq!(
+            wanting.len(),
+            1,
+            "git-annex: exactly one node wants {f}: {wanted_by:?}"
+        );
+        lab.annex_c(&["copy", "--to", "G-mycluster", f]).ok();
+        let key = lab.key_of(f);
+        for i in 0..3 {
+            assert_eq!(
+                lab.node_has(i, &key, None),
+                wanting.contains(&i),
+                "{f} on N{}; git-annex says {wanted_by:?}",
+                i + 1
+            );
+        }
+    }
+}

@@ -736,7 +736,9 @@ impl Gateway<'_> {
     /// Which nodes want `key` for `file` by their preferred content (annex-spec
     /// §4.6 step 1), evaluated as for a node lacking it, with the copies the
     /// gateway's log knows plus `holders`. The branch is read once into
-    /// `catalog`; if it cannot be read, every node wants everything.
+    /// `catalog`; if it cannot be read, every node wants everything. A node
+    /// whose expression does not parse wants everything (logged once per
+    /// node and expression).
     fn wanting(
         &self,
         catalog: &mut Option<Catalog>,
@@ -744,6 +746,8 @@ impl Gateway<'_> {
         key: &Key,
         holders: &[Uuid],
     ) -> std::collections::BTreeSet<Uuid> {
+        static UNPARSABLE: std::sync::Mutex<Vec<(Uuid, String)>> =
+            std::sync::Mutex::new(Vec::new());
         let catalog = catalog.get_or_insert_with(|| {
             crate::branch::read(&self.gateway.repo().git_dir).unwrap_or_else(|e| {
                 tracing::info!("cannot read preferred content: {e}");
@@ -751,21 +755,35 @@ impl Gateway<'_> {
             })
         });
         let view = View::new(catalog);
-        let mut copies: std::collections::BTreeSet<String> =
+        let ctx = preferred::Context::from_view(&view);
+        let mut locations: std::collections::BTreeSet<String> =
             view.whereis(key).copies.into_iter().collect();
-        copies.extend(holders.iter().map(|u| u.as_str().to_owned()));
+        locations.extend(holders.iter().map(|u| u.as_str().to_owned()));
+        let metadata = view.metadata(key);
         let facts = Facts {
             file,
-            size: key.size(),
-            present: false,
-            copies: copies.len(),
+            key,
+            locations: &locations,
+            metadata: Some(&metadata),
         };
         self.nodes
             .iter()
             .map(GatewayNode::uuid)
-            .filter(|u| {
-                let expr = view.preferred_content(u.as_str());
-                preferred::wants(expr.as_deref(), &facts)
+            .filter(|u| match ctx.expression(u.as_str()) {
+                None => true,
+                Some(Ok(e)) => e.wants(&ctx, u.as_str(), &facts),
+                Some(Err(e)) => {
+                    let mut seen = UNPARSABLE.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = ((*u).clone(), e.0.clone());
+                    if !seen.contains(&entry) {
+                        tracing::info!("node {u}: {e}; it is sent everything");
+                        if seen.len() >= 256 {
+                            seen.clear();
+                        }
+                        seen.push(entry);
+                    }
+                    true
+                }
             })
             .cloned()
             .collect()
