@@ -6,8 +6,8 @@
 
 pub mod annex_shell;
 pub mod auth;
-pub mod busy;
 pub mod branch;
+pub mod busy;
 pub mod clock;
 pub mod cluster;
 pub mod config;
