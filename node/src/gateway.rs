@@ -872,10 +872,10 @@ impl Gateway<'_> {
             };
             feed_all(&mut feeds, remote::Feed::End { valid: good }).await;
             feeds.clear();
-            Ok::<_, Error>(Ok((validity, checked, good)))
+            Ok::<_, Error>(Ok((validity, checked)))
         };
         let (produced, remote_done) = futures::join!(produce, futures::future::join_all(runs));
-        let (validity, checked, good) = match produced {
+        let (validity, checked) = match produced {
             Ok(Ok(v)) => v,
             Ok(Err(reason)) => {
                 if let Some((path, _)) = spool.take() {
@@ -957,7 +957,6 @@ impl Gateway<'_> {
             }
             let _ = std::fs::remove_file(&path);
         }
-        let _ = good;
         self.record(&key, &stored, Status::Present);
         if stored.is_empty() {
             io.send(&Message::Failure).await?;
@@ -1375,6 +1374,42 @@ mod tests {
             out,
             format!("AUTH-SUCCESS {cluster}\nVERSION 1\nERROR {READ_ONLY_ERROR}\n")
         );
+    }
+
+    #[test]
+    fn get_order_is_by_cost_then_idleness() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_g, mut nodes, _) = two_nodes(tmp.path());
+        // Uuids of their own: the busy counts are shared by the whole process
+        // (and so by the tests running beside this one).
+        for (n, u) in nodes.iter_mut().zip([
+            "33333333-3333-4333-8333-333333333333",
+            "44444444-4444-4444-8444-444444444444",
+        ]) {
+            n.uuid = Uuid::parse(u).expect("uuid");
+        }
+        let order = |costs: [f64; 2]| -> Vec<String> {
+            let gw: Vec<GatewayNode> = nodes
+                .iter()
+                .zip(costs)
+                .map(|(n, c)| GatewayNode::Local(n.clone(), Cost(c)))
+                .collect();
+            get_order(&gw)
+                .into_iter()
+                .map(|n| n.remote().to_owned())
+                .collect()
+        };
+        // N0 busy with a transfer (of any session of this process): at the
+        // same cost, idle N1 comes first; a cheaper N0 still wins.
+        let busy = Busy::new(&nodes[0].uuid);
+        assert_eq!(transfers_in_flight(&nodes[0].uuid), 1);
+        for _ in 0..8 {
+            assert_eq!(order([100.0, 100.0]), ["N1", "N0"]);
+            assert_eq!(order([50.0, 100.0]), ["N0", "N1"]);
+        }
+        drop(busy);
+        assert_eq!(transfers_in_flight(&nodes[0].uuid), 0);
+        assert_eq!(order([100.0, 60.0]), ["N1", "N0"]);
     }
 
     #[tokio::test]

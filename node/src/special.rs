@@ -4,6 +4,13 @@
 //! also read), and an external special remote program `git-annex-remote-NAME`
 //! spoken to over its line protocol (one process per gateway session).
 //!
+//! A gateway PUT streams into a directory remote as the bytes arrive
+//! ([`DirUpload`]: a temp file inside the directory, renamed into place once
+//! the gateway's check passes), and a GET reads its file in place. An external
+//! remote's `TRANSFER STORE`/`RETRIEVE` needs a file, so for external remotes
+//! only the gateway keeps a spool file under `annex/tmp/annexmesh-gateway`,
+//! written as the bytes arrive (not after) and handed over once checked.
+//!
 //! All calls block; the gateway runs them as it runs local stores.
 
 use std::collections::BTreeMap;
@@ -280,6 +287,14 @@ impl DirUpload {
         let Some(out) = self.out.take() else {
             return Err(Error::Protocol("upload already finished".into()));
         };
+        let r = self.finish(out);
+        if r.is_err() {
+            let _ = fs::remove_dir_all(&self.tmp_dir);
+        }
+        r
+    }
+
+    fn finish(&self, out: fs::File) -> Result<()> {
         out.sync_all()
             .context(|| format!("fsync {}", self.tmp.display()))?;
         drop(out);
