@@ -1033,6 +1033,8 @@ fn stock_client_with_shell_nodes() {
         lab.node_uuids[4]
     );
 
+    // Remote nodes are streamed to and from: nothing is ever spooled.
+    let spool = lock_spool_dir(&lab);
     let hello = lab.key_of("hello.txt");
     let meg = lab.key_of("onemeg.bin");
     let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
@@ -1087,6 +1089,8 @@ fn stock_client_with_shell_nodes() {
         std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
         meg_bytes
     );
+
+    assert_spool_empty(&spool);
 
     let drop = lab.annex_c(&["drop", "--from", "G-mycluster"]);
     drop.ok();
@@ -1191,6 +1195,8 @@ fn stock_client_with_mesh_node() {
             .join(k.file());
         std::fs::read(path).ok()
     };
+    // Remote nodes are streamed to and from: nothing is ever spooled.
+    let spool = lock_spool_dir(&lab);
     let hello = lab.key_of("hello.txt");
     let meg = lab.key_of("onemeg.bin");
     let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step");
@@ -1223,6 +1229,7 @@ fn stock_client_with_mesh_node() {
         std::fs::read(lab.c.join("onemeg.bin")).expect("cluster test step"),
         meg_bytes
     );
+    assert_spool_empty(&spool);
     lab.annex_c(&["drop", "--from", "G-mycluster"]).ok();
     assert_eq!(m_has(&hello), None);
     assert_eq!(m_has(&meg), None);
@@ -1905,4 +1912,345 @@ fn put_targets_follow_balanced_preferred_content() {
             );
         }
     }
+}
+
+/// The gateway's spool directory, made read-only: a PUT or GET that tried to
+/// spool content there would fail. Check it with [`assert_spool_empty`].
+fn lock_spool_dir(lab: &Lab) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = lab.g.join(".git/annex/tmp/annexmesh-gateway");
+    std::fs::create_dir_all(&dir).expect("spool dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    dir
+}
+
+fn assert_spool_empty(dir: &Path) {
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("spool dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(entries.is_empty(), "spooled: {entries:?}");
+}
+
+/// A wrapper around the real git-annex-shell for node `name`: it logs each
+/// start as a line `name` in `<root>/spawned.log`, then runs the real shell.
+/// With `cut_input`, the shell's input is cut after that many bytes (it then
+/// sees EOF and exits); with `cut_output`, its output is (the wrapper then
+/// exits, closing the connection, and the shell dies writing). `dd bs=1`
+/// passes each byte on at once, which `head -c` (buffered output) does not.
+fn shell_wrapper(
+    lab: &Lab,
+    name: &str,
+    cut_input: Option<u64>,
+    cut_output: Option<u64>,
+) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let real = support::git_annex_bin_dir().join("git-annex-shell");
+    let log = lab.root.join("spawned.log");
+    let path = lab.root.join(format!("shell-{name}"));
+    let mut script = format!("#!/bin/sh\necho '{name}' >> '{}'\n", log.display());
+    let real = format!("'{}' \"$@\"", real.display());
+    let run = match cut_input {
+        Some(n) => format!("dd bs=1 count={n} status=none | {real}"),
+        None => real,
+    };
+    match cut_output {
+        // The shell writes into a fifo that the wrapper itself (exec'd as dd)
+        // reads: when dd stops, nothing else holds the connection open.
+        Some(n) => script.push_str(&format!(
+            "fifo='{}.fifo'\nrm -f \"$fifo\"\nmkfifo \"$fifo\"\nexec 3<&0\n\
+             {run} <&3 >\"$fifo\" &\nexec dd bs=1 count={n} status=none <\"$fifo\"\n",
+            path.display()
+        )),
+        None => script.push_str(&format!("{run}\n")),
+    }
+    std::fs::write(&path, script).expect("wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// The wrapped nodes started since the log was last cleared, and clears it.
+fn take_spawned(lab: &Lab) -> Vec<String> {
+    let log = lab.root.join("spawned.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::write(&log, "").expect("clear spawned.log");
+    let mut v: Vec<String> = text.lines().map(str::to_owned).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `PUT` of `bytes` as `key` to the cluster in one hand-driven session.
+fn hand_put(lab: &Lab, key: &str, bytes: &[u8]) -> String {
+    let mut input = format!("VERSION 4\nPUT x {key}\nDATA {}\n", bytes.len()).into_bytes();
+    input.extend_from_slice(bytes);
+    input.extend_from_slice(b"VALID\n");
+    let (status, out, err) = lab.p2pstdio(&lab.cluster_uuid, &input);
+    assert!(status.success(), "{out}\n{err}");
+    out
+}
+
+/// `GET 0` of `key` from the cluster in one hand-driven session: the bytes
+/// after `DATA n` and the line that follows them.
+fn hand_get(lab: &Lab, key: &str) -> (Vec<u8>, String) {
+    let mut cmd = lab.command(&lab.shim, &lab.root);
+    cmd.args([
+        "p2pstdio",
+        lab.g.to_str().expect("utf-8"),
+        "cccccccc-cccc-4ccc-8ccc-cccccccccccc",
+        "--uuid",
+        &lab.cluster_uuid,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn git-annex-shell");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("VERSION 4\nGET 0 x {key}\nSUCCESS\n").as_bytes())
+        .expect("write");
+    drop(stdin);
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out));
+    split_data(&out)
+}
+
+/// Splits a gateway's output `AUTH-SUCCESS…\nVERSION 4\nDATA n\n<n bytes><line>\n`.
+fn split_data(out: &[u8]) -> (Vec<u8>, String) {
+    let mut rest = out;
+    let mut header = String::new();
+    for _ in 0..3 {
+        let i = rest.iter().position(|&b| b == b'\n').expect("a line");
+        header = String::from_utf8_lossy(&rest[..i]).into_owned();
+        rest = &rest[i + 1..];
+    }
+    let n: usize = header
+        .strip_prefix("DATA ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("expected DATA, got {header:?}"));
+    assert!(rest.len() >= n, "short DATA: {} of {n}", rest.len());
+    let (data, tail) = rest.split_at(n);
+    (data.to_vec(), String::from_utf8_lossy(tail).into_owned())
+}
+
+/// Content of `len` bytes, and its SHA256E key.
+fn content(lab: &Lab, name: &str, len: u32) -> (String, Vec<u8>) {
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    std::fs::write(lab.c.join(name), &bytes).expect("write");
+    lab.annex_c(&["add", name]).ok();
+    (lab.key_of(name), bytes)
+}
+
+/// GET reads from the cheapest node holding the key (`remote.<r>.annex-cost`,
+/// else git-annex's defaults): which node served is seen from which node's
+/// git-annex-shell was started at all.
+#[test]
+fn get_picks_the_cheapest_node() {
+    let lab = Lab::new_with(|lab| {
+        let w4 = shell_wrapper(lab, "N4", None, None);
+        let w5 = shell_wrapper(lab, "N5", None, None);
+        add_shell_node(lab, "N4", "../N4", &w4);
+        add_shell_node(lab, "N5", "../N5", &w5);
+    });
+    let (key, bytes) = content(&lab, "cost.bin", 200_000);
+    let out = hand_put(&lab, &key, &bytes);
+    assert!(out.contains("SUCCESS-PLUS"), "{out}");
+    take_spawned(&lab);
+    for i in 0..5 {
+        assert!(lab.node_has(i, &key, Some(&bytes)));
+    }
+    let set_cost = |remote: &str, cost: &str| {
+        lab.run(
+            &lab.g,
+            "git",
+            &["config", &format!("remote.{remote}.annex-cost"), cost],
+        )
+        .ok();
+    };
+    // N4 cheaper than the local nodes (100): N4 serves, N5 is never started.
+    set_cost("N4", "50");
+    set_cost("N5", "300");
+    let (got, tail) = hand_get(&lab, &key);
+    assert_eq!(got, bytes);
+    assert_eq!(tail, "VALID\n");
+    assert_eq!(take_spawned(&lab), ["N4"]);
+    // Local nodes cheapest: no shell node is started.
+    set_cost("N4", "400");
+    let (got, _) = hand_get(&lab, &key);
+    assert_eq!(got, bytes);
+    assert_eq!(take_spawned(&lab), Vec::<String>::new());
+    // Only the shell nodes hold it: the cheaper one, N5, serves.
+    for n in &lab.nodes[..3] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &key])
+            .ok();
+    }
+    let (got, tail) = hand_get(&lab, &key);
+    assert_eq!(got, bytes);
+    assert_eq!(tail, "VALID\n");
+    assert_eq!(take_spawned(&lab), ["N5"]);
+}
+
+/// A remote node that dies in the middle of a GET (its git-annex-shell's
+/// output is cut after 300000 bytes): the gateway continues with `GET pos` on
+/// the next node, and stock git-annex gets correct content.
+#[test]
+fn get_fails_over_mid_transfer_from_a_remote_node() {
+    let lab = Lab::new_with(|lab| {
+        let cut = shell_wrapper(lab, "N4", None, Some(300_000));
+        add_shell_node(lab, "N4", "../N4", &cut);
+        lab.run(&lab.g, "git", &["config", "remote.N4.annex-cost", "50"])
+            .ok();
+    });
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("read");
+    let copy = lab.annex_c(&["copy", "--to", "G-mycluster", "onemeg.bin"]);
+    copy.ok();
+    assert!(lab.node_has(3, &meg, Some(&meg_bytes)));
+    take_spawned(&lab);
+    // Hand-driven: the whole content and VALID, though N4 served first.
+    let (got, tail) = hand_get(&lab, &meg);
+    assert_eq!(got.len(), meg_bytes.len());
+    assert!(got == meg_bytes, "wrong bytes after failover");
+    assert_eq!(tail, "VALID\n");
+    assert_eq!(take_spawned(&lab), ["N4"]);
+    // Stock git-annex, likewise; and with only N4 and one local node left.
+    for n in &lab.nodes[..2] {
+        lab.run(n, "git", &["annex", "dropkey", "--force", &meg])
+            .ok();
+    }
+    lab.annex_c(&["drop", "--force", "onemeg.bin"]).ok();
+    lab.annex_c(&["get", "--from", "G-mycluster", "onemeg.bin"])
+        .ok()
+        .wire_has("S->C | DATA 1048576");
+    assert_eq!(
+        std::fs::read(lab.c.join("onemeg.bin")).expect("read"),
+        meg_bytes
+    );
+    assert_eq!(take_spawned(&lab), ["N4"]);
+    lab.annex_c(&["fsck", "onemeg.bin"]).ok();
+}
+
+/// A local node whose content file shrinks while the gateway reads it: the
+/// rest comes from another node, from the same position.
+#[test]
+fn get_fails_over_mid_transfer_from_a_local_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    // Larger than the gateway's 1 MiB read buffer, so the shrink happens
+    // between two reads.
+    let (key, bytes) = content(&lab, "three.bin", 3 << 20);
+    let out = hand_put(&lab, &key, &bytes);
+    assert!(out.contains("SUCCESS-PLUS"), "{out}");
+    lab.run(&lab.g, "git", &["config", "remote.N1.annex-cost", "10"])
+        .ok();
+    let r = lab.run(&lab.nodes[0], "git", &["annex", "contentlocation", &key]);
+    r.ok();
+    let object = lab.nodes[0].join(r.stdout.trim());
+
+    let mut cmd = lab.command(&lab.shim, &lab.root);
+    cmd.args([
+        "p2pstdio",
+        lab.g.to_str().expect("utf-8"),
+        "cccccccc-cccc-4ccc-8ccc-cccccccccccc",
+        "--uuid",
+        &lab.cluster_uuid,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn git-annex-shell");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("VERSION 4\nGET 0 x {key}\nSUCCESS\n").as_bytes())
+        .expect("write");
+    drop(stdin);
+    let mut stdout = child.stdout.take().expect("stdout");
+    // The gateway blocks on the pipe: read the start of the DATA…
+    let mut out = vec![0u8; 200_000];
+    stdout.read_exact(&mut out).expect("read");
+    // …then N1's copy (the cheapest) shrinks under it.
+    std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&object)
+        .and_then(|f| f.set_len(1000))
+        .expect("truncate");
+    stdout.read_to_end(&mut out).expect("read");
+    let status = child.wait().expect("wait");
+    assert!(status.success());
+    let (got, tail) = split_data(&out);
+    assert_eq!(got.len(), bytes.len());
+    assert!(got == bytes, "wrong bytes after failover");
+    assert_eq!(tail, "VALID\n");
+    assert_eq!(std::fs::metadata(&object).expect("stat").len(), 1000);
+}
+
+/// PUT to a node behind git-annex-shell streams from that node's own offset:
+/// the only node lacking the content has a 10-byte partial, so `PUT-FROM 10`.
+#[test]
+fn put_resumes_from_a_remote_nodes_offset() {
+    let real_shell = support::git_annex_bin_dir().join("git-annex-shell");
+    let lab = Lab::new_with(|lab| add_shell_node(lab, "N4", "../N4", &real_shell));
+    let spool = lock_spool_dir(&lab);
+    let key = "SHA256E-s36--7a1fd60c4df0d2a0f2d08aeab3d38b248dd55ee9e3993e8c5bbbe9f07a9a27a0.txt";
+    let body = "new via hand-driven gateway session\n";
+    // The local nodes have it already.
+    for n in &lab.nodes[..3] {
+        let f = n.join("new.txt");
+        std::fs::write(&f, body).expect("write");
+        lab.run(n, "git", &["annex", "add", "new.txt"]).ok();
+    }
+    let tmp = lab.nodes[3].join(".git/annex/tmp");
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    std::fs::write(tmp.join(key), &body.as_bytes()[..10]).expect("partial");
+    let input = format!("VERSION 4\nPUT x {key}\nDATA 26\n{}VALID\n", &body[10..]);
+    let (status, out, err) = lab.p2pstdio(&lab.cluster_uuid, input.as_bytes());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.get(2).copied(), Some("PUT-FROM 10"), "{out}\n{err}");
+    assert!(lines[3].starts_with("SUCCESS-PLUS "), "{out}");
+    assert_eq!(plus_uuids(lines[3]), sorted(lab.node_uuids.clone()));
+    assert!(status.success(), "{err}");
+    assert!(lab.node_has(3, key, Some(body.as_bytes())));
+    lab.run(&lab.nodes[3], "git", &["annex", "fsck", "--key", key])
+        .ok()
+        .says("ok");
+    assert_spool_empty(&spool);
+}
+
+/// A remote node that dies in the middle of a PUT (its git-annex-shell's
+/// input is cut after 200000 bytes) is dropped from the operation: the others
+/// store the content and `SUCCESS-PLUS` lists exactly them.
+#[test]
+fn remote_node_dying_mid_put_is_left_out() {
+    let real_shell = support::git_annex_bin_dir().join("git-annex-shell");
+    let lab = Lab::new_with(|lab| {
+        let cut = shell_wrapper(lab, "N4", Some(200_000), None);
+        add_shell_node(lab, "N4", "../N4", &cut);
+        add_shell_node(lab, "N5", "../N5", &real_shell);
+    });
+    let spool = lock_spool_dir(&lab);
+    let meg = lab.key_of("onemeg.bin");
+    let meg_bytes = std::fs::read(lab.c.join("onemeg.bin")).expect("read");
+    let out = hand_put(&lab, &meg, &meg_bytes);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.get(2).copied(), Some("PUT-FROM 0"), "{out}");
+    assert!(lines[3].starts_with("SUCCESS-PLUS "), "{out}");
+    let mut others = lab.node_uuids.clone();
+    others.remove(3);
+    assert_eq!(plus_uuids(lines[3]), sorted(others));
+    for i in [0, 1, 2, 4] {
+        assert!(lab.node_has(i, &meg, Some(&meg_bytes)), "node {i}");
+    }
+    assert!(!lab.node_has(3, &meg, None));
+    assert_eq!(take_spawned(&lab), ["N4"]);
+    assert_spool_empty(&spool);
 }

@@ -25,6 +25,54 @@ pub struct Node {
     pub remote: String,
     pub uuid: Uuid,
     pub access: Access,
+    /// What reading from it costs: `remote.<r>.annex-cost`, else git-annex's
+    /// default for its kind ([`Cost::default_for`]).
+    pub cost: Cost,
+}
+
+/// A remote's cost, as git-annex's `Config/Cost.hs` (a float, lower is cheaper).
+#[derive(Debug, Clone, Copy)]
+pub struct Cost(pub f64);
+
+impl PartialEq for Cost {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0).is_eq()
+    }
+}
+impl Eq for Cost {}
+impl PartialOrd for Cost {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Cost {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl Cost {
+    /// `cheapRemoteCost`.
+    pub const CHEAP: Cost = Cost(100.0);
+    /// `expensiveRemoteCost`.
+    pub const EXPENSIVE: Cost = Cost(200.0);
+    /// `veryExpensiveRemoteCost`.
+    pub const VERY_EXPENSIVE: Cost = Cost(1000.0);
+
+    /// git-annex's default for a remote of this kind: a local git repository
+    /// is cheap (`Remote/Git.hs`: `repoCheap`, whatever its `annex-shell`), an
+    /// ssh one expensive; a P2P remote (`p2p-annex::…`, `Remote/P2P.hs`) very
+    /// expensive; a directory special remote cheap, an external one expensive
+    /// (its `GETCOST` is not asked).
+    pub fn default_for(access: &Access) -> Cost {
+        match access {
+            Access::Local(_) | Access::Shell(ShellCommand::Program { .. }) => Cost::CHEAP,
+            Access::Shell(ShellCommand::Ssh { .. }) => Cost::EXPENSIVE,
+            Access::Mesh(_) => Cost::VERY_EXPENSIVE,
+            Access::Special(crate::special::Special::Directory(_)) => Cost::CHEAP,
+            Access::Special(crate::special::Special::External { .. }) => Cost::EXPENSIVE,
+        }
+    }
 }
 
 /// How the gateway reaches a node.
@@ -205,6 +253,8 @@ fn via(gateway: &Node, name: &str, target: &Uuid) -> Node {
         remote: name.to_owned(),
         uuid: target.clone(),
         access,
+        // One more hop: the far gateway's own link to the node.
+        cost: Cost(protocol::routing::path_cost(gateway.cost.0, 1)),
     }
 }
 
@@ -536,10 +586,17 @@ fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
             (uuid, Access::Shell(shell))
         }
     };
+    // As git-annex's `remoteCost`: the configured cost when it parses.
+    let cost = config_get(&repo.top, &format!("remote.{remote}.annex-cost"))?
+        .and_then(|c| c.trim().parse::<f64>().ok())
+        .filter(|c| c.is_finite())
+        .map(Cost)
+        .unwrap_or_else(|| Cost::default_for(&access));
     Ok(Some(Node {
         remote: remote.to_owned(),
         uuid,
         access,
+        cost,
     }))
 }
 
@@ -875,7 +932,8 @@ pub struct NodeStore {
 fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNode> {
     match &n.access {
         Access::Special(special) => Some(crate::gateway::GatewayNode::Special(Box::new(
-            crate::special::SpecialNode::new(n.uuid.clone(), n.remote.clone(), special.clone()),
+            crate::special::SpecialNode::new(n.uuid.clone(), n.remote.clone(), special.clone())
+                .with_cost(n.cost),
         ))),
         Access::Mesh(addr) => {
             let address = match crate::net::PeerAddress::parse(addr) {
@@ -894,12 +952,14 @@ fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNod
                 }
             };
             Some(crate::gateway::GatewayNode::Remote(Box::new(
-                crate::gateway::RemoteNode::mesh(n.uuid.clone(), n.remote.clone(), address, key),
+                crate::gateway::RemoteNode::mesh(n.uuid.clone(), n.remote.clone(), address, key)
+                    .with_cost(n.cost),
             )))
         }
-        Access::Local(_) => open_node(n).map(crate::gateway::GatewayNode::Local),
+        Access::Local(_) => open_node(n).map(|s| crate::gateway::GatewayNode::Local(s, n.cost)),
         Access::Shell(shell) => Some(crate::gateway::GatewayNode::Remote(Box::new(
-            crate::gateway::RemoteNode::shell(n.uuid.clone(), n.remote.clone(), shell.clone()),
+            crate::gateway::RemoteNode::shell(n.uuid.clone(), n.remote.clone(), shell.clone())
+                .with_cost(n.cost),
         ))),
     }
 }

@@ -9,9 +9,31 @@
 //! ([`GatewayNode`]): git-annex repositories behind `git-annex-shell p2pstdio`
 //! (run directly or over ssh) and annexmesh peers on the mesh, both reached
 //! with our client ([`RemoteNode`]), and directory/external special remotes
-//! ([`SpecialNode`]); these get a PUT from a spool file once the gateway's
-//! check has accepted it, and a GET from them is fetched to a spool file
-//! first. A node's refusal (locked content, a
+//! ([`SpecialNode`]).
+//!
+//! PUT is one pass over the client's bytes, checked once here, and streamed
+//! to every target as the bytes arrive: local nodes and directory special
+//! remotes (a temp file inside the directory, renamed in once the check
+//! passes) are written in the read loop; each remote node has one bounded
+//! channel and its own future ([`remote::PutTarget`]), so a slow node holds
+//! the stream back while a dead one is dropped from the operation. The
+//! `PUT-FROM` sent to the client is the smallest of the targets' offsets
+//! (local partials, remote nodes' own `PUT-FROM`s), each node taking the bytes
+//! at and after its own. Remote nodes get `VALID` only if the gateway's check
+//! accepted the content. The one spool left is for external special remotes,
+//! whose `TRANSFER STORE` needs a file: it is written under
+//! `annex/tmp/annexmesh-gateway` as the bytes arrive, and handed over once
+//! checked.
+//!
+//! GET reads from the cheapest node holding the key ([`crate::cluster::Cost`]),
+//! then the least busy (transfers in flight per node in this process), at
+//! random among ties. Remote nodes' `DATA` is relayed as it arrives and
+//! directory special remotes are read in place (external ones are fetched to a
+//! spool first). A node that fails after k bytes is replaced by the next
+//! holder from the same position (`GET pos` for remote nodes); `VALID` goes to
+//! the client only if every piece sent was valid.
+//!
+//! A node's refusal (locked content, a
 //! failed write) is a clean `FAILURE` for that node; it is logged through
 //! `tracing` at info level (hidden unless `ANNEXMESH_LOG` asks for it), so it
 //! never reaches the client's terminal, which sees the shell's stderr.
@@ -25,30 +47,32 @@
 //! monotonic clock, which is also the clock of every local node's store, so a
 //! deadline is passed to each node unchanged (no per-node translation needed).
 
+mod remote;
+
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
 
 use protocol::logs::catalog::Catalog;
 use protocol::logs::presence::Status;
 use protocol::logs::view::View;
 use protocol::message::{MAX_VERSION, Message, Version};
 use protocol::preferred::{self, Facts};
+use protocol::routing::Route;
 use protocol::server::{
     APPEND_ONLY_ERROR, CloseReason, MAX_AUTH_ATTEMPTS, READ_ONLY_ERROR, ServeMode, Validity,
 };
 use protocol::{Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use protocol::AssociatedFile;
+pub use remote::{Reach, RemoteNode};
 
-use crate::cluster::{NodeStore, ShellCommand};
+use crate::cluster::{Cost, NodeStore};
 use crate::error::{Error, Result};
-use crate::net::PeerAddress;
-use crate::process::ShellConnection;
-use crate::remote::{Endpoint, StreamSession};
 use crate::session::{Authenticator, IO_BUFFER, LineRead, read_line};
-use crate::special::SpecialNode;
+use crate::special::{DirUpload, SpecialNode};
 use crate::store::{Store, Stored, StreamCheck, Upload};
 
 /// A cluster node as the gateway reaches it.
@@ -56,20 +80,21 @@ use crate::store::{Store, Stored, StreamCheck, Upload};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum GatewayNode {
-    /// A local repository, written directly through its store (the fast path).
-    Local(NodeStore),
+    /// A local repository, written directly through its store (the fast
+    /// path), and its cost.
+    Local(NodeStore, Cost),
     /// A git-annex repository behind `git-annex-shell p2pstdio`, or an
     /// annexmesh peer on the mesh: reached with our client.
     Remote(Box<RemoteNode>),
-    /// A special remote (directory or external program): content goes
-    /// through a verified spool file, and `LOCKCONTENT` is `FAILURE`.
+    /// A special remote (directory or external program); `LOCKCONTENT` is
+    /// `FAILURE`.
     Special(Box<SpecialNode>),
 }
 
 impl GatewayNode {
     pub fn uuid(&self) -> &Uuid {
         match self {
-            GatewayNode::Local(n) => &n.uuid,
+            GatewayNode::Local(n, _) => &n.uuid,
             GatewayNode::Remote(n) => &n.uuid,
             GatewayNode::Special(n) => &n.uuid,
         }
@@ -77,269 +102,42 @@ impl GatewayNode {
 
     pub fn remote(&self) -> &str {
         match self {
-            GatewayNode::Local(n) => &n.remote,
+            GatewayNode::Local(n, _) => &n.remote,
             GatewayNode::Remote(n) => &n.remote,
             GatewayNode::Special(n) => &n.remote,
         }
     }
-}
 
-/// How the gateway reaches a remote node.
-#[derive(Debug, Clone)]
-pub enum Reach {
-    /// `git-annex-shell p2pstdio`, run directly or through ssh.
-    Shell(ShellCommand),
-    /// An annexmesh peer (`/annex/p2p/1`), dialled with the gateway's identity.
-    Mesh(PeerAddress),
-}
-
-/// A live connection to a remote node.
-enum Conn {
-    Shell(Box<ShellConnection>),
-    Mesh {
-        session: Box<StreamSession>,
-        /// Keeps the swarm alive for as long as the session.
-        _endpoint: Endpoint,
-    },
-}
-
-/// Runs the same client call on either kind of session.
-macro_rules! on_session {
-    ($conn:expr, $s:ident => $body:expr) => {
-        match $conn {
-            Conn::Shell(c) => {
-                let $s = &mut c.session;
-                $body
-            }
-            Conn::Mesh { session, .. } => {
-                let $s = &mut **session;
-                $body
-            }
-        }
-    };
-}
-
-/// A node reached with our client (see [`Reach`]). One connection is started
-/// on first use and kept for the gateway session; a request that fails drops
-/// it, and the next request starts a new one.
-pub struct RemoteNode {
-    pub uuid: Uuid,
-    pub remote: String,
-    pub reach: Reach,
-    /// The gateway's libp2p identity, for mesh nodes.
-    identity: Option<libp2p::identity::Keypair>,
-    /// When this node is the cluster itself, reached through another gateway
-    /// of it: that gateway's uuid (annex-spec §4.9).
-    pub via: Option<Uuid>,
-    /// Gateways to avoid, sent as `BYPASS` on connecting (version 2+).
-    bypass: std::sync::Mutex<Vec<Uuid>>,
-    conn: tokio::sync::Mutex<Option<Conn>>,
-}
-
-impl Clone for RemoteNode {
-    fn clone(&self) -> Self {
-        RemoteNode {
-            uuid: self.uuid.clone(),
-            remote: self.remote.clone(),
-            reach: self.reach.clone(),
-            identity: self.identity.clone(),
-            via: self.via.clone(),
-            bypass: std::sync::Mutex::new(self.bypass_list()),
-            conn: tokio::sync::Mutex::new(None),
+    pub fn cost(&self) -> Cost {
+        match self {
+            GatewayNode::Local(_, c) => *c,
+            GatewayNode::Remote(n) => n.cost,
+            GatewayNode::Special(n) => n.cost,
         }
     }
 }
 
-impl std::fmt::Debug for RemoteNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteNode")
-            .field("uuid", &self.uuid)
-            .field("remote", &self.remote)
-            .field("reach", &self.reach)
-            .finish_non_exhaustive()
-    }
-}
-
-type ShellGuard<'a> = tokio::sync::MutexGuard<'a, Option<Conn>>;
-
-impl RemoteNode {
-    pub fn shell(uuid: Uuid, remote: String, shell: ShellCommand) -> RemoteNode {
-        RemoteNode {
-            uuid,
-            remote,
-            reach: Reach::Shell(shell),
-            identity: None,
-            via: None,
-            bypass: std::sync::Mutex::new(Vec::new()),
-            conn: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// This node is the cluster as another gateway (`gateway`) serves it.
-    pub fn via_gateway(mut self, gateway: Uuid) -> RemoteNode {
-        self.via = Some(gateway);
-        self
-    }
-
-    fn bypass_list(&self) -> Vec<Uuid> {
-        self.bypass.lock().map(|b| b.clone()).unwrap_or_default()
-    }
-
-    /// Sets the gateways a new connection asks the node to avoid.
-    pub fn set_bypass(&self, uuids: Vec<Uuid>) {
-        if let Ok(mut b) = self.bypass.lock() {
-            *b = uuids;
-        }
-    }
-
-    /// Whether this node is the cluster via a gateway the client asked to avoid.
-    fn bypassed(&self) -> bool {
-        self.via
-            .as_ref()
-            .is_some_and(|g| self.bypass_list().contains(g))
-    }
-
-    /// A mesh peer, dialled as `identity` (the gateway's).
-    pub fn mesh(
-        uuid: Uuid,
-        remote: String,
-        address: PeerAddress,
-        identity: libp2p::identity::Keypair,
-    ) -> RemoteNode {
-        RemoteNode {
-            uuid,
-            remote,
-            reach: Reach::Mesh(address),
-            identity: Some(identity),
-            via: None,
-            bypass: std::sync::Mutex::new(Vec::new()),
-            conn: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// The connection, started as `client` if there is none.
-    async fn connection(&self, client: &Uuid) -> Result<ShellGuard<'_>> {
-        let mut g = self.conn.lock().await;
-        if g.is_none() {
-            *g = Some(self.start(client).await?);
-        }
-        Ok(g)
-    }
-
-    async fn start(&self, client: &Uuid) -> Result<Conn> {
-        match &self.reach {
-            Reach::Shell(shell) => {
-                let cmd =
-                    shell.command("p2pstdio", &[client.as_str(), "--uuid", self.uuid.as_str()]);
-                let (mut c, _) =
-                    ShellConnection::spawn(tokio::process::Command::from(cmd), Some(&self.uuid))
-                        .await?;
-                let v = c.session.negotiate_version(i64::from(MAX_VERSION)).await?;
-                let bypass = self.bypass_list();
-                if v >= 2 && !bypass.is_empty() {
-                    c.session.bypass(bypass).await?;
-                }
-                Ok(Conn::Shell(Box::new(c)))
-            }
-            Reach::Mesh(address) => {
-                let key = self
-                    .identity
-                    .clone()
-                    .ok_or_else(|| Error::Protocol("no identity to dial with".into()))?;
-                let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
-                let token = protocol::AuthToken::parse("")
-                    .ok_or_else(|| Error::Protocol("empty token".into()))?;
-                let (mut session, uuid) = endpoint.connect(address, client.clone(), token).await?;
-                if uuid != self.uuid {
-                    return Err(Error::Protocol(format!(
-                        "{address} answered as {uuid}, not {}",
-                        self.uuid
-                    )));
-                }
-                let bypass = self.bypass_list();
-                if session.version() >= 2 && !bypass.is_empty() {
-                    session.bypass(bypass).await?;
-                }
-                Ok(Conn::Mesh {
-                    session: Box::new(session),
-                    _endpoint: endpoint,
-                })
-            }
-        }
-    }
-
-    fn settle<T>(&self, g: &mut ShellGuard<'_>, r: Result<T>) -> Result<T> {
-        if let Err(e) = &r {
-            tracing::info!("node {}: {e}", self.remote);
-            **g = None;
-        }
-        r
-    }
-
-    async fn check_present(&self, client: &Uuid, key: &Key) -> Result<bool> {
-        let mut g = self.connection(client).await?;
-        let r = match g.as_mut() {
-            Some(c) => on_session!(c, s => s.check_present(key).await),
-            None => Err(Error::Protocol("no connection".into())),
-        };
-        self.settle(&mut g, r)
-    }
-
-    /// `REMOVE`, or `REMOVE-BEFORE` with the gateway's deadline translated to
-    /// the node's clock (the gateway's time left, added to the node's `GETTIMESTAMP`).
-    /// Whether the node removed it, and the other repositories it reports as
-    /// changed (`SUCCESS-PLUS`/`FAILURE-PLUS`: a cluster via another gateway).
-    async fn remove(
-        &self,
-        client: &Uuid,
-        key: &Key,
-        before: Option<i64>,
-    ) -> Result<(bool, Vec<Uuid>)> {
-        let mut g = self.connection(client).await?;
-        let r = match g.as_mut() {
-            Some(c) => on_session!(c, s => match before {
-                None => s.remove(key, None).await,
-                Some(deadline) => {
-                    let left = deadline - crate::clock::monotonic_seconds();
-                    if left <= 0 {
-                        Ok((false, Vec::new()))
-                    } else {
-                        match s.get_timestamp().await {
-                            Ok(now) => s.remove(key, Some(now + left)).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                }
-            }),
-            None => Err(Error::Protocol("no connection".into())),
-        };
-        self.settle(&mut g, r)
-    }
-
-    /// Whether the node has it now, and the other repositories it reports
-    /// (`SUCCESS-PLUS`: a cluster via another gateway lists its nodes).
-    async fn put(&self, client: &Uuid, key: &Key, source: &Path) -> Result<(bool, Vec<Uuid>)> {
-        let mut g = self.connection(client).await?;
-        let r = match g.as_mut() {
-            Some(c) => on_session!(c, s => s
-                .put(key, AssociatedFile::none(), source, &mut |_| {})
-                .await
-                .map(|o| (o.stored || o.already_had, o.also))),
-            None => Err(Error::Protocol("no connection".into())),
-        };
-        self.settle(&mut g, r)
-    }
-
-    async fn get(&self, client: &Uuid, key: &Key, partial: &Path, dest: &Path) -> Result<bool> {
-        let mut g = self.connection(client).await?;
-        let r = match g.as_mut() {
-            Some(c) => on_session!(c, s => s
-                .get(key, AssociatedFile::none(), partial, dest, &mut |_| {})
-                .await),
-            None => Err(Error::Protocol("no connection".into())),
-        };
-        self.settle(&mut g, r)
-    }
+/// The order GET tries nodes in (`protocol::routing`): the cheapest path
+/// first (a node's cost, which for the cluster through another gateway counts
+/// that gateway's hop too), then the least busy in any process serving this
+/// gateway (`busy`), then at random among equals. A cluster via a gateway the
+/// client bypasses is left out.
+fn get_order<'n>(nodes: &'n [GatewayNode], busy_dir: &Path) -> Vec<&'n GatewayNode> {
+    let usable: Vec<&GatewayNode> = nodes
+        .iter()
+        .filter(|n| !matches!(n, GatewayNode::Remote(r) if r.bypassed()))
+        .collect();
+    let routes: Vec<Route> = usable
+        .iter()
+        .map(|n| Route {
+            cost: n.cost().0,
+            busy: u32::try_from(crate::busy::count(busy_dir, n.uuid())).unwrap_or(u32::MAX),
+        })
+        .collect();
+    protocol::routing::rank(&routes, rand::random())
+        .into_iter()
+        .filter_map(|i| usable.get(i).copied())
+        .collect()
 }
 
 /// A fresh path under the gateway's `annex/tmp` for content passing through it.
@@ -435,7 +233,7 @@ impl Gateway<'_> {
         self.nodes
             .iter()
             .filter_map(|n| match n {
-                GatewayNode::Local(l) => Some(l),
+                GatewayNode::Local(l, _) => Some(l),
                 _ => None,
             })
             .collect()
@@ -449,6 +247,11 @@ impl Gateway<'_> {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Where transfers in flight are counted (`busy`).
+    fn busy_dir(&self) -> PathBuf {
+        crate::busy::dir(&self.gateway.repo().annex_dir())
     }
 
     /// Remote nodes, without the cluster via a gateway the client bypasses.
@@ -845,6 +648,13 @@ impl Gateway<'_> {
             lacking_shells.retain(|s| wanting.contains(&s.uuid));
             lacking_specials.retain(|s| wanting.contains(&s.uuid));
         }
+        let _busy: Vec<crate::busy::Busy> = lacking
+            .iter()
+            .map(|n| &n.uuid)
+            .chain(lacking_shells.iter().map(|s| &s.uuid))
+            .chain(lacking_specials.iter().map(|s| &s.uuid))
+            .map(|u| crate::busy::start(&self.busy_dir(), u))
+            .collect();
         let mut targets: Vec<Target> = lacking
             .into_iter()
             .filter_map(|n| {
@@ -871,9 +681,30 @@ impl Gateway<'_> {
                 }
             })
             .collect();
-        // Nodes behind a shell get the content from a spool file once it is
-        // verified; the spool starts at 0, so the stream does too.
-        let mut spool = if lacking_shells.is_empty() && lacking_specials.is_empty() {
+        // Remote nodes: each answers our PUT with its own offset (or already
+        // has the content, like a holder).
+        let mut remotes: Vec<remote::PutTarget> = Vec::new();
+        let begun =
+            futures::future::join_all(lacking_shells.iter().map(|s| s.put_start(me, &key))).await;
+        for b in begun {
+            match b {
+                Ok(remote::PutBegin::From(t)) => remotes.push(t),
+                Ok(remote::PutBegin::AlreadyHave(uuids)) => holder_uuids.extend(uuids),
+                Err(_) => {}
+            }
+        }
+        // Directory special remotes are written in place from 0; external ones
+        // get a spool file (their TRANSFER STORE needs one), also from 0.
+        let mut dirs: Vec<(&SpecialNode, Option<DirUpload>)> = Vec::new();
+        let mut externals: Vec<&SpecialNode> = Vec::new();
+        for s in lacking_specials.iter().copied() {
+            match s.begin_dir_upload(&key) {
+                Ok(Some(up)) => dirs.push((s, Some(up))),
+                Ok(None) => externals.push(s),
+                Err(e) => tracing::info!("node {} cannot take {key}: {e}", s.remote),
+            }
+        }
+        let mut spool = if externals.is_empty() {
             None
         } else {
             let path = spool_path(self.gateway, &key, "put");
@@ -890,20 +721,24 @@ impl Gateway<'_> {
                 }
             }
         };
-        let offset = if spool.is_some() {
-            0
-        } else {
-            targets.iter().map(|t| t.have).min().unwrap_or(0)
-        };
-        // Hash once here for every node written from 0 (offset is then 0).
-        let mut check =
-            (spool.is_some() || targets.iter().any(|t| t.unhashed)).then(|| StreamCheck::new(&key));
+        let from_zero = spool.is_some() || !dirs.is_empty();
+        let offset = targets
+            .iter()
+            .map(|t| t.have)
+            .chain(remotes.iter().map(|r| r.from()))
+            .chain(from_zero.then_some(0))
+            .min()
+            .unwrap_or(0);
+        // Hash once here, for every node taking the stream from 0.
+        let mut check = (offset == 0).then(|| StreamCheck::new(&key));
         io.send(&Message::PutFrom(offset)).await?;
         let len = match io.next().await {
             Ok(Some(Some(Message::Data(len)))) => len,
             Ok(Some(Some(Message::DataPresent))) if version >= 4 => {
                 // The client says the content is already here: it is if a node has it.
                 drop(targets);
+                drop(dirs);
+                remotes.into_iter().for_each(remote::PutTarget::abandon);
                 if let Some((path, _)) = spool.take() {
                     let _ = std::fs::remove_file(path);
                 }
@@ -932,103 +767,160 @@ impl Gateway<'_> {
                 io.send(&self.plus_or(version, have, plain)).await?;
                 return Ok(None);
             }
-            Ok(Some(_)) => {
+            other => {
+                remotes.into_iter().for_each(remote::PutTarget::abandon);
                 if let Some((path, _)) = spool.take() {
                     let _ = std::fs::remove_file(path);
                 }
-                io.send(&Message::Error("expected DATA".into())).await?;
-                return Ok(None);
-            }
-            Ok(None) => {
-                return Ok(Some(CloseReason::ProtocolError(
-                    "connection closed mid-request".into(),
-                )));
-            }
-            Err(Error::Protocol(e)) => return Ok(Some(CloseReason::ProtocolError(e))),
-            Err(e) => return Err(e),
-        };
-        // Stream the payload once, each chunk to every node in parallel; the
-        // next chunk is read only when every node has written this one.
-        let mut pos = offset;
-        let end = offset.saturating_add(len);
-        let mut complete = true;
-        while pos < end {
-            let avail = io.reader.fill_buf().await.map_err(io_err)?;
-            if avail.is_empty() {
-                complete = false;
-                break;
-            }
-            let n = avail
-                .len()
-                .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
-            let chunk = &avail[..n];
-            let chunk_start = pos;
-            if let Some((path, f)) = spool.as_mut() {
-                use std::io::Write;
-                if let Err(e) = f.write_all(chunk) {
-                    tracing::info!("spooling {key} to {}: {e}", path.display());
-                    let _ = std::fs::remove_file(path);
-                    spool = None;
-                }
-            }
-            if let Some(c) = check.as_mut()
-                && let Err(e) = c.update(chunk)
-            {
-                tracing::info!("hashing {key}: {e}");
-                check = None;
-            }
-            let work: Vec<&mut Target> = targets
-                .iter_mut()
-                .filter(|t| t.upload.is_some() && t.have < chunk_start + n as u64)
-                .collect();
-            each_parallel(work, |t| {
-                let skip = usize::try_from(t.have.saturating_sub(chunk_start)).unwrap_or(0);
-                let Some(up) = t.upload.as_mut() else {
-                    return;
-                };
-                if let Err(e) = up.write(&chunk[skip..]) {
-                    tracing::info!("node {} cannot store {}: {e}", t.node.remote, up.key());
-                    t.upload = None;
-                }
-                t.have = chunk_start + n as u64;
-            });
-            io.reader.consume(n);
-            pos += n as u64;
-        }
-        if !complete {
-            if let Some((path, _)) = spool.take() {
-                let _ = std::fs::remove_file(path);
-            }
-            io.send(&Message::Failure).await?;
-            return Ok(Some(CloseReason::ProtocolError("short DATA".into())));
-        }
-        let validity = if version >= 1 {
-            match io.next().await {
-                Ok(Some(Some(Message::Valid))) => Validity::Valid,
-                Ok(Some(Some(Message::Invalid))) => Validity::Invalid,
-                Ok(Some(_)) => {
-                    io.send(&Message::Error("expected VALID or INVALID".into()))
-                        .await?;
-                    Validity::Unknown
-                }
-                Ok(None) => {
-                    return Ok(Some(CloseReason::ProtocolError(
+                return match other {
+                    Ok(Some(_)) => {
+                        io.send(&Message::Error("expected DATA".into())).await?;
+                        Ok(None)
+                    }
+                    Ok(None) => Ok(Some(CloseReason::ProtocolError(
                         "connection closed mid-request".into(),
-                    )));
-                }
-                Err(Error::Protocol(e)) => return Ok(Some(CloseReason::ProtocolError(e))),
-                Err(e) => return Err(e),
+                    ))),
+                    Err(Error::Protocol(e)) => Ok(Some(CloseReason::ProtocolError(e))),
+                    Err(e) => Err(e),
+                };
             }
-        } else {
-            Validity::Unknown
         };
-        let checked = match check.map(StreamCheck::finish) {
-            Some(Ok(c)) => Some(c),
-            Some(Err(e)) => {
-                tracing::info!("hashing {key}: {e}");
-                None
+        let end = offset.saturating_add(len);
+        // One bounded channel and one future per remote node.
+        let mut feeds = Vec::new();
+        let mut runs = Vec::new();
+        for r in remotes {
+            let (tx, rx) = tokio::sync::mpsc::channel::<remote::Feed>(FEED_DEPTH);
+            feeds.push((r.node(), tx));
+            runs.push(r.run(end, rx));
+        }
+        let produce = async {
+            // Read the payload once; each chunk goes to every local node (in
+            // parallel), every directory remote and the spool, then to each
+            // remote node's channel. The next chunk is read only when every
+            // local node has written this one and every remote channel took it.
+            let mut pos = offset;
+            let mut complete = true;
+            while pos < end {
+                let avail = io.reader.fill_buf().await.map_err(io_err)?;
+                if avail.is_empty() {
+                    complete = false;
+                    break;
+                }
+                let n = avail
+                    .len()
+                    .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+                let chunk = &avail[..n];
+                let chunk_start = pos;
+                if let Some((path, f)) = spool.as_mut() {
+                    use std::io::Write;
+                    if let Err(e) = f.write_all(chunk) {
+                        tracing::info!("spooling {key} to {}: {e}", path.display());
+                        let _ = std::fs::remove_file(path);
+                        spool = None;
+                    }
+                }
+                if let Some(c) = check.as_mut()
+                    && let Err(e) = c.update(chunk)
+                {
+                    tracing::info!("hashing {key}: {e}");
+                    check = None;
+                }
+                for (s, up) in dirs.iter_mut() {
+                    if let Some(u) = up
+                        && let Err(e) = u.write(chunk)
+                    {
+                        tracing::info!("node {} cannot store {key}: {e}", s.remote);
+                        *up = None;
+                    }
+                }
+                let work: Vec<&mut Target> = targets
+                    .iter_mut()
+                    .filter(|t| t.upload.is_some() && t.have < chunk_start + n as u64)
+                    .collect();
+                each_parallel(work, |t| {
+                    let skip = usize::try_from(t.have.saturating_sub(chunk_start)).unwrap_or(0);
+                    let Some(up) = t.upload.as_mut() else {
+                        return;
+                    };
+                    if let Err(e) = up.write(&chunk[skip..]) {
+                        tracing::info!("node {} cannot store {}: {e}", t.node.remote, up.key());
+                        t.upload = None;
+                    }
+                    t.have = chunk_start + n as u64;
+                });
+                if !feeds.is_empty() {
+                    let shared: Arc<[u8]> = Arc::from(chunk);
+                    feed_all(&mut feeds, remote::Feed::Bytes(chunk_start, shared)).await;
+                }
+                io.reader.consume(n);
+                pos += n as u64;
             }
-            None => None,
+            if !complete {
+                // Closing the channels without an end drops the remote nodes'
+                // connections: they never see VALID.
+                feeds.clear();
+                return Ok(Err(CloseReason::ProtocolError("short DATA".into())));
+            }
+            let validity = if version >= 1 {
+                match io.next().await {
+                    Ok(Some(Some(Message::Valid))) => Validity::Valid,
+                    Ok(Some(Some(Message::Invalid))) => Validity::Invalid,
+                    Ok(Some(_)) => {
+                        io.send(&Message::Error("expected VALID or INVALID".into()))
+                            .await?;
+                        Validity::Unknown
+                    }
+                    Ok(None) => {
+                        feeds.clear();
+                        return Ok(Err(CloseReason::ProtocolError(
+                            "connection closed mid-request".into(),
+                        )));
+                    }
+                    Err(Error::Protocol(e)) => {
+                        feeds.clear();
+                        return Ok(Err(CloseReason::ProtocolError(e)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                Validity::Unknown
+            };
+            let checked = match check.take().map(StreamCheck::finish) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    tracing::info!("hashing {key}: {e}");
+                    None
+                }
+                None => None,
+            };
+            // Remote nodes get VALID only if the gateway's check accepted the
+            // content; a stream that started past 0 was not checked here, so
+            // they get the client's word (and check it themselves).
+            let good = match &checked {
+                Some(c) => c.verdict().accepted_given(validity),
+                None => offset > 0 && validity != Validity::Invalid,
+            };
+            feed_all(&mut feeds, remote::Feed::End { valid: good }).await;
+            feeds.clear();
+            Ok::<_, Error>(Ok((validity, checked)))
+        };
+        let (produced, remote_done) = futures::join!(produce, futures::future::join_all(runs));
+        let (validity, checked) = match produced {
+            Ok(Ok(v)) => v,
+            Ok(Err(reason)) => {
+                if let Some((path, _)) = spool.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                io.send(&Message::Failure).await?;
+                return Ok(Some(reason));
+            }
+            Err(e) => {
+                if let Some((path, _)) = spool.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
         };
         let stored: Vec<Uuid> = each_parallel(targets, |t| {
             let up = t.upload?;
@@ -1056,38 +948,32 @@ impl Gateway<'_> {
         .flatten()
         .collect();
         let mut stored = stored;
+        for uuids in remote_done.into_iter().flatten() {
+            for u in uuids {
+                if !stored.contains(&u) {
+                    stored.push(u);
+                }
+            }
+        }
+        // Directory remotes and the spool were written from 0: checked here.
+        let checked_good = checked
+            .as_ref()
+            .is_some_and(|c| c.verdict().accepted_given(validity));
+        for (s, up) in dirs {
+            let Some(up) = up else { continue };
+            if !checked_good {
+                continue;
+            }
+            match up.commit() {
+                Ok(()) => stored.push(s.uuid.clone()),
+                Err(e) => tracing::info!("node {} storing {key}: {e}", s.remote),
+            }
+        }
         if let Some((path, f)) = spool.take() {
             drop(f);
-            let good = checked
-                .as_ref()
-                .is_some_and(|c| c.verdict().accepted_given(validity));
-            if good {
+            if checked_good {
                 let path = &path;
-                let done = futures::future::join_all(lacking_shells.iter().map(|s| {
-                    let key = &key;
-                    async move {
-                        match s.put(me, key, path).await {
-                            Ok((true, mut also)) => {
-                                also.insert(0, s.uuid.clone());
-                                Some(also)
-                            }
-                            Ok((false, _)) => {
-                                tracing::info!("node {} refused {key}", s.remote);
-                                None
-                            }
-                            Err(_) => None,
-                        }
-                    }
-                }))
-                .await;
-                for uuids in done.into_iter().flatten() {
-                    for u in uuids {
-                        if !stored.contains(&u) {
-                            stored.push(u);
-                        }
-                    }
-                }
-                let done = each_parallel(lacking_specials, |s| match s.store(&key, path) {
+                let done = each_parallel(externals, |s| match s.store(&key, path) {
                     Ok(true) => Some(s.uuid.clone()),
                     Ok(false) => {
                         tracing::info!("node {} refused {key}", s.remote);
@@ -1107,15 +993,20 @@ impl Gateway<'_> {
             io.send(&Message::Failure).await?;
         } else {
             let mut all = stored;
-            all.extend(holder_uuids);
+            for u in holder_uuids {
+                if !all.contains(&u) {
+                    all.push(u);
+                }
+            }
             io.send(&self.plus_or(version, all, Message::Success))
                 .await?;
         }
         Ok(None)
     }
 
-    /// `GET`: streams the content from a node that has it, continuing on another
-    /// from the same offset if a node fails mid-transfer.
+    /// `GET`: streams the content from the cheapest, least busy node that has
+    /// it, continuing on the next one from the same position if a node fails
+    /// mid-transfer.
     async fn get<R, W>(
         &self,
         io: &mut Io<R, W>,
@@ -1127,145 +1018,111 @@ impl Gateway<'_> {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        let holders: Vec<&NodeStore> = self
-            .locals()
-            .into_iter()
-            .filter(|n| n.store.contains(&key))
-            .collect();
-        // No local node has it: fetch it from a node behind a shell (verified
-        // by our client) into a spool file, and send that.
-        let mut fetched: Option<PathBuf> = None;
-        if holders.is_empty() {
-            let me = self.gateway.uuid();
-            for s in self.shells() {
-                if !matches!(s.check_present(me, &key).await, Ok(true)) {
-                    continue;
-                }
-                let dest = spool_path(self.gateway, &key, "get");
-                let mut partial = dest.clone().into_os_string();
-                partial.push(".part");
-                let partial = PathBuf::from(partial);
-                if let Some(dir) = dest.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                match s.get(me, &key, &partial, &dest).await {
-                    Ok(true) => {
-                        fetched = Some(dest);
-                        break;
-                    }
-                    Ok(false) | Err(_) => {
-                        let _ = std::fs::remove_file(&partial);
-                    }
-                }
-            }
-        }
-        if holders.is_empty() && fetched.is_none() {
-            for s in self.specials() {
-                if !matches!(s.contains(&key), Ok(true)) {
-                    continue;
-                }
-                let dest = spool_path(self.gateway, &key, "get");
-                if let Some(dir) = dest.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                match s.retrieve(&key, &dest) {
-                    Ok(true) => {
-                        fetched = Some(dest);
-                        break;
-                    }
-                    Ok(false) => {
-                        let _ = std::fs::remove_file(&dest);
-                    }
-                    Err(e) => {
-                        tracing::info!("node {} retrieving {key}: {e}", s.remote);
-                        let _ = std::fs::remove_file(&dest);
-                    }
-                }
-            }
-        }
-        let reply = self
-            .send_content(io, version, &key, offset, &holders, fetched.as_deref())
-            .await;
-        if let Some(f) = fetched {
-            let _ = std::fs::remove_file(f);
-        }
-        reply
-    }
-
-    async fn send_content<R, W>(
-        &self,
-        io: &mut Io<R, W>,
-        version: Version,
-        key: &Key,
-        offset: u64,
-        holders: &[&NodeStore],
-        fetched: Option<&Path>,
-    ) -> Result<Option<CloseReason>>
-    where
-        R: AsyncRead + Unpin + Send,
-        W: AsyncWrite + Unpin + Send,
-    {
-        let key = key.clone();
-        let fetched_size = fetched
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len());
-        // The key's own size when it has one: a node holding a damaged copy of
-        // another size is then skipped for the next one.
-        let size = if holders.is_empty() && fetched_size.is_none() {
-            None
-        } else {
-            key.size()
-                .or_else(|| holders.iter().find_map(|n| n.store.content_size(&key)))
-                .or(fetched_size)
+        let me = self.gateway.uuid();
+        let mut out = Outgoing {
+            offset,
+            pos: offset,
+            size: None,
+            valid: true,
         };
-        let Some(size) = size else {
+        let mut buf = vec![0u8; IO_BUFFER];
+        for node in get_order(&self.nodes, &self.busy_dir()) {
+            if out.size.is_some_and(|s| out.pos >= s) {
+                break;
+            }
+            let _busy = crate::busy::start(&self.busy_dir(), node.uuid());
+            match node {
+                GatewayNode::Local(n, _) => {
+                    if !n.store.contains(&key) {
+                        continue;
+                    }
+                    let opened = n.store.open_content(&key).map_err(|e| e.to_string());
+                    out.send_file(io, &key, &n.remote, opened, &mut buf).await?;
+                }
+                GatewayNode::Special(s) => match &s.special {
+                    crate::special::Special::Directory(_) => {
+                        let opened = s.open_dir_content(&key).map_err(|e| e.to_string());
+                        if matches!(opened, Ok(None)) {
+                            continue;
+                        }
+                        out.send_file(io, &key, &s.remote, opened, &mut buf).await?;
+                    }
+                    crate::special::Special::External { .. } => {
+                        // TRANSFER RETRIEVE writes a file: spooled, then sent.
+                        if !matches!(s.contains(&key), Ok(true)) {
+                            continue;
+                        }
+                        let dest = spool_path(self.gateway, &key, "get");
+                        if let Some(dir) = dest.parent() {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
+                        let opened = match s.retrieve(&key, &dest) {
+                            Ok(true) => std::fs::File::open(&dest)
+                                .and_then(|f| Ok(Some((f.metadata()?.len(), f))))
+                                .map(|o| o.map(|(len, f)| (f, len)))
+                                .map_err(|e| e.to_string()),
+                            Ok(false) => Ok(None),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let sent = out.send_file(io, &key, &s.remote, opened, &mut buf).await;
+                        let _ = std::fs::remove_file(&dest);
+                        sent?;
+                    }
+                },
+                GatewayNode::Remote(r) => {
+                    let (mut fetch, len) = match r.get_start(me, &key, out.pos).await {
+                        Ok(Some(f)) => f,
+                        Ok(None) | Err(_) => continue,
+                    };
+                    let total = out.pos.saturating_add(len);
+                    if out.size.or(key.size()).is_some_and(|s| s != total) {
+                        fetch.fail(&format!("offers {total} bytes of {key}"));
+                        continue;
+                    }
+                    out.start(io, total).await?;
+                    let mut failed = None;
+                    while out.pos < total {
+                        let chunk = match fetch.chunk(total - out.pos).await {
+                            Ok(c) if !c.is_empty() => c,
+                            Ok(_) => {
+                                failed = Some("its stream ended".to_owned());
+                                break;
+                            }
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        };
+                        io.writer.write_all(chunk).await.map_err(io_err)?;
+                        let n = chunk.len();
+                        fetch.consume(n);
+                        out.pos += n as u64;
+                    }
+                    match failed {
+                        Some(why) => fetch.fail(&why),
+                        None => match fetch.finish().await {
+                            Ok(v) => out.valid &= v != Validity::Invalid,
+                            Err(e) => tracing::info!("node {} finishing GET: {e}", r.remote),
+                        },
+                    }
+                }
+            }
+        }
+        let Some(size) = out.size else {
             io.send(&Message::Data(0)).await?;
             if version >= 1 {
                 io.send(&Message::Invalid).await?;
             }
             return self.await_get_result(io).await;
         };
-        let len = size.saturating_sub(offset);
-        io.send(&Message::Data(len)).await?;
-        let mut pos = offset.min(size);
-        let mut buf = vec![0u8; IO_BUFFER];
-        let mut valid = true;
-        for node in holders {
-            if pos >= size {
-                break;
-            }
-            let opened = node.store.open_content(&key).map_err(|e| e.to_string());
-            match send_from(&mut io.writer, opened, &mut pos, size, &mut buf).await {
-                Ok(stable) => valid &= stable,
-                Err(SendError::Stream(e)) => return Err(io_err(e)),
-                Err(SendError::Node(e)) => {
-                    tracing::info!("node {} failed sending {key}: {e}", node.remote);
-                }
-            }
-        }
-        if let Some(path) = fetched
-            && pos < size
-        {
-            let opened = std::fs::File::open(path)
-                .and_then(|f| Ok((f.metadata()?.len(), f)))
-                .map(|(len, f)| Some((f, len)))
-                .map_err(|e| e.to_string());
-            match send_from(&mut io.writer, opened, &mut pos, size, &mut buf).await {
-                Ok(stable) => valid &= stable,
-                Err(SendError::Stream(e)) => return Err(io_err(e)),
-                Err(SendError::Node(e)) => {
-                    tracing::info!("sending fetched {key}: {e}");
-                }
-            }
-        }
-        if pos < size {
+        if out.pos < size {
             // No node could finish: there is no in-band abort.
             return Ok(Some(CloseReason::ProtocolError(format!(
                 "no node could send all of {key}"
             ))));
         }
         if version >= 1 {
-            io.send(if valid {
+            io.send(if out.valid {
                 &Message::Valid
             } else {
                 &Message::Invalid
@@ -1301,6 +1158,94 @@ impl Gateway<'_> {
     }
 }
 
+/// How deep each remote node's channel is during a PUT, in chunks of at most
+/// [`IO_BUFFER`] bytes.
+const FEED_DEPTH: usize = 4;
+
+/// Sends `item` to every remote node's channel, waiting for room (a slow node
+/// holds the stream back); a node whose channel closed (it failed) is dropped.
+async fn feed_all(
+    feeds: &mut Vec<(&RemoteNode, tokio::sync::mpsc::Sender<remote::Feed>)>,
+    item: remote::Feed,
+) {
+    let mut i = 0;
+    while i < feeds.len() {
+        if feeds[i].1.send(item.clone()).await.is_ok() {
+            i += 1;
+        } else {
+            let (node, _) = feeds.swap_remove(i);
+            tracing::info!("node {} dropped out of the upload", node.remote);
+        }
+    }
+}
+
+/// A GET's reply to the client in progress.
+struct Outgoing {
+    /// The client's offset.
+    offset: u64,
+    /// How far the content has been sent.
+    pos: u64,
+    /// The content's size, once `DATA` was sent.
+    size: Option<u64>,
+    valid: bool,
+}
+
+impl Outgoing {
+    /// Sends `DATA` for content of `size` bytes, unless already sent.
+    async fn start<R, W>(&mut self, io: &mut Io<R, W>, size: u64) -> Result<()>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        if self.size.is_none() {
+            self.size = Some(size);
+            self.pos = self.offset.min(size);
+            io.send(&Message::Data(size.saturating_sub(self.offset)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the rest of the content from a node's file. A node whose file
+    /// has the wrong size is skipped; one that fails midway leaves `pos` where
+    /// it stopped, for the next node.
+    async fn send_file<R, W>(
+        &mut self,
+        io: &mut Io<R, W>,
+        key: &Key,
+        node: &str,
+        opened: std::result::Result<Option<(std::fs::File, u64)>, String>,
+        buf: &mut [u8],
+    ) -> Result<()>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let (file, len) = match opened {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::info!("node {node} cannot send {key}: {e}");
+                return Ok(());
+            }
+        };
+        // The key's own size when it has one: a node holding a damaged copy
+        // of another size is skipped for the next one.
+        let size = self.size.or(key.size()).unwrap_or(len);
+        if len != size {
+            tracing::info!("node {node} has {len} bytes of {key}, expected {size}");
+            return Ok(());
+        }
+        self.start(io, size).await?;
+        match send_from(&mut io.writer, file, &mut self.pos, size, buf).await {
+            Ok(stable) => self.valid &= stable,
+            Err(SendError::Stream(e)) => return Err(io_err(e)),
+            Err(SendError::Node(e)) => tracing::info!("node {node} failed sending {key}: {e}"),
+        }
+        Ok(())
+    }
+}
+
 enum SendError {
     Stream(std::io::Error),
     Node(String),
@@ -1310,18 +1255,12 @@ enum SendError {
 /// go out. Returns whether the content stayed the same size while read.
 async fn send_from<W: AsyncWrite + Unpin>(
     writer: &mut BufWriter<W>,
-    opened: std::result::Result<Option<(std::fs::File, u64)>, String>,
+    mut file: std::fs::File,
     pos: &mut u64,
     size: u64,
     buf: &mut [u8],
 ) -> std::result::Result<bool, SendError> {
     let node = |e: &dyn std::fmt::Display| SendError::Node(e.to_string());
-    let (mut file, len) = opened
-        .map_err(SendError::Node)?
-        .ok_or_else(|| SendError::Node("content vanished".into()))?;
-    if len != size {
-        return Err(SendError::Node(format!("size {len}, expected {size}")));
-    }
     file.seek(SeekFrom::Start(*pos)).map_err(|e| node(&e))?;
     while *pos < size {
         let n = buf
@@ -1416,7 +1355,11 @@ mod tests {
         let gw = Gateway {
             cluster: cluster.clone(),
             gateway: &g,
-            nodes: nodes.iter().cloned().map(GatewayNode::Local).collect(),
+            nodes: nodes
+                .iter()
+                .cloned()
+                .map(|n| GatewayNode::Local(n, Cost::CHEAP))
+                .collect(),
             mode: ServeMode::ReadOnly,
             auth: Some(&Token),
         };
@@ -1464,6 +1407,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn get_order_is_by_cost_then_idleness() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_g, nodes, _) = two_nodes(tmp.path());
+        let busy_dir = crate::busy::dir(tmp.path());
+        let order = |costs: [f64; 2]| -> Vec<String> {
+            let gw: Vec<GatewayNode> = nodes
+                .iter()
+                .zip(costs)
+                .map(|(n, c)| GatewayNode::Local(n.clone(), Cost(c)))
+                .collect();
+            get_order(&gw, &busy_dir)
+                .into_iter()
+                .map(|n| n.remote().to_owned())
+                .collect()
+        };
+        // N0 busy with a transfer (of any process): at the same cost, idle N1
+        // comes first; a cheaper N0 still wins.
+        let busy = crate::busy::start(&busy_dir, &nodes[0].uuid);
+        assert_eq!(crate::busy::count(&busy_dir, &nodes[0].uuid), 1);
+        for _ in 0..8 {
+            assert_eq!(order([100.0, 100.0]), ["N1", "N0"]);
+            assert_eq!(order([50.0, 100.0]), ["N0", "N1"]);
+        }
+        drop(busy);
+        assert_eq!(crate::busy::count(&busy_dir, &nodes[0].uuid), 0);
+        assert_eq!(order([100.0, 60.0]), ["N1", "N0"]);
+    }
+
     #[tokio::test]
     async fn put_hashes_once_and_resuming_nodes_check_their_prefix() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1471,7 +1443,11 @@ mod tests {
         let gw = Gateway {
             cluster: cluster.clone(),
             gateway: &g,
-            nodes: nodes.iter().cloned().map(GatewayNode::Local).collect(),
+            nodes: nodes
+                .iter()
+                .cloned()
+                .map(|n| GatewayNode::Local(n, Cost::CHEAP))
+                .collect(),
             mode: ServeMode::ReadWrite,
             auth: None,
         };

@@ -59,7 +59,7 @@ where
         Some(_) => Start::RequireAuth,
     };
     match node {
-        GatewayNode::Local(n) => {
+        GatewayNode::Local(n, _) => {
             let server = Server::new(ServerConfig {
                 uuid: n.uuid.clone(),
                 start,

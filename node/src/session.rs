@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::client::{Client, ClientOutput, Reply, RequestError};
 use protocol::message::{MAX_LINE, Message, Version};
-use protocol::server::{CloseReason, PutStart, ServeMode, Server, ServerOutput};
+use protocol::server::{CloseReason, ServeMode, Server, ServerOutput, Validity};
 use protocol::verify::Verifier;
 use protocol::{AssociatedFile, AuthToken, Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -184,9 +184,9 @@ where
                 }
                 ServerOutput::PreparePut { key, .. } => {
                     let start = if store.contains(&key) {
-                        PutStart::AlreadyHave
+                        protocol::server::PutStart::AlreadyHave
                     } else {
-                        PutStart::From(store.partial_size(&key))
+                        protocol::server::PutStart::From(store.partial_size(&key))
                     };
                     server.handle_put_start(start);
                 }
@@ -346,6 +346,22 @@ pub struct PutOutcome {
     pub also: Vec<Uuid>,
 }
 
+/// How the server answered a streamed upload's `PUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutStart {
+    /// `PUT-FROM offset`.
+    From(u64),
+    /// `ALREADY-HAVE`, with the `-PLUS` uuids of a gateway.
+    AlreadyHave(Vec<Uuid>),
+}
+
+/// Where [`ClientSession::step`] stopped.
+enum Step {
+    Done(Reply),
+    Receive(u64),
+    Verify(Validity),
+}
+
 /// Our client side of a P2P connection over any byte stream.
 pub struct ClientSession<R, W> {
     client: Client,
@@ -357,6 +373,8 @@ pub struct ClientSession<R, W> {
 
 enum Payload<'a> {
     None,
+    /// A relay: payload and verification requests go back to the caller.
+    Relay,
     Upload {
         file: &'a mut std::fs::File,
         progress: Progress<'a>,
@@ -390,7 +408,16 @@ where
     }
 
     /// Runs the current request to its `Done`.
-    async fn run(&mut self, mut payload: Payload<'_>) -> Result<Reply> {
+    async fn run(&mut self, payload: Payload<'_>) -> Result<Reply> {
+        match self.step(payload).await? {
+            Step::Done(r) => Ok(r),
+            Step::Receive(_) | Step::Verify(_) => Err(Error::Protocol("unexpected payload".into())),
+        }
+    }
+
+    /// Runs the current request to its `Done`, or (for [`Payload::Relay`]) to
+    /// the next payload or verification request.
+    async fn step(&mut self, mut payload: Payload<'_>) -> Result<Step> {
         let io_err = |e: std::io::Error| Error::Io {
             context: "p2p stream".into(),
             source: e,
@@ -433,6 +460,10 @@ where
                         self.client.handle_payload_sent(true);
                     }
                     ClientOutput::ReceivePayload { len } => {
+                        if let Payload::Relay = payload {
+                            self.writer.flush().await.map_err(io_err)?;
+                            return Ok(Step::Receive(len));
+                        }
                         let Payload::Download {
                             file,
                             verifier,
@@ -464,6 +495,9 @@ where
                         self.client.handle_payload_received(complete);
                     }
                     ClientOutput::VerifyGet { validity } => {
+                        if let Payload::Relay = payload {
+                            return Ok(Step::Verify(validity));
+                        }
                         let Payload::Download { verifier, key, .. } = &mut payload else {
                             return Err(Error::Protocol("unexpected verification".into()));
                         };
@@ -473,7 +507,7 @@ where
                     }
                     ClientOutput::Done(r) => {
                         self.writer.flush().await.map_err(io_err)?;
-                        return r.map_err(|e| match e {
+                        return r.map(Step::Done).map_err(|e| match e {
                             RequestError::Closed => Error::Protocol("connection closed".into()),
                             other => Error::Protocol(other.to_string()),
                         });
@@ -666,6 +700,113 @@ where
             }
             other => Err(Error::Protocol(format!("unexpected {other:?}"))),
         }
+    }
+
+    /// Starts a streamed upload (a relay, whose bytes arrive as it goes):
+    /// `PUT`, then the server's offset or `ALREADY-HAVE[-PLUS]`.
+    pub async fn put_stream_start(&mut self, key: &Key, file: AssociatedFile) -> Result<PutStart> {
+        self.client.put_stream(key.clone(), file);
+        match self.run(Payload::None).await? {
+            Reply::PutFrom(o) => Ok(PutStart::From(o)),
+            Reply::Put {
+                already: true,
+                plus,
+                ..
+            } => Ok(PutStart::AlreadyHave(plus)),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// After [`PutStart::From`]: `DATA len`; `len` bytes follow with
+    /// [`ClientSession::put_stream_write`].
+    pub async fn put_stream_data(&mut self, len: u64) -> Result<()> {
+        self.client.put_stream_data(len);
+        self.write_pending().await
+    }
+
+    /// Raw payload bytes of a streamed upload.
+    pub async fn put_stream_write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer
+            .write_all(bytes)
+            .await
+            .context(|| "p2p stream".into())
+    }
+
+    /// Ends a streamed upload with `VALID`/`INVALID` and reads the result.
+    pub async fn put_stream_finish(&mut self, valid: bool) -> Result<PutOutcome> {
+        self.client.handle_payload_sent(valid);
+        match self.run(Payload::None).await? {
+            Reply::Put {
+                stored,
+                already,
+                plus,
+            } => Ok(PutOutcome {
+                stored,
+                already_had: already,
+                also: plus,
+            }),
+            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Starts a relayed download from `offset`: returns the `DATA` length.
+    /// The bytes are then read with [`ClientSession::relay_chunk`] and
+    /// [`ClientSession::relay_consume`], and the request ended with
+    /// [`ClientSession::relay_validity`] and [`ClientSession::relay_finish`].
+    pub async fn get_relay_start(&mut self, key: &Key, offset: u64) -> Result<u64> {
+        self.client.get(key.clone(), AssociatedFile::none(), offset);
+        match self.step(Payload::Relay).await? {
+            Step::Receive(len) => Ok(len),
+            Step::Done(r) => Err(Error::Protocol(format!("unexpected {r:?}"))),
+            Step::Verify(_) => Err(Error::Protocol("unexpected verification".into())),
+        }
+    }
+
+    /// Up to `max` payload bytes as they arrive (empty at EOF); consume what
+    /// was used with [`ClientSession::relay_consume`].
+    pub async fn relay_chunk(&mut self, max: u64) -> Result<&[u8]> {
+        let avail = self
+            .reader
+            .fill_buf()
+            .await
+            .context(|| "p2p stream".into())?;
+        let n = avail.len().min(usize::try_from(max).unwrap_or(usize::MAX));
+        Ok(&avail[..n])
+    }
+
+    pub fn relay_consume(&mut self, n: usize) {
+        self.reader.consume(n);
+    }
+
+    /// All payload bytes were relayed: the server's `VALID`/`INVALID`.
+    pub async fn relay_validity(&mut self) -> Result<Validity> {
+        self.client.handle_payload_received(true);
+        match self.step(Payload::Relay).await? {
+            Step::Verify(v) => Ok(v),
+            Step::Done(r) => Err(Error::Protocol(format!("unexpected {r:?}"))),
+            Step::Receive(_) => Err(Error::Protocol("unexpected payload".into())),
+        }
+    }
+
+    /// Answers a relayed download with `SUCCESS` (`ok`) or `FAILURE`.
+    pub async fn relay_finish(&mut self, ok: bool) -> Result<()> {
+        self.client.handle_get_verified(ok);
+        self.run(Payload::None).await.map(|_| ())
+    }
+
+    /// Writes the messages the client machine queued (no reply expected).
+    async fn write_pending(&mut self) -> Result<()> {
+        while let Some(out) = self.client.poll_output() {
+            match out {
+                ClientOutput::Send(m) => self
+                    .writer
+                    .write_all(&m.to_line())
+                    .await
+                    .context(|| "p2p stream".into())?,
+                other => return Err(Error::Protocol(format!("unexpected {other:?}"))),
+            }
+        }
+        Ok(())
     }
 
     /// Ends the session cleanly (closes our side).

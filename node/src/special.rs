@@ -4,6 +4,13 @@
 //! also read), and an external special remote program `git-annex-remote-NAME`
 //! spoken to over its line protocol (one process per gateway session).
 //!
+//! A gateway PUT streams into a directory remote as the bytes arrive
+//! ([`DirUpload`]: a temp file inside the directory, renamed into place once
+//! the gateway's check passes), and a GET reads its file in place. An external
+//! remote's `TRANSFER STORE`/`RETRIEVE` needs a file, so for external remotes
+//! only the gateway keeps a spool file under `annex/tmp/annexmesh-gateway`,
+//! written as the bytes arrive (not after) and handed over once checked.
+//!
 //! All calls block; the gateway runs them as it runs local stores.
 
 use std::collections::BTreeMap;
@@ -60,12 +67,15 @@ pub struct SpecialNode {
     pub uuid: Uuid,
     pub remote: String,
     pub special: Special,
+    /// Its cost for GETs (see [`crate::cluster::Cost`]).
+    pub cost: crate::cluster::Cost,
     external: std::sync::Mutex<Option<External>>,
 }
 
 impl Clone for SpecialNode {
     fn clone(&self) -> Self {
         SpecialNode::new(self.uuid.clone(), self.remote.clone(), self.special.clone())
+            .with_cost(self.cost)
     }
 }
 
@@ -89,12 +99,22 @@ fn dir_paths(dir: &Path, key: &Key) -> [PathBuf; 2] {
 
 impl SpecialNode {
     pub fn new(uuid: Uuid, remote: String, special: Special) -> SpecialNode {
+        let cost = match &special {
+            Special::Directory(_) => crate::cluster::Cost::CHEAP,
+            Special::External { .. } => crate::cluster::Cost::EXPENSIVE,
+        };
         SpecialNode {
             uuid,
             remote,
             special,
+            cost,
             external: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn with_cost(mut self, cost: crate::cluster::Cost) -> SpecialNode {
+        self.cost = cost;
+        self
     }
 
     /// Runs `f` on the external program, started (and prepared) if needed; a
@@ -169,6 +189,45 @@ impl SpecialNode {
         }
     }
 
+    /// A directory special remote's upload, streamed into
+    /// `<dir>/tmp/<keyFile>/<keyFile>` (git-annex's own temp location for
+    /// it) and moved into place by [`DirUpload::commit`]. `None` for other
+    /// kinds of special remote.
+    pub fn begin_dir_upload(&self, key: &Key) -> Result<Option<DirUpload>> {
+        let Special::Directory(dir) = &self.special else {
+            return Ok(None);
+        };
+        let file = key.file();
+        let tmp_dir = dir.join("tmp").join(&file);
+        fs::create_dir_all(&tmp_dir).context(|| format!("creating {}", tmp_dir.display()))?;
+        let tmp = tmp_dir.join(&file);
+        let out = fs::File::create(&tmp).context(|| format!("creating {}", tmp.display()))?;
+        Ok(Some(DirUpload {
+            dir: dir.clone(),
+            key: key.clone(),
+            tmp_dir,
+            tmp,
+            out: Some(out),
+        }))
+    }
+
+    /// A directory special remote's content file, opened for reading in
+    /// place, with its size. `None` if absent or not a directory remote.
+    pub fn open_dir_content(&self, key: &Key) -> Result<Option<(fs::File, u64)>> {
+        let Special::Directory(dir) = &self.special else {
+            return Ok(None);
+        };
+        let Some(path) = dir_paths(dir, key).into_iter().find(|p| p.is_file()) else {
+            return Ok(None);
+        };
+        let f = fs::File::open(&path).context(|| format!("opening {}", path.display()))?;
+        let len = f
+            .metadata()
+            .context(|| format!("stat {}", path.display()))?
+            .len();
+        Ok(Some((f, len)))
+    }
+
     /// Fetches the content into `dest` (unverified: the caller's client
     /// verifies, as git-annex's gateway leaves it to the client).
     pub fn retrieve(&self, key: &Key, dest: &Path) -> Result<bool> {
@@ -199,6 +258,68 @@ impl SpecialNode {
                 Ok(true)
             }
             Special::External { .. } => self.with_external(|e| e.remove(key)),
+        }
+    }
+}
+
+/// An upload to a directory special remote in progress; dropped without
+/// [`DirUpload::commit`], its temp directory is removed.
+pub struct DirUpload {
+    dir: PathBuf,
+    key: Key,
+    tmp_dir: PathBuf,
+    tmp: PathBuf,
+    out: Option<fs::File>,
+}
+
+impl DirUpload {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(out) = self.out.as_mut() else {
+            return Err(Error::Protocol("upload already finished".into()));
+        };
+        out.write_all(bytes)
+            .context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    /// Fsyncs the content and renames its temp directory into place as the
+    /// key's directory (`<hashDirLower>/<keyFile>`), then fsyncs the parent.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(out) = self.out.take() else {
+            return Err(Error::Protocol("upload already finished".into()));
+        };
+        let r = self.finish(out);
+        if r.is_err() {
+            let _ = fs::remove_dir_all(&self.tmp_dir);
+        }
+        r
+    }
+
+    fn finish(&self, out: fs::File) -> Result<()> {
+        out.sync_all()
+            .context(|| format!("fsync {}", self.tmp.display()))?;
+        drop(out);
+        let [dest, _] = dir_paths(&self.dir, &self.key);
+        let key_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        let hash_dir = key_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        fs::create_dir_all(&hash_dir).context(|| format!("creating {}", hash_dir.display()))?;
+        if dest.is_file() {
+            // Another upload got there first: same key, same content.
+            let _ = fs::remove_dir_all(&self.tmp_dir);
+            return Ok(());
+        }
+        fs::rename(&self.tmp_dir, &key_dir)
+            .context(|| format!("moving to {}", key_dir.display()))?;
+        fs::File::open(&hash_dir)
+            .and_then(|d| d.sync_all())
+            .context(|| format!("fsync {}", hash_dir.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for DirUpload {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = fs::remove_dir_all(&self.tmp_dir);
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum Reply {
         plus: Vec<Uuid>,
     },
     Timestamp(i64),
+    /// `PUT-FROM offset` of a streamed upload ([`Client::put_stream`]): call
+    /// [`Client::put_stream_data`] next.
+    PutFrom(u64),
     /// `ALREADY-HAVE[-PLUS]`, or the result of sending the content.
     Put {
         stored: bool,
@@ -95,10 +98,19 @@ enum Await {
     Idle,
     AuthReply,
     VersionReply,
-    SuccessFailure { lock: bool },
+    SuccessFailure {
+        lock: bool,
+    },
     RemoveReply,
     TimestampReply,
-    PutReply { size: u64, data_present: bool },
+    PutReply {
+        size: u64,
+        data_present: bool,
+    },
+    /// A streamed upload's `PUT-FROM`/`ALREADY-HAVE`.
+    PutStreamReply,
+    /// Streamed upload: `PUT-FROM` arrived; the caller sends `DATA` next.
+    PutStreamData,
     PutResult,
     SendingPayload,
     DataHeader,
@@ -152,6 +164,7 @@ impl Client {
                 Await::Idle
                     | Await::Broken
                     | Await::SendingPayload
+                    | Await::PutStreamData
                     | Await::ReceivingPayload
                     | Await::Verifying
             )
@@ -242,6 +255,23 @@ impl Client {
             Message::Put(file, key),
             Await::PutReply { size, data_present },
         );
+    }
+
+    /// Upload content whose length is not known yet (a relay): the request
+    /// ends with [`Reply::PutFrom`] (or `ALREADY-HAVE`, as [`Reply::Put`]);
+    /// then [`Client::put_stream_data`] sends `DATA len`, the caller writes
+    /// `len` raw bytes and answers with [`Client::handle_payload_sent`].
+    pub fn put_stream(&mut self, key: Key, file: AssociatedFile) {
+        self.begin(Message::Put(file, key), Await::PutStreamReply);
+    }
+
+    /// After [`Reply::PutFrom`]: sends `DATA len`. No
+    /// [`ClientOutput::SendPayload`] follows: the caller writes the bytes.
+    pub fn put_stream_data(&mut self, len: u64) {
+        if matches!(self.state, Await::PutStreamData) {
+            self.send(Message::Data(len));
+            self.state = Await::SendingPayload;
+        }
     }
 
     /// Download from `offset` (the size of the caller's partial file).
@@ -362,6 +392,24 @@ impl Client {
                 Some(M::Error(e)) => self.done(Err(RequestError::Remote(e))),
                 _ => self.protocol_violation("PUT_FROM or ALREADY_HAVE"),
             },
+            Await::PutStreamReply => match msg {
+                Some(M::PutFrom(offset)) => {
+                    self.done(Ok(Reply::PutFrom(offset)));
+                    self.state = Await::PutStreamData;
+                }
+                Some(M::AlreadyHave) => self.done(Ok(Reply::Put {
+                    stored: true,
+                    already: true,
+                    plus: vec![],
+                })),
+                Some(M::AlreadyHavePlus(plus)) => self.done(Ok(Reply::Put {
+                    stored: true,
+                    already: true,
+                    plus,
+                })),
+                Some(M::Error(e)) => self.done(Err(RequestError::Remote(e))),
+                _ => self.protocol_violation("PUT_FROM or ALREADY_HAVE"),
+            },
             Await::PutResult => match msg {
                 Some(M::Success) => self.put_done(true, vec![]),
                 Some(M::SuccessPlus(plus)) => self.put_done(true, plus),
@@ -397,6 +445,7 @@ impl Client {
             other @ (Await::Idle
             | Await::Broken
             | Await::SendingPayload
+            | Await::PutStreamData
             | Await::ReceivingPayload
             | Await::Verifying) => {
                 // Nothing was asked: the server is out of step with us.
@@ -518,6 +567,54 @@ mod tests {
                 stored: true,
                 already: false,
                 plus: vec![Uuid::parse("u1").unwrap(), Uuid::parse("u2").unwrap()]
+            }))]
+        );
+        assert!(c.is_idle());
+    }
+
+    #[test]
+    fn streamed_put() {
+        let mut c = Client::new();
+        c.negotiate_version(4);
+        drain(&mut c);
+        c.handle_line(b"VERSION 4");
+        drain(&mut c);
+        c.put_stream(key(), AssociatedFile::none());
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Send(Message::Put(
+                AssociatedFile::none(),
+                key()
+            ))]
+        );
+        c.handle_line(b"PUT-FROM 2");
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Done(Ok(Reply::PutFrom(2)))]
+        );
+        assert!(!c.wants_line());
+        c.put_stream_data(4);
+        assert_eq!(drain(&mut c), vec![ClientOutput::Send(Message::Data(4))]);
+        c.handle_payload_sent(false);
+        assert_eq!(drain(&mut c), vec![ClientOutput::Send(Message::Invalid)]);
+        c.handle_line(b"FAILURE");
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Done(Ok(Reply::Put {
+                stored: false,
+                already: false,
+                plus: vec![]
+            }))]
+        );
+        c.put_stream(key(), AssociatedFile::none());
+        drain(&mut c);
+        c.handle_line(b"ALREADY-HAVE-PLUS u1");
+        assert_eq!(
+            drain(&mut c),
+            vec![ClientOutput::Done(Ok(Reply::Put {
+                stored: true,
+                already: true,
+                plus: vec![Uuid::parse("u1").unwrap()]
             }))]
         );
         assert!(c.is_idle());

@@ -1,0 +1,457 @@
+//! The gateway's remote nodes (git-annex repositories behind
+//! `git-annex-shell p2pstdio`, annexmesh peers on the mesh), reached with our
+//! client [`ClientSession`](crate::session::ClientSession), and the streaming
+//! halves of the gateway's PUT and GET on them: [`PutTarget`] takes the
+//! client's bytes from a bounded channel as they arrive and [`Fetch`] relays
+//! a node's `DATA` as it arrives. Nothing is spooled.
+
+use std::sync::Arc;
+
+use protocol::message::MAX_VERSION;
+use protocol::server::Validity;
+use protocol::{AssociatedFile, Key, Uuid};
+
+use crate::cluster::{Cost, ShellCommand};
+use crate::error::{Error, Result};
+use crate::net::PeerAddress;
+use crate::process::ShellConnection;
+use crate::remote::{Endpoint, StreamSession};
+use crate::session::PutStart;
+
+/// How the gateway reaches a remote node.
+#[derive(Debug, Clone)]
+pub enum Reach {
+    /// `git-annex-shell p2pstdio`, run directly or through ssh.
+    Shell(ShellCommand),
+    /// An annexmesh peer (`/annex/p2p/1`), dialled with the gateway's identity.
+    Mesh(PeerAddress),
+}
+
+/// A live connection to a remote node.
+enum Conn {
+    Shell(Box<ShellConnection>),
+    Mesh {
+        session: Box<StreamSession>,
+        /// Keeps the swarm alive for as long as the session.
+        _endpoint: Endpoint,
+    },
+}
+
+/// Runs the same client call on either kind of session.
+macro_rules! on_session {
+    ($conn:expr, $s:ident => $body:expr) => {
+        match $conn {
+            Conn::Shell(c) => {
+                let $s = &mut c.session;
+                $body
+            }
+            Conn::Mesh { session, .. } => {
+                let $s = &mut **session;
+                $body
+            }
+        }
+    };
+}
+
+/// A node reached with our client (see [`Reach`]). One connection is started
+/// on first use and kept for the gateway session; a request that fails drops
+/// it, and the next request starts a new one.
+pub struct RemoteNode {
+    pub uuid: Uuid,
+    pub remote: String,
+    pub reach: Reach,
+    /// Its cost for GETs (see [`Cost`]).
+    pub cost: Cost,
+    /// The gateway's libp2p identity, for mesh nodes.
+    identity: Option<libp2p::identity::Keypair>,
+    /// When this node is the cluster itself, reached through another gateway
+    /// of it: that gateway's uuid (annex-spec §4.9).
+    pub via: Option<Uuid>,
+    /// Gateways to avoid, sent as `BYPASS` on connecting (version 2+).
+    bypass: std::sync::Mutex<Vec<Uuid>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl Clone for RemoteNode {
+    fn clone(&self) -> Self {
+        RemoteNode {
+            uuid: self.uuid.clone(),
+            remote: self.remote.clone(),
+            reach: self.reach.clone(),
+            cost: self.cost,
+            identity: self.identity.clone(),
+            via: self.via.clone(),
+            bypass: std::sync::Mutex::new(self.bypass_list()),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNode")
+            .field("uuid", &self.uuid)
+            .field("remote", &self.remote)
+            .field("reach", &self.reach)
+            .finish_non_exhaustive()
+    }
+}
+
+type ShellGuard<'a> = tokio::sync::MutexGuard<'a, Option<Conn>>;
+
+impl RemoteNode {
+    pub fn shell(uuid: Uuid, remote: String, shell: ShellCommand) -> RemoteNode {
+        RemoteNode {
+            uuid,
+            remote,
+            cost: match &shell {
+                ShellCommand::Program { .. } => Cost::CHEAP,
+                ShellCommand::Ssh { .. } => Cost::EXPENSIVE,
+            },
+            reach: Reach::Shell(shell),
+            identity: None,
+            via: None,
+            bypass: std::sync::Mutex::new(Vec::new()),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// This node is the cluster as another gateway (`gateway`) serves it.
+    pub fn via_gateway(mut self, gateway: Uuid) -> RemoteNode {
+        self.via = Some(gateway);
+        self
+    }
+
+    fn bypass_list(&self) -> Vec<Uuid> {
+        self.bypass.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Sets the gateways a new connection asks the node to avoid.
+    pub fn set_bypass(&self, uuids: Vec<Uuid>) {
+        if let Ok(mut b) = self.bypass.lock() {
+            *b = uuids;
+        }
+    }
+
+    /// Whether this node is the cluster via a gateway the client asked to avoid.
+    pub fn bypassed(&self) -> bool {
+        self.via
+            .as_ref()
+            .is_some_and(|g| self.bypass_list().contains(g))
+    }
+
+    /// A mesh peer, dialled as `identity` (the gateway's).
+    pub fn mesh(
+        uuid: Uuid,
+        remote: String,
+        address: PeerAddress,
+        identity: libp2p::identity::Keypair,
+    ) -> RemoteNode {
+        RemoteNode {
+            uuid,
+            remote,
+            reach: Reach::Mesh(address),
+            cost: Cost::VERY_EXPENSIVE,
+            identity: Some(identity),
+            via: None,
+            bypass: std::sync::Mutex::new(Vec::new()),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn with_cost(mut self, cost: Cost) -> RemoteNode {
+        self.cost = cost;
+        self
+    }
+
+    /// The connection, started as `client` if there is none.
+    async fn connection(&self, client: &Uuid) -> Result<ShellGuard<'_>> {
+        let mut g = self.conn.lock().await;
+        if g.is_none() {
+            *g = Some(self.start(client).await?);
+        }
+        Ok(g)
+    }
+
+    async fn start(&self, client: &Uuid) -> Result<Conn> {
+        match &self.reach {
+            Reach::Shell(shell) => {
+                let cmd =
+                    shell.command("p2pstdio", &[client.as_str(), "--uuid", self.uuid.as_str()]);
+                let (mut c, _) =
+                    ShellConnection::spawn(tokio::process::Command::from(cmd), Some(&self.uuid))
+                        .await?;
+                let v = c.session.negotiate_version(i64::from(MAX_VERSION)).await?;
+                let bypass = self.bypass_list();
+                if v >= 2 && !bypass.is_empty() {
+                    c.session.bypass(bypass).await?;
+                }
+                Ok(Conn::Shell(Box::new(c)))
+            }
+            Reach::Mesh(address) => {
+                let key = self
+                    .identity
+                    .clone()
+                    .ok_or_else(|| Error::Protocol("no identity to dial with".into()))?;
+                let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
+                let token = protocol::AuthToken::parse("")
+                    .ok_or_else(|| Error::Protocol("empty token".into()))?;
+                let (mut session, uuid) = endpoint.connect(address, client.clone(), token).await?;
+                if uuid != self.uuid {
+                    return Err(Error::Protocol(format!(
+                        "{address} answered as {uuid}, not {}",
+                        self.uuid
+                    )));
+                }
+                let bypass = self.bypass_list();
+                if session.version() >= 2 && !bypass.is_empty() {
+                    session.bypass(bypass).await?;
+                }
+                Ok(Conn::Mesh {
+                    session: Box::new(session),
+                    _endpoint: endpoint,
+                })
+            }
+        }
+    }
+
+    fn settle<T>(&self, g: &mut ShellGuard<'_>, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            tracing::info!("node {}: {e}", self.remote);
+            **g = None;
+        }
+        r
+    }
+
+    pub(super) async fn check_present(&self, client: &Uuid, key: &Key) -> Result<bool> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => s.check_present(key).await),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        self.settle(&mut g, r)
+    }
+
+    /// `REMOVE`, or `REMOVE-BEFORE` with the gateway's deadline translated to
+    /// the node's clock (the gateway's time left, added to the node's `GETTIMESTAMP`).
+    /// Whether the node removed it, and the other repositories it reports as
+    /// changed (`SUCCESS-PLUS`/`FAILURE-PLUS`: a cluster via another gateway).
+    pub(super) async fn remove(
+        &self,
+        client: &Uuid,
+        key: &Key,
+        before: Option<i64>,
+    ) -> Result<(bool, Vec<Uuid>)> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => match before {
+                None => s.remove(key, None).await,
+                Some(deadline) => {
+                    let left = deadline - crate::clock::monotonic_seconds();
+                    if left <= 0 {
+                        Ok((false, Vec::new()))
+                    } else {
+                        match s.get_timestamp().await {
+                            Ok(now) => s.remove(key, Some(now + left)).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+            }),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        self.settle(&mut g, r)
+    }
+
+    /// Starts a streamed `PUT` of `key`: the node's own offset, or the
+    /// uuids that already have it (the node and its `-PLUS` ones).
+    pub(super) async fn put_start(&self, client: &Uuid, key: &Key) -> Result<PutBegin<'_>> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => s.put_stream_start(key, AssociatedFile::none()).await),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        match self.settle(&mut g, r)? {
+            PutStart::From(from) => Ok(PutBegin::From(PutTarget {
+                node: self,
+                guard: g,
+                from,
+            })),
+            PutStart::AlreadyHave(mut plus) => {
+                plus.insert(0, self.uuid.clone());
+                Ok(PutBegin::AlreadyHave(plus))
+            }
+        }
+    }
+
+    /// If the node has `key`, starts a relayed `GET` from `offset`: the
+    /// transfer and its `DATA` length.
+    pub(super) async fn get_start(
+        &self,
+        client: &Uuid,
+        key: &Key,
+        offset: u64,
+    ) -> Result<Option<(Fetch<'_>, u64)>> {
+        let mut g = self.connection(client).await?;
+        let r = match g.as_mut() {
+            Some(c) => on_session!(c, s => match s.check_present(key).await {
+                Ok(true) => s.get_relay_start(key, offset).await.map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            }),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        Ok(self.settle(&mut g, r)?.map(|len| {
+            (
+                Fetch {
+                    node: self,
+                    guard: g,
+                },
+                len,
+            )
+        }))
+    }
+}
+
+/// How a node answered a streamed `PUT`.
+pub(super) enum PutBegin<'a> {
+    From(PutTarget<'a>),
+    AlreadyHave(Vec<Uuid>),
+}
+
+/// What the gateway's PUT sends each remote node through its bounded channel.
+#[derive(Clone)]
+pub(super) enum Feed {
+    /// Bytes of the stream starting at this stream position.
+    Bytes(u64, Arc<[u8]>),
+    /// The stream ended; `VALID` or `INVALID` for the node.
+    End { valid: bool },
+}
+
+/// A remote node whose `PUT` answered `PUT-FROM from`; it holds the node's
+/// connection until the upload ends.
+pub(super) struct PutTarget<'a> {
+    node: &'a RemoteNode,
+    guard: ShellGuard<'a>,
+    from: u64,
+}
+
+impl<'a> PutTarget<'a> {
+    pub(super) fn node(&self) -> &'a RemoteNode {
+        self.node
+    }
+
+    pub(super) fn from(&self) -> u64 {
+        self.from
+    }
+
+    /// The client did not send `DATA`: the node is mid-request, so its
+    /// connection is dropped (the next request starts a new one).
+    pub(super) fn abandon(mut self) {
+        *self.guard = None;
+    }
+
+    /// Sends the node `DATA (end - from)`, then the stream's bytes at and
+    /// after `from` as they come through `feed`, then `VALID`/`INVALID`.
+    /// Returns the uuids now holding the content (the node, and its `-PLUS`
+    /// ones), or `None` if it failed or refused. A closed `feed` without
+    /// [`Feed::End`] (the client's data was short) drops the connection; so
+    /// does any failure, which closes `feed` and so takes the node out of the
+    /// operation without holding up the others.
+    pub(super) async fn run(
+        mut self,
+        end: u64,
+        mut feed: tokio::sync::mpsc::Receiver<Feed>,
+    ) -> Option<Vec<Uuid>> {
+        let from = self.from;
+        let key_node = self.node;
+        let r: Result<Option<Vec<Uuid>>> = async {
+            let Some(conn) = self.guard.as_mut() else {
+                return Err(Error::Protocol("no connection".into()));
+            };
+            if from > end {
+                return Err(Error::Protocol(format!(
+                    "node resumes at {from}, past the content's end {end}"
+                )));
+            }
+            on_session!(conn, s => s.put_stream_data(end - from).await)?;
+            loop {
+                match feed.recv().await {
+                    Some(Feed::Bytes(start, bytes)) => {
+                        let skip =
+                            usize::try_from(from.saturating_sub(start)).unwrap_or(usize::MAX);
+                        if let Some(part) = bytes.get(skip..)
+                            && !part.is_empty()
+                        {
+                            on_session!(conn, s => s.put_stream_write(part).await)?;
+                        }
+                    }
+                    Some(Feed::End { valid }) => {
+                        let o = on_session!(conn, s => s.put_stream_finish(valid).await)?;
+                        if !o.stored {
+                            tracing::info!("node {} refused the content", key_node.remote);
+                            return Ok(None);
+                        }
+                        let mut all = vec![key_node.uuid.clone()];
+                        all.extend(o.also);
+                        return Ok(Some(all));
+                    }
+                    None => return Err(Error::Protocol("upload abandoned".into())),
+                }
+            }
+        }
+        .await;
+        match r {
+            Ok(stored) => stored,
+            Err(e) => {
+                drop(feed);
+                tracing::info!("node {}: {e}", key_node.remote);
+                *self.guard = None;
+                None
+            }
+        }
+    }
+}
+
+/// A relayed `GET` from a remote node, holding its connection.
+pub(super) struct Fetch<'a> {
+    node: &'a RemoteNode,
+    guard: ShellGuard<'a>,
+}
+
+impl Fetch<'_> {
+    /// Up to `max` payload bytes as they arrive; empty when the node's stream
+    /// ended.
+    pub(super) async fn chunk(&mut self, max: u64) -> Result<&[u8]> {
+        match self.guard.as_mut() {
+            Some(c) => on_session!(c, s => s.relay_chunk(max).await),
+            None => Err(Error::Protocol("no connection".into())),
+        }
+    }
+
+    pub(super) fn consume(&mut self, n: usize) {
+        if let Some(c) = self.guard.as_mut() {
+            on_session!(c, s => s.relay_consume(n))
+        }
+    }
+
+    /// All bytes relayed: the node's `VALID`/`INVALID`, answered with
+    /// `SUCCESS` unless it said `INVALID` (the client verifies the content).
+    pub(super) async fn finish(mut self) -> Result<Validity> {
+        let r = match self.guard.as_mut() {
+            Some(c) => on_session!(c, s => match s.relay_validity().await {
+                Ok(v) => s.relay_finish(v != Validity::Invalid).await.map(|()| v),
+                Err(e) => Err(e),
+            }),
+            None => Err(Error::Protocol("no connection".into())),
+        };
+        let node = self.node;
+        node.settle(&mut self.guard, r)
+    }
+
+    /// The node failed mid-transfer: its connection is dropped.
+    pub(super) fn fail(mut self, why: &str) {
+        tracing::info!("node {} failed mid-GET: {why}", self.node.remote);
+        *self.guard = None;
+    }
+}
