@@ -7,12 +7,13 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use protocol::Key;
 use protocol::logs::presence::{self, Status};
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::group::Committer;
 
 /// fcntl locks do not exclude threads of one process from each other; this does.
 static IN_PROCESS: Mutex<()> = Mutex::new(());
@@ -31,22 +32,185 @@ pub struct JournalLock {
 impl JournalLock {
     pub fn take(lock_path: &Path) -> Result<JournalLock> {
         let guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = lock_path.parent() {
-            std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(lock_path)
-            .context(|| format!("opening {}", lock_path.display()))?;
-        crate::sys::lock_exclusive(&file).context(|| "locking the journal".into())?;
         Ok(JournalLock {
-            _file: file,
+            _file: lock_file(lock_path)?,
             _guard: guard,
         })
     }
+}
+
+/// Opens a journal lock file and takes git-annex's fcntl lock on it. The
+/// caller holds [`IN_PROCESS`].
+fn lock_file(lock_path: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path)
+        .context(|| format!("opening {}", lock_path.display()))?;
+    crate::sys::lock_exclusive(&file).context(|| "locking the journal".into())?;
+    Ok(file)
+}
+
+/// One change to a branch file, applied with others by [`modify_many`].
+pub(crate) struct Change {
+    pub journal: Journal,
+    pub branch_path: String,
+    pub change: ChangeFn,
+}
+
+/// What a [`Change`] does to a file's old content.
+pub(crate) type ChangeFn = Box<dyn FnOnce(&[u8]) -> Vec<u8> + Send>;
+
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Change")
+            .field("journal", &self.journal.dir)
+            .field("branch_path", &self.branch_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error for every change that shared a failed step.
+fn shared_error(context: &str, e: &io::Error) -> Error {
+    Error::Io {
+        context: context.to_owned(),
+        source: io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Applies `changes`, in order, to the journals of one or several
+/// repositories with one lock take per journal and one durable write per
+/// changed file: every new file is written, then all are `fdatasync`ed in one
+/// pass (their writeback started together, so the file system commits them
+/// together), renamed into place, and each journal directory is fsynced once.
+/// Changes to the same file compose in order. Returns each change's new file
+/// content, or its error; a failure affects only the changes that share the
+/// failed journal or file.
+pub(crate) fn modify_many(changes: Vec<Change>) -> Vec<Result<Vec<u8>>> {
+    let mut results: Vec<Option<Result<Vec<u8>>>> = changes.iter().map(|_| None).collect();
+    let mut lock_paths: Vec<PathBuf> = changes.iter().map(|c| c.journal.lock.clone()).collect();
+    lock_paths.sort();
+    lock_paths.dedup();
+    // As `JournalLock`: the in-process mutex once, then each journal's fcntl
+    // lock in path order (git-annex takes one at a time, so no cycle).
+    let _guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut held: std::collections::BTreeMap<PathBuf, Result<std::fs::File, String>> =
+        Default::default();
+    for path in lock_paths {
+        held.insert(path.clone(), lock_file(&path).map_err(|e| e.to_string()));
+    }
+    /// A journal file's new content and the changes that made it.
+    struct Pending {
+        dir: PathBuf,
+        tmp_dir: PathBuf,
+        content: Vec<u8>,
+        who: Vec<usize>,
+    }
+    let mut files: std::collections::BTreeMap<PathBuf, Pending> = Default::default();
+    for (i, c) in changes.into_iter().enumerate() {
+        match held.get(&c.journal.lock) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                results[i] = Some(Err(Error::Io {
+                    context: "locking the journal".into(),
+                    source: io::Error::other(e.clone()),
+                }));
+                continue;
+            }
+            None => {
+                results[i] = Some(Err(Error::Protocol("journal lock missing".into())));
+                continue;
+            }
+        }
+        let prepared = std::fs::create_dir_all(&c.journal.dir)
+            .and_then(|()| std::fs::create_dir_all(&c.journal.tmp))
+            .context(|| format!("creating {}", c.journal.dir.display()));
+        if let Err(e) = prepared {
+            results[i] = Some(Err(e));
+            continue;
+        }
+        let file = c.journal.file_for(&c.branch_path);
+        let old = match files.get(&file) {
+            Some(p) => p.content.clone(),
+            None => match c.journal.read(&c.branch_path) {
+                Ok(old) => old,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            },
+        };
+        let new = (c.change)(&old);
+        let pending = files.entry(file).or_insert_with(|| Pending {
+            dir: c.journal.dir.clone(),
+            tmp_dir: c.journal.tmp.clone(),
+            content: Vec::new(),
+            who: Vec::new(),
+        });
+        pending.content.clone_from(&new);
+        pending.who.push(i);
+        results[i] = Some(Ok(new));
+    }
+    let mut fail = |who: &[usize], context: String, e: &io::Error| {
+        for &i in who {
+            results[i] = Some(Err(shared_error(&context, e)));
+        }
+    };
+    // Write every temp file, then make them durable in one pass.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut written = Vec::new();
+    for (path, p) in &files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = p
+            .tmp_dir
+            .join(format!(".{name}.tmp{}-{n}", std::process::id()));
+        let made = std::fs::File::create(&tmp).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&p.content)?;
+            crate::sys::start_writeback(&f, 0, 0);
+            Ok(f)
+        });
+        match made {
+            Ok(f) => written.push((path, p, tmp, f)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                fail(&p.who, format!("writing {}", path.display()), &e);
+            }
+        }
+    }
+    let mut dirs: std::collections::BTreeMap<&Path, Vec<usize>> = Default::default();
+    for (path, p, tmp, f) in written {
+        let done = f.sync_data().and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, path)
+        });
+        match done {
+            Ok(()) => dirs.entry(&p.dir).or_default().extend(&p.who),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                fail(&p.who, format!("writing {}", path.display()), &e);
+            }
+        }
+    }
+    for (dir, who) in dirs {
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            fail(&who, format!("fsync {}", dir.display()), &e);
+        }
+    }
+    drop(held);
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("change not applied".into()))))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +219,9 @@ pub struct Journal {
     dir: PathBuf,
     lock: PathBuf,
     tmp: PathBuf,
+    /// Location-log records are group-committed with this file system's
+    /// other writes (`store::group`).
+    committer: Arc<Committer>,
 }
 
 impl Journal {
@@ -65,6 +232,30 @@ impl Journal {
             dir: annex.join("journal"),
             lock: annex.join("journal.lck"),
             tmp: annex.join("othertmp"),
+            committer: crate::store::group::for_path(git_dir),
+        }
+    }
+
+    pub(crate) fn committer(&self) -> &Arc<Committer> {
+        &self.committer
+    }
+
+    /// Gives this journal a committer of its own (tests that count batches).
+    #[cfg(test)]
+    pub(crate) fn set_committer(&mut self, committer: Arc<Committer>) {
+        self.committer = committer;
+    }
+
+    /// A change to `branch_path` for [`modify_many`].
+    pub(crate) fn change(
+        &self,
+        branch_path: String,
+        change: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> Change {
+        Change {
+            journal: self.clone(),
+            branch_path,
+            change: Box::new(change),
         }
     }
 
@@ -109,15 +300,28 @@ impl Journal {
     }
 
     /// Records that repository `uuid` now has (or lacks) `key`'s content.
-    /// Returns the location log's new content.
+    /// Returns the location log's new content. Concurrent records share their
+    /// lock take and fsyncs (group commit).
     pub fn record_presence(
         &self,
         key: &Key,
         uuid: &protocol::Uuid,
         status: Status,
     ) -> Result<Vec<u8>> {
+        self.committer
+            .commit_change(self.presence_change(key, uuid, status))
+    }
+
+    /// The change [`Journal::record_presence`] makes.
+    pub(crate) fn presence_change(
+        &self,
+        key: &Key,
+        uuid: &protocol::Uuid,
+        status: Status,
+    ) -> Change {
         let now = log_clock_now();
-        self.modify(&presence::location_log_path(key), |old| {
+        let uuid = uuid.clone();
+        self.change(presence::location_log_path(key), move |old| {
             presence::record(old, uuid.as_str(), status, now)
         })
     }
@@ -130,13 +334,15 @@ impl Journal {
         status: Status,
     ) -> Result<Vec<u8>> {
         let now = log_clock_now();
-        self.modify(&presence::location_log_path(key), |old| {
+        let uuids = uuids.to_vec();
+        let change = self.change(presence::location_log_path(key), move |old| {
             let mut content = old.to_vec();
-            for u in uuids {
+            for u in &uuids {
                 content = presence::record(&content, u.as_str(), status, now);
             }
             content
-        })
+        });
+        self.committer.commit_change(change)
     }
 
     /// Repositories the location log says have `key`.

@@ -39,3 +39,43 @@ pub fn grow_pipe(fd: impl AsFd, bytes: usize) {
     // the descriptor is borrowed for the duration of the call.
     let _ = unsafe { libc::fcntl(raw, libc::F_SETPIPE_SZ, size) };
 }
+
+/// Starts writeback of `len` bytes of `file` from `offset` (`len` 0: to the
+/// end) without waiting for it (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`).
+/// Durability still needs `fdatasync`; this only lets the disk work while we
+/// do something else, and lets one later `fdatasync` pass over many files find
+/// their data already on its way. Best effort: errors are ignored, since the
+/// `fdatasync` that follows reports them.
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    let off = libc::off64_t::try_from(offset).unwrap_or(libc::off64_t::MAX);
+    let n = libc::off64_t::try_from(len).unwrap_or(0);
+    // SAFETY: sync_file_range takes plain integers and touches no memory of
+    // ours; the descriptor is owned by `file`, which outlives the call.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Waits until writeback of that range, started earlier, is done, starting it
+/// where it was not (`sync_file_range` with `WAIT_BEFORE|WRITE|WAIT_AFTER`).
+/// It bounds how much of a large upload is dirty in the page cache at once;
+/// it makes nothing durable (no metadata, no disk cache flush). Best effort.
+#[allow(unsafe_code)]
+pub fn wait_writeback(file: &File, offset: u64, len: u64) {
+    let off = libc::off64_t::try_from(offset).unwrap_or(libc::off64_t::MAX);
+    let n = libc::off64_t::try_from(len).unwrap_or(0);
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: as in `start_writeback`.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, flags) };
+}
+
+/// Tells the kernel the range will not be read again soon, so its (clean)
+/// pages can go (`posix_fadvise(POSIX_FADV_DONTNEED)`). Best effort.
+#[allow(unsafe_code)]
+pub fn drop_cache(file: &File, offset: u64, len: u64) {
+    let off = libc::off_t::try_from(offset).unwrap_or(libc::off_t::MAX);
+    let n = libc::off_t::try_from(len).unwrap_or(0);
+    // SAFETY: posix_fadvise takes plain integers and touches no memory of ours.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED) };
+}
