@@ -349,8 +349,26 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
     }
 }
 
-/// Runs `f` on every item, on its own thread when there are several.
+/// Runs `f` on every item, on its own thread when there are several, off
+/// the runtime (see [`off_runtime`]).
 fn each_parallel<T: Send, O: Send>(items: Vec<T>, f: impl Fn(T) -> O + Sync) -> Vec<O> {
+    off_runtime(|| each_parallel_here(items, f))
+}
+
+/// Runs blocking disk work (writes, fsyncs, waiting for a group commit)
+/// without stalling the runtime's other sessions: on a multi-thread runtime
+/// the worker first hands its other tasks to another thread. Elsewhere (the
+/// current-thread runtime of `annex-shell`) it simply runs.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn each_parallel_here<T: Send, O: Send>(items: Vec<T>, f: impl Fn(T) -> O + Sync) -> Vec<O> {
     if items.len() <= 1 {
         return items.into_iter().map(&f).collect();
     }
@@ -993,7 +1011,7 @@ impl Gateway<'_> {
             }
             let _ = std::fs::remove_file(&path);
         }
-        self.record(&key, &stored, Status::Present);
+        off_runtime(|| self.record(&key, &stored, Status::Present));
         if stored.is_empty() {
             io.send(&Message::Failure).await?;
         } else {

@@ -85,24 +85,57 @@ fn shared_error(context: &str, e: &io::Error) -> Error {
 
 /// Applies `changes`, in order, to the journals of one or several
 /// repositories with one lock take per journal and one durable write per
-/// changed file: every new file is written, then all are `fdatasync`ed in one
-/// pass (their writeback started together, so the file system commits them
-/// together), renamed into place, and each journal directory is fsynced once.
-/// Changes to the same file compose in order. Returns each change's new file
-/// content, or its error; a failure affects only the changes that share the
-/// failed journal or file.
+/// changed file (see [`Prepared`]). Changes to the same file compose in
+/// order. Returns each change's new file content, or its error; a failure
+/// affects only the changes that share the failed journal or file.
+#[cfg(test)]
 pub(crate) fn modify_many(changes: Vec<Change>) -> Vec<Result<Vec<u8>>> {
+    prepare_many(changes).finish(false)
+}
+
+/// A journal batch half done: its locks taken, its changes applied, the new
+/// files written to temp files (their writeback started) but not yet
+/// durable, nothing renamed. The caller may make the temp files durable
+/// together with its own files ([`Prepared::temp_files`], then
+/// `finish(true)`); [`Prepared::finish`] renames them into the journals and
+/// makes the journal directories durable, then releases the locks.
+pub(crate) struct Prepared {
+    results: Vec<Option<Result<Vec<u8>>>>,
+    written: Vec<Written>,
+    // Field order is drop order: unlock the files, then the mutex.
+    _locks: Vec<std::fs::File>,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+/// A journal file's new content, in its temp file.
+struct Written {
+    path: PathBuf,
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: std::fs::File,
+    /// The changes (indexes) it holds.
+    who: Vec<usize>,
+}
+
+/// Takes the locks, applies the changes and writes the temp files of a
+/// journal batch (see [`Prepared`]).
+pub(crate) fn prepare_many(changes: Vec<Change>) -> Prepared {
     let mut results: Vec<Option<Result<Vec<u8>>>> = changes.iter().map(|_| None).collect();
     let mut lock_paths: Vec<PathBuf> = changes.iter().map(|c| c.journal.lock.clone()).collect();
     lock_paths.sort();
     lock_paths.dedup();
     // As `JournalLock`: the in-process mutex once, then each journal's fcntl
     // lock in path order (git-annex takes one at a time, so no cycle).
-    let _guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
-    let mut held: std::collections::BTreeMap<PathBuf, Result<std::fs::File, String>> =
-        Default::default();
+    let guard = IN_PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut locks = Vec::new();
+    let mut failed_locks: std::collections::BTreeMap<PathBuf, String> = Default::default();
     for path in lock_paths {
-        held.insert(path.clone(), lock_file(&path).map_err(|e| e.to_string()));
+        match lock_file(&path) {
+            Ok(f) => locks.push(f),
+            Err(e) => {
+                failed_locks.insert(path, e.to_string());
+            }
+        }
     }
     /// A journal file's new content and the changes that made it.
     struct Pending {
@@ -113,19 +146,12 @@ pub(crate) fn modify_many(changes: Vec<Change>) -> Vec<Result<Vec<u8>>> {
     }
     let mut files: std::collections::BTreeMap<PathBuf, Pending> = Default::default();
     for (i, c) in changes.into_iter().enumerate() {
-        match held.get(&c.journal.lock) {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                results[i] = Some(Err(Error::Io {
-                    context: "locking the journal".into(),
-                    source: io::Error::other(e.clone()),
-                }));
-                continue;
-            }
-            None => {
-                results[i] = Some(Err(Error::Protocol("journal lock missing".into())));
-                continue;
-            }
+        if let Some(e) = failed_locks.get(&c.journal.lock) {
+            results[i] = Some(Err(Error::Io {
+                context: "locking the journal".into(),
+                source: io::Error::other(e.clone()),
+            }));
+            continue;
         }
         let prepared = std::fs::create_dir_all(&c.journal.dir)
             .and_then(|()| std::fs::create_dir_all(&c.journal.tmp))
@@ -156,15 +182,9 @@ pub(crate) fn modify_many(changes: Vec<Change>) -> Vec<Result<Vec<u8>>> {
         pending.who.push(i);
         results[i] = Some(Ok(new));
     }
-    let mut fail = |who: &[usize], context: String, e: &io::Error| {
-        for &i in who {
-            results[i] = Some(Err(shared_error(&context, e)));
-        }
-    };
-    // Write every temp file, then make them durable in one pass.
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut written = Vec::new();
-    for (path, p) in &files {
+    for (path, p) in files {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -180,37 +200,123 @@ pub(crate) fn modify_many(changes: Vec<Change>) -> Vec<Result<Vec<u8>>> {
             Ok(f)
         });
         match made {
-            Ok(f) => written.push((path, p, tmp, f)),
+            Ok(file) => written.push(Written {
+                path,
+                dir: p.dir,
+                tmp,
+                file,
+                who: p.who,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                fail(&p.who, format!("writing {}", path.display()), &e);
+                for &i in &p.who {
+                    results[i] = Some(Err(shared_error(
+                        &format!("writing {}", path.display()),
+                        &e,
+                    )));
+                }
             }
         }
     }
-    let mut dirs: std::collections::BTreeMap<&Path, Vec<usize>> = Default::default();
-    for (path, p, tmp, f) in written {
-        let done = f.sync_data().and_then(|()| {
-            drop(f);
-            std::fs::rename(&tmp, path)
-        });
-        match done {
-            Ok(()) => dirs.entry(&p.dir).or_default().extend(&p.who),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                fail(&p.who, format!("writing {}", path.display()), &e);
+    Prepared {
+        results,
+        written,
+        _locks: locks,
+        _guard: guard,
+    }
+}
+
+impl Prepared {
+    /// The temp files, for a caller that makes them durable with its own.
+    pub(crate) fn temp_files(&self) -> impl Iterator<Item = &std::fs::File> {
+        self.written.iter().map(|w| &w.file)
+    }
+
+    /// Drops the files holding any of the changes `failed` (with `why`):
+    /// what they say must not be written after all.
+    pub(crate) fn abandon(&mut self, failed: &[usize], why: &str) {
+        let (drop, keep): (Vec<Written>, Vec<Written>) = std::mem::take(&mut self.written)
+            .into_iter()
+            .partition(|w| w.who.iter().any(|i| failed.contains(i)));
+        self.written = keep;
+        for w in drop {
+            drop_file(w.file);
+            let _ = std::fs::remove_file(&w.tmp);
+            for i in w.who {
+                self.results[i] = Some(Err(Error::Io {
+                    context: format!("writing {}", w.path.display()),
+                    source: io::Error::other(why.to_owned()),
+                }));
             }
         }
     }
-    for (dir, who) in dirs {
-        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-            fail(&who, format!("fsync {}", dir.display()), &e);
+
+    /// Makes the temp files durable (unless `temps_durable`: the caller did),
+    /// renames them into the journals, makes the journal directories durable
+    /// and releases the locks. Returns each change's new content or error.
+    pub(crate) fn finish(mut self, temps_durable: bool) -> Vec<Result<Vec<u8>>> {
+        let written = std::mem::take(&mut self.written);
+        let synced: Vec<io::Result<()>> = if temps_durable {
+            written.iter().map(|_| Ok(())).collect()
+        } else {
+            let files: Vec<&std::fs::File> = written.iter().map(|w| &w.file).collect();
+            crate::store::group::sync_many(&files, false)
+        };
+        let mut dirs: std::collections::BTreeMap<PathBuf, Vec<usize>> = Default::default();
+        for (w, synced) in written.into_iter().zip(synced) {
+            let Written {
+                path,
+                dir,
+                tmp,
+                file,
+                who,
+            } = w;
+            drop_file(file);
+            match synced.and_then(|()| std::fs::rename(&tmp, &path)) {
+                Ok(()) => dirs.entry(dir).or_default().extend(who),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    self.fail(&who, &format!("writing {}", path.display()), &e);
+                }
+            }
+        }
+        let handles: Vec<(PathBuf, Vec<usize>, io::Result<std::fs::File>)> = dirs
+            .into_iter()
+            .map(|(d, who)| {
+                let h = std::fs::File::open(&d);
+                (d, who, h)
+            })
+            .collect();
+        let open: Vec<&std::fs::File> = handles
+            .iter()
+            .filter_map(|(_, _, h)| h.as_ref().ok())
+            .collect();
+        let mut synced = crate::store::group::sync_many(&open, true).into_iter();
+        for (dir, who, h) in &handles {
+            let r = match h {
+                Ok(_) => synced.next().unwrap_or(Ok(())),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            if let Err(e) = r {
+                self.fail(who, &format!("fsync {}", dir.display()), &e);
+            }
+        }
+        std::mem::take(&mut self.results)
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("change not applied".into()))))
+            .collect()
+    }
+
+    fn fail(&mut self, who: &[usize], context: &str, e: &io::Error) {
+        for &i in who {
+            self.results[i] = Some(Err(shared_error(context, e)));
         }
     }
-    drop(held);
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("change not applied".into()))))
-        .collect()
+}
+
+/// Closes a file now (a named step, for the reader).
+fn drop_file(file: std::fs::File) {
+    drop(file);
 }
 
 #[derive(Debug, Clone)]

@@ -235,6 +235,7 @@ impl Store {
             hasher,
             written: keep,
             flushed: keep,
+            waited: keep,
         })
     }
 
@@ -465,11 +466,14 @@ pub struct Upload {
     written: u64,
     /// Bytes whose writeback has been started ([`WRITEBACK_STEP`]).
     flushed: u64,
+    /// Bytes whose writeback has been waited for.
+    waited: u64,
 }
 
 /// A large upload starts the writeback of every this many bytes as soon as
-/// they are written, so the disk works while the rest arrives and the final
-/// `fdatasync` finds little left to do.
+/// they are written, and waits for the writeback of the step before, so the
+/// disk works while the rest arrives, at most two steps per upload are dirty
+/// in the page cache, and the final `fdatasync` finds little left to do.
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Where an upload's bytes are hashed.
@@ -599,6 +603,10 @@ impl Upload {
         self.hasher.update(bytes)?;
         self.written += bytes.len() as u64;
         if self.written - self.flushed >= WRITEBACK_STEP {
+            if self.flushed > self.waited {
+                crate::sys::wait_writeback(&self.file, self.waited, self.flushed - self.waited);
+                self.waited = self.flushed;
+            }
             crate::sys::start_writeback(&self.file, self.flushed, self.written - self.flushed);
             self.flushed = self.written;
         }

@@ -214,13 +214,15 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
     for (_, o) in &objects {
         crate::sys::start_writeback(&o.file, 0, 0);
     }
+    let files: Vec<&File> = objects.iter().map(|(_, o)| &o.file).collect();
+    let synced_all = sync_many(&files, false);
     let mut synced = Vec::new();
-    for (id, o) in objects {
+    for ((id, o), r) in objects.into_iter().zip(synced_all) {
         let injected = fail_sync.is_some_and(|n| o.tmp.to_string_lossy().contains(n));
         let r = if injected {
             Err(std::io::Error::other("injected fdatasync failure"))
         } else {
-            o.file.sync_data()
+            r
         };
         match r.context(|| format!("fdatasync {}", o.tmp.display())) {
             Ok(()) => synced.push((id, o)),
@@ -232,7 +234,7 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
         }
     }
 
-    // 2. Into place, then the directories durable.
+    // 2. Into place.
     let mut dirs: BTreeMap<PathBuf, Vec<u64>> = BTreeMap::new();
     let mut placed = Vec::new();
     for (id, o) in synced {
@@ -248,27 +250,19 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
             }
         }
     }
-    let mut dir_failed: HashMap<u64, Error> = HashMap::new();
-    for (dir, ids) in &dirs {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            for id in ids {
-                dir_failed.insert(
-                    *id,
-                    Error::Io {
-                        context: format!("fsync {}", dir.display()),
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    },
-                );
-            }
-        }
+
+    // 3. The journal files written (not yet durable, not renamed): with one
+    // lock take per journal.
+    let mut change_ids = Vec::new();
+    let mut batch_changes = Vec::new();
+    for (id, c) in changes {
+        change_ids.push(id);
+        batch_changes.push(c);
     }
+    let mut records = Vec::new();
     for (id, o) in placed {
         if let Some(key_dir) = o.dest.parent() {
             let _ = fs::set_permissions(key_dir, fs::Permissions::from_mode(0o555));
-        }
-        if let Some(e) = dir_failed.remove(&id) {
-            out.insert(id, Outcome::failed(e));
-            continue;
         }
         out.insert(
             id,
@@ -278,21 +272,97 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
             },
         );
         if let Some(c) = o.record {
-            changes.push((id, c));
+            records.push(id);
+            change_ids.push(id);
+            batch_changes.push(c);
         }
     }
+    let mut prepared = journal::prepare_many(batch_changes);
 
-    // 3. The journals: one lock take and one durable write per file.
-    let (ids, changes): (Vec<u64>, Vec<Change>) = changes.into_iter().unzip();
-    for (id, r) in ids.into_iter().zip(journal::modify_many(changes)) {
-        out.entry(id)
-            .or_insert_with(|| Outcome {
-                placed: Ok(()),
-                record: None,
-            })
-            .record = Some(r);
+    // 4. The objects' directories and the journal's temp files, durable
+    // together.
+    let handles: Vec<(&PathBuf, &Vec<u64>, std::io::Result<File>)> = dirs
+        .iter()
+        .map(|(d, ids)| (d, ids, File::open(d)))
+        .collect();
+    let mut to_sync: Vec<&File> = handles
+        .iter()
+        .filter_map(|(_, _, h)| h.as_ref().ok())
+        .collect();
+    let n_dirs = to_sync.len();
+    to_sync.extend(prepared.temp_files());
+    let synced = sync_many(&to_sync, true);
+    let temps_durable = synced[n_dirs..].iter().all(Result::is_ok);
+    let mut dir_results = synced.into_iter().take(n_dirs);
+    let mut failed_ids: Vec<u64> = Vec::new();
+    for (dir, ids, h) in &handles {
+        let r = match h {
+            Ok(_) => dir_results.next().unwrap_or(Ok(())),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        if let Err(e) = r {
+            for id in ids.iter() {
+                failed_ids.push(*id);
+                out.insert(
+                    *id,
+                    Outcome::failed(Error::Io {
+                        context: format!("fsync {}", dir.display()),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    }),
+                );
+            }
+        }
+    }
+    drop(handles);
+    if !failed_ids.is_empty() {
+        // Their objects are not known to be durable in place: no record.
+        let idx: Vec<usize> = change_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| failed_ids.contains(id) && records.contains(id))
+            .map(|(i, _)| i)
+            .collect();
+        prepared.abandon(&idx, "the object's directory is not durable");
+    }
+
+    // 5. The journal files renamed into place, their directories durable.
+    for (id, r) in change_ids.into_iter().zip(prepared.finish(temps_durable)) {
+        let o = out.entry(id).or_insert_with(|| Outcome {
+            placed: Ok(()),
+            record: None,
+        });
+        if o.placed.is_ok() {
+            o.record = Some(r);
+        }
     }
     out.into_iter().collect()
+}
+
+/// Makes `files` durable (their data, and the metadata needed to read it;
+/// all of it with `full`), each result in order. Several files on one file
+/// system take one `syncfs` (one disk cache flush for all); a lone file, or a
+/// failed `syncfs`, takes its own `fdatasync`/`fsync`, which also tells
+/// which file failed.
+pub(crate) fn sync_many(files: &[&File], full: bool) -> Vec<std::io::Result<()>> {
+    let one = |f: &File| if full { f.sync_all() } else { f.sync_data() };
+    if files.len() < 2 {
+        return files.iter().map(|f| one(f)).collect();
+    }
+    let mut by_dev: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        let dev = f.metadata().map_or(u64::MAX, |m| m.dev());
+        by_dev.entry(dev).or_default().push(i);
+    }
+    let mut results: Vec<std::io::Result<()>> = files.iter().map(|_| Ok(())).collect();
+    for idx in by_dev.values() {
+        let whole = idx.len() >= 2 && crate::sys::syncfs(files[idx[0]]).is_ok();
+        if !whole {
+            for &i in idx {
+                results[i] = one(files[i]);
+            }
+        }
+    }
+    results
 }
 
 /// Moves one durable temp file into place; returns the directories whose
