@@ -355,6 +355,24 @@ fn each_parallel<T: Send, O: Send>(items: Vec<T>, f: impl Fn(T) -> O + Sync) -> 
     off_runtime(|| each_parallel_here(items, f))
 }
 
+/// Chunks at least this large are written to the nodes on a thread each;
+/// smaller ones (a small file's whole content) are written in turn, as a
+/// thread costs more than writing a few KiB to the page cache.
+const PARALLEL_WRITE_MIN: usize = 256 << 10;
+
+/// [`each_parallel`] when `parallel`, else in turn on this thread.
+fn each_parallel_if<T: Send, O: Send>(
+    parallel: bool,
+    items: Vec<T>,
+    f: impl Fn(T) -> O + Sync,
+) -> Vec<O> {
+    if parallel {
+        each_parallel(items, f)
+    } else {
+        items.into_iter().map(f).collect()
+    }
+}
+
 /// Runs blocking disk work (writes, fsyncs, waiting for a group commit)
 /// without stalling the runtime's other sessions: on a multi-thread runtime
 /// the worker first hands its other tasks to another thread. Elsewhere (the
@@ -899,7 +917,7 @@ impl Gateway<'_> {
                 .iter_mut()
                 .filter(|t| t.upload.is_some() && t.have < chunk_start + n as u64)
                 .collect();
-            each_parallel(work, |t| {
+            each_parallel_if(n >= PARALLEL_WRITE_MIN, work, |t| {
                 let skip = usize::try_from(t.have.saturating_sub(chunk_start)).unwrap_or(0);
                 let Some(up) = t.upload.as_mut() else {
                     return;
