@@ -199,8 +199,44 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
     }
 }
 
-/// Runs `f` on every item, on its own thread when there are several.
+/// Runs `f` on every item, on its own thread when there are several, off
+/// the runtime (see [`off_runtime`]).
 fn each_parallel<T: Send, O: Send>(items: Vec<T>, f: impl Fn(T) -> O + Sync) -> Vec<O> {
+    off_runtime(|| each_parallel_here(items, f))
+}
+
+/// Chunks at least this large are written to the nodes on a thread each;
+/// smaller ones (a small file's whole content) are written in turn, as a
+/// thread costs more than writing a few KiB to the page cache.
+const PARALLEL_WRITE_MIN: usize = 256 << 10;
+
+/// [`each_parallel`] when `parallel`, else in turn on this thread.
+fn each_parallel_if<T: Send, O: Send>(
+    parallel: bool,
+    items: Vec<T>,
+    f: impl Fn(T) -> O + Sync,
+) -> Vec<O> {
+    if parallel {
+        each_parallel(items, f)
+    } else {
+        items.into_iter().map(f).collect()
+    }
+}
+
+/// Runs blocking disk work (writes, fsyncs, waiting for a group commit)
+/// without stalling the runtime's other sessions: on a multi-thread runtime
+/// the worker first hands its other tasks to another thread. Elsewhere (the
+/// current-thread runtime of `annex-shell`) it simply runs.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn each_parallel_here<T: Send, O: Send>(items: Vec<T>, f: impl Fn(T) -> O + Sync) -> Vec<O> {
     if items.len() <= 1 {
         return items.into_iter().map(&f).collect();
     }
@@ -838,7 +874,7 @@ impl Gateway<'_> {
                     .iter_mut()
                     .filter(|t| t.upload.is_some() && t.have < chunk_start + n as u64)
                     .collect();
-                each_parallel(work, |t| {
+                each_parallel_if(n >= PARALLEL_WRITE_MIN, work, |t| {
                     let skip = usize::try_from(t.have.saturating_sub(chunk_start)).unwrap_or(0);
                     let Some(up) = t.upload.as_mut() else {
                         return;
@@ -988,7 +1024,7 @@ impl Gateway<'_> {
             }
             let _ = std::fs::remove_file(&path);
         }
-        self.record(&key, &stored, Status::Present);
+        off_runtime(|| self.record(&key, &stored, Status::Present));
         if stored.is_empty() {
             io.send(&Message::Failure).await?;
         } else {

@@ -105,6 +105,15 @@ impl Store {
         }
     }
 
+    /// Gives this store (and its journal) a group committer of its own, so a
+    /// test can hold and count its batches.
+    #[cfg(test)]
+    pub(crate) fn isolate_committer(&mut self) -> std::sync::Arc<group::Committer> {
+        let c = std::sync::Arc::new(group::Committer::default());
+        self.journal.set_committer(c.clone());
+        c
+    }
+
     /// Tells `observer` about every branch file this store changes (the mesh's
     /// metadata service gossips them).
     pub fn set_observer(&mut self, observer: std::sync::Arc<dyn StoreObserver>) {
@@ -225,6 +234,8 @@ impl Store {
             file,
             hasher,
             written: keep,
+            flushed: keep,
+            waited: keep,
         })
     }
 
@@ -292,23 +303,28 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Ok(Stored::Stored);
         }
-        file.sync_all()
-            .context(|| format!("fsync {}", path.display()))?;
-        drop(file);
+        // Durable, in place, then recorded: in one batch with whatever else
+        // this file system is committing (`group`).
         let [dest, _] = self.object_paths(&key);
-        let key_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        if key_dir.exists() {
-            set_mode(&key_dir, 0o755)?;
+        let record = self
+            .journal
+            .presence_change(&key, &self.repo.uuid, Status::Present);
+        let outcome = self.journal.committer().commit_object(group::ObjectJob {
+            file,
+            tmp: path,
+            dest,
+            record: Some(record),
+        });
+        outcome.placed?;
+        match outcome.record {
+            Some(Ok(content)) => {
+                if let Some(observer) = &self.observer {
+                    observer.changed(&presence::location_log_path(&key), &content);
+                }
+            }
+            Some(Err(e)) => tracing::warn!("cannot record location of {key}: {e}"),
+            None => tracing::warn!("cannot record location of {key}"),
         }
-        fs::create_dir_all(&key_dir).context(|| format!("creating {}", key_dir.display()))?;
-        set_mode(&path, 0o444)?;
-        fs::rename(&path, &dest).context(|| format!("moving content to {}", dest.display()))?;
-        sync_dir(&key_dir)?;
-        if let Some(hash_dir) = key_dir.parent() {
-            sync_dir(hash_dir)?;
-        }
-        set_mode(&key_dir, 0o555)?;
-        self.record(&key, Status::Present);
         Ok(Stored::Stored)
     }
 
@@ -448,7 +464,17 @@ pub struct Upload {
     file: File,
     hasher: Hasher,
     written: u64,
+    /// Bytes whose writeback has been started ([`WRITEBACK_STEP`]).
+    flushed: u64,
+    /// Bytes whose writeback has been waited for.
+    waited: u64,
 }
+
+/// A large upload starts the writeback of every this many bytes as soon as
+/// they are written, and waits for the writeback of the step before, so the
+/// disk works while the rest arrives, at most two steps per upload are dirty
+/// in the page cache, and the final `fdatasync` finds little left to do.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Where an upload's bytes are hashed.
 #[derive(Debug)]
@@ -576,6 +602,14 @@ impl Upload {
             .context(|| format!("writing {}", self.path.display()))?;
         self.hasher.update(bytes)?;
         self.written += bytes.len() as u64;
+        if self.written - self.flushed >= WRITEBACK_STEP {
+            if self.flushed > self.waited {
+                crate::sys::wait_writeback(&self.file, self.waited, self.flushed - self.waited);
+                self.waited = self.flushed;
+            }
+            crate::sys::start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
         Ok(())
     }
 
@@ -646,6 +680,8 @@ pub fn write_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()>
     }
     result.context(|| format!("writing {}", path.display()))
 }
+
+pub(crate) mod group;
 
 #[cfg(test)]
 mod tests;

@@ -39,3 +39,50 @@ pub fn grow_pipe(fd: impl AsFd, bytes: usize) {
     // the descriptor is borrowed for the duration of the call.
     let _ = unsafe { libc::fcntl(raw, libc::F_SETPIPE_SZ, size) };
 }
+
+/// Starts writeback of `len` bytes of `file` from `offset` (`len` 0: to the
+/// end) without waiting for it (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`).
+/// Durability still needs `fdatasync`; this only lets the disk work while we
+/// do something else, and lets one later `fdatasync` pass over many files find
+/// their data already on its way. Best effort: errors are ignored, since the
+/// `fdatasync` that follows reports them.
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    let off = libc::off64_t::try_from(offset).unwrap_or(libc::off64_t::MAX);
+    let n = libc::off64_t::try_from(len).unwrap_or(0);
+    // SAFETY: sync_file_range takes plain integers and touches no memory of
+    // ours; the descriptor is owned by `file`, which outlives the call.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Waits until writeback of that range, started earlier, is done, starting it
+/// where it was not (`sync_file_range` with `WAIT_BEFORE|WRITE|WAIT_AFTER`).
+/// It bounds how much of a large upload is dirty in the page cache at once;
+/// it makes nothing durable (no metadata, no disk cache flush). Best effort.
+#[allow(unsafe_code)]
+pub fn wait_writeback(file: &File, offset: u64, len: u64) {
+    let off = libc::off64_t::try_from(offset).unwrap_or(libc::off64_t::MAX);
+    let n = libc::off64_t::try_from(len).unwrap_or(0);
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: as in `start_writeback`.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, flags) };
+}
+
+/// Writes back every dirty page and inode of the file system holding `file`
+/// and waits for it (Linux `syncfs`), with one disk cache flush for all of
+/// it, where `fdatasync` on each of N files costs N flushes (on ext4
+/// without a journal, as here, every one also writes its inode block
+/// synchronously). What was dirty elsewhere on that file system is written
+/// too.
+#[allow(unsafe_code)]
+pub fn syncfs(file: &File) -> io::Result<()> {
+    // SAFETY: syncfs takes a descriptor, owned by `file`, and no memory.
+    let r = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -308,3 +308,219 @@ fn unhashed_uploads_commit_only_with_their_callers_check() {
     up.write(c2).unwrap();
     assert!(store.commit_checked(up, &ok2, Validity::Valid).is_err());
 }
+
+/// Waits (without any deadline: the test fails by hanging, never by timing)
+/// until `n` jobs are queued behind a held committer.
+fn wait_queued(c: &group::Committer, n: usize) {
+    while c.queued() < n {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn located(store: &Store, key: &Key) -> bool {
+    store
+        .journal()
+        .locations(key)
+        .unwrap()
+        .iter()
+        .any(|u| u == store.uuid().as_str())
+}
+
+fn tmp_files(store: &Store) -> Vec<PathBuf> {
+    fs::read_dir(&store.tmp)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn concurrent_commits_share_one_batch_and_all_land() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = bare_repo(tmp.path());
+    let committer = store.isolate_committer();
+    committer.hold(true);
+    let contents: Vec<Vec<u8>> = (0..24u32)
+        .map(|i| format!("object number {i}").into_bytes())
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = contents
+            .iter()
+            .map(|c| {
+                let store = store.clone();
+                s.spawn(move || put(&store, c))
+            })
+            .collect();
+        // A bad upload meanwhile is refused on its own, without a batch.
+        let key = key_for(b"the real bytes");
+        let mut up = store.begin_upload(&key, 0).unwrap();
+        up.write(b"other bytes!!!").unwrap();
+        assert!(matches!(
+            store.commit(up, Validity::Valid).unwrap(),
+            Stored::Rejected(_)
+        ));
+        assert!(!store.contains(&key));
+        wait_queued(&committer, contents.len());
+        // Nothing is visible or recorded before its batch is committed.
+        assert!(contents.iter().all(|c| !store.contains(&key_for(c))));
+        committer.hold(false);
+        for h in handles {
+            assert_eq!(h.join().unwrap(), Stored::Stored);
+        }
+    });
+    assert_eq!(committer.stats(), (1, contents.len() as u64));
+    for c in &contents {
+        let key = key_for(c);
+        assert_eq!(&fs::read(store.content_path(&key).unwrap()).unwrap(), c);
+        assert!(located(&store, &key), "{key} not in the location log");
+    }
+    assert!(tmp_files(&store).is_empty(), "{:?}", tmp_files(&store));
+    // A second store over the same repository (a new process) sees them all.
+    let again = Store::open(tmp.path()).unwrap();
+    assert!(contents.iter().all(|c| again.contains(&key_for(c))));
+}
+
+#[test]
+fn failures_in_a_batch_fail_only_their_own_uploads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = bare_repo(tmp.path());
+    let committer = store.isolate_committer();
+    let contents: Vec<Vec<u8>> = (0..8u32)
+        .map(|i| format!("batch member {i}").into_bytes())
+        .collect();
+    // Upload 2's fdatasync fails (injected); upload 5 cannot get its key
+    // directory, because a file is in the way (a real failure).
+    let synced_bad = key_for(&contents[2]);
+    committer.fail_sync_of(Some(&synced_bad.file()));
+    let placed_bad = key_for(&contents[5]);
+    let [dest, _] = store.object_paths(&placed_bad);
+    let key_dir = dest.parent().unwrap();
+    fs::create_dir_all(key_dir.parent().unwrap()).unwrap();
+    fs::write(key_dir, b"in the way").unwrap();
+    committer.hold(true);
+    let results: Vec<Result<Stored>> = std::thread::scope(|s| {
+        let handles: Vec<_> = contents
+            .iter()
+            .map(|c| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let key = key_for(c);
+                    let mut up = store.begin_upload(&key, 0).unwrap();
+                    up.write(c).unwrap();
+                    store.commit(up, Validity::Valid)
+                })
+            })
+            .collect();
+        wait_queued(&committer, contents.len());
+        committer.hold(false);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(committer.stats(), (1, contents.len() as u64));
+    for (i, (c, r)) in contents.iter().zip(&results).enumerate() {
+        let key = key_for(c);
+        if i == 2 || i == 5 {
+            assert!(r.is_err(), "upload {i}: {r:?}");
+            assert!(!store.contains(&key), "upload {i} is visible");
+            assert!(!located(&store, &key), "upload {i} is recorded");
+        } else {
+            assert_eq!(r.as_ref().unwrap(), &Stored::Stored, "upload {i}");
+            assert_eq!(&fs::read(store.content_path(&key).unwrap()).unwrap(), c);
+            assert!(located(&store, &key), "upload {i} is not recorded");
+        }
+    }
+    assert!(
+        r_contains(&results[2], "injected"),
+        "{:?}",
+        results[2].as_ref().err()
+    );
+    // The failed fdatasync dropped its temp file; the other failure keeps its
+    // verified partial file for a retry, which lands once the way is clear.
+    assert_eq!(store.partial_size(&synced_bad), 0);
+    committer.fail_sync_of(None);
+    fs::remove_file(key_dir).unwrap();
+    assert_eq!(put(&store, &contents[5]), Stored::Stored);
+    assert!(located(&store, &placed_bad));
+    assert_eq!(put(&store, &contents[2]), Stored::Stored);
+    assert!(located(&store, &synced_bad));
+}
+
+fn r_contains(r: &Result<Stored>, text: &str) -> bool {
+    r.as_ref()
+        .err()
+        .is_some_and(|e| e.to_string().contains(text))
+}
+
+#[test]
+fn journal_batches_compose_and_fail_per_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = bare_repo(&tmp.path().join("a"));
+    fs::create_dir_all(tmp.path().join("b")).unwrap();
+    let b = bare_repo(&tmp.path().join("b"));
+    fs::create_dir_all(tmp.path().join("c")).unwrap();
+    let c = bare_repo(&tmp.path().join("c"));
+    // c's journal directory cannot be made: a file is in the way.
+    fs::create_dir_all(tmp.path().join("c/annex")).unwrap();
+    fs::write(tmp.path().join("c/annex/journal"), b"").unwrap();
+    let append = |j: &Journal, line: &'static str| {
+        j.change("x.log".into(), move |old| {
+            let mut v = old.to_vec();
+            v.extend_from_slice(line.as_bytes());
+            v
+        })
+    };
+    let results = crate::journal::modify_many(vec![
+        append(a.journal(), "a1\n"),
+        append(b.journal(), "b1\n"),
+        append(c.journal(), "c1\n"),
+        append(a.journal(), "a2\n"),
+    ]);
+    assert_eq!(results[0].as_ref().unwrap(), b"a1\n");
+    assert_eq!(results[1].as_ref().unwrap(), b"b1\n");
+    assert!(results[2].is_err());
+    assert_eq!(results[3].as_ref().unwrap(), b"a1\na2\n");
+    assert_eq!(a.journal().read("x.log").unwrap(), b"a1\na2\n");
+    assert_eq!(b.journal().read("x.log").unwrap(), b"b1\n");
+    // No temp file is left in the journals or their temp directories.
+    for r in [&a, &b] {
+        let names: Vec<_> = fs::read_dir(r.journal().file_for("x.log").parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x.log")]);
+    }
+}
+
+#[test]
+fn many_threads_many_stores_one_file_system() {
+    // Three repositories (a gateway's local nodes) and many concurrent
+    // uploads to each: everything lands, recorded, through the shared committer.
+    let tmp = tempfile::tempdir().unwrap();
+    let stores: Vec<Store> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("n{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            bare_repo(&dir)
+        })
+        .collect();
+    let contents: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| format!("shared {i}").into_bytes())
+        .collect();
+    std::thread::scope(|s| {
+        for store in &stores {
+            for chunk in contents.chunks(10) {
+                s.spawn(move || {
+                    for c in chunk {
+                        assert_eq!(put(store, c), Stored::Stored);
+                    }
+                });
+            }
+        }
+    });
+    for store in &stores {
+        for c in &contents {
+            let key = key_for(c);
+            assert_eq!(&fs::read(store.content_path(&key).unwrap()).unwrap(), c);
+            assert!(located(store, &key));
+        }
+        assert!(tmp_files(store).is_empty());
+    }
+}
