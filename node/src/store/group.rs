@@ -48,8 +48,10 @@ pub(crate) struct ObjectJob {
     pub tmp: PathBuf,
     /// `annex/objects/<hashdirs>/<keyFile>/<keyFile>`.
     pub dest: PathBuf,
-    /// The location-log record to write once the object is durable in place.
-    pub record: Option<Change>,
+    /// The location-log records to write once the object is durable in place:
+    /// the repository's own first, then any others (a gateway's journal noting
+    /// where the content went), all in this batch.
+    pub records: Vec<Change>,
 }
 
 #[derive(Debug)]
@@ -63,7 +65,8 @@ enum Job {
 pub(crate) struct Outcome {
     /// The object is durable in place (always `Ok` for a journal job).
     pub placed: Result<()>,
-    /// The journal file's new content, if the job had a record and got to it.
+    /// The first record's new journal content, if the job had records and
+    /// got to them.
     pub record: Option<Result<Vec<u8>>>,
 }
 
@@ -279,8 +282,10 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
                 record: None,
             },
         );
-        if let Some(c) = o.record {
+        if !o.records.is_empty() {
             records.push(id);
+        }
+        for c in o.records {
             change_ids.push(id);
             batch_changes.push(c);
         }
@@ -339,8 +344,13 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
             placed: Ok(()),
             record: None,
         });
-        if o.placed.is_ok() {
+        // The first record of a job is its repository's own.
+        if o.placed.is_ok() && o.record.is_none() {
             o.record = Some(r);
+        } else if o.placed.is_ok()
+            && let Err(e) = r
+        {
+            tracing::warn!("a further location record failed: {e}");
         }
     }
     out.into_iter().collect()

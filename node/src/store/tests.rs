@@ -524,3 +524,41 @@ fn many_threads_many_stores_one_file_system() {
         assert!(tmp_files(store).is_empty());
     }
 }
+
+#[test]
+fn a_gateway_notes_the_arrival_in_the_same_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = bare_repo(&tmp.path().join("gw"));
+    let mut node = bare_repo(&tmp.path().join("node"));
+    let committer = node.isolate_committer();
+    let content = b"noted by the gateway";
+    let key = key_for(content);
+    let mut check = StreamCheck::new(&key);
+    check.update(content).unwrap();
+    let checked = check.finish().unwrap();
+    let mut up = node.begin_unhashed_upload(&key).unwrap();
+    up.write(content).unwrap();
+    assert_eq!(
+        node.commit_checked_noting(up, &checked, Validity::Valid, gateway.journal())
+            .unwrap(),
+        Stored::Stored
+    );
+    // One batch wrote the object, the node's record and the gateway's.
+    assert_eq!(committer.stats(), (1, 1));
+    let uuid = node.uuid().as_str().to_owned();
+    assert_eq!(node.journal().locations(&key).unwrap(), vec![uuid.clone()]);
+    assert_eq!(
+        gateway.journal().locations(&key).unwrap(),
+        vec![uuid.clone()]
+    );
+    // Content already there: the gateway still learns where it is.
+    let other = bare_repo(&tmp.path().join("gw2"));
+    let mut up = node.begin_unhashed_upload(&key).unwrap();
+    up.write(content).unwrap();
+    assert_eq!(
+        node.commit_checked_noting(up, &checked, Validity::Valid, other.journal())
+            .unwrap(),
+        Stored::Stored
+    );
+    assert_eq!(other.journal().locations(&key).unwrap(), vec![uuid]);
+}
