@@ -67,6 +67,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 
 use std::path::PathBuf;
 
+pub(crate) use remote::Conn;
 pub use remote::{Reach, RemoteNode};
 
 use crate::cluster::{Cost, NodeStore};
@@ -167,13 +168,14 @@ pub struct Gateway<'a> {
     pub auth: Option<&'a dyn Authenticator>,
 }
 
-struct Io<R, W> {
-    reader: BufReader<R>,
-    writer: BufWriter<W>,
+/// The client's side of a session served by a gateway (here and in `proxy`).
+pub(crate) struct Io<R, W> {
+    pub(crate) reader: BufReader<R>,
+    pub(crate) writer: BufWriter<W>,
     line: Vec<u8>,
 }
 
-fn io_err(e: std::io::Error) -> Error {
+pub(crate) fn io_err(e: std::io::Error) -> Error {
     Error::Io {
         context: "p2p stream".into(),
         source: e,
@@ -181,12 +183,21 @@ fn io_err(e: std::io::Error) -> Error {
 }
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
-    async fn send(&mut self, m: &Message) -> Result<()> {
+    pub(crate) fn new(reader: R, writer: W) -> Self {
+        Io {
+            reader: BufReader::with_capacity(IO_BUFFER, reader),
+            writer: BufWriter::with_capacity(IO_BUFFER, writer),
+            line: Vec::with_capacity(256),
+        }
+    }
+
+    pub(crate) async fn send(&mut self, m: &Message) -> Result<()> {
         self.writer.write_all(&m.to_line()).await.map_err(io_err)
     }
 
-    /// The next message; `Ok(None)` at EOF; an unparsable line is `Some(None)`.
-    async fn next(&mut self) -> Result<Option<Option<Message>>> {
+    /// The next message; `Ok(None)` at EOF; an unparsable line is `Some(None)`;
+    /// an over-long line is a protocol error.
+    pub(crate) async fn next(&mut self) -> Result<Option<Option<Message>>> {
         self.writer.flush().await.map_err(io_err)?;
         match read_line(&mut self.reader, &mut self.line)
             .await
@@ -195,6 +206,51 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
             LineRead::Line => Ok(Some(Message::parse(&self.line).ok())),
             LineRead::Eof => Ok(None),
             LineRead::TooLong => Err(Error::Protocol("over-long line".into())),
+        }
+    }
+}
+
+/// Reads `AUTH` lines until one is granted (`Ok(Ok(mode))`), as the plain
+/// server does: `AUTH-FAILURE` for a refused one, `ERROR unexpected command`
+/// for anything else, and the session ends after too many failures. A
+/// granted `AUTH` is answered `AUTH-SUCCESS <serving>`.
+pub(crate) async fn authenticate<R, W>(
+    io: &mut Io<R, W>,
+    auth: &dyn Authenticator,
+    serving: &Uuid,
+) -> Result<std::result::Result<ServeMode, CloseReason>>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut failures = 0;
+    loop {
+        let msg = match io.next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(Err(CloseReason::Eof)),
+            Err(Error::Protocol(e)) => return Ok(Err(CloseReason::ProtocolError(e))),
+            Err(e) => return Err(e),
+        };
+        match msg {
+            None => io.send(&Message::Error("unknown command".into())).await?,
+            Some(Message::Error(e)) => return Ok(Err(CloseReason::ClientError(e))),
+            Some(Message::Auth(uuid, token)) => match auth.check(uuid.as_ref(), &token) {
+                Some(mode) => {
+                    io.send(&Message::AuthSuccess(serving.clone())).await?;
+                    return Ok(Ok(mode));
+                }
+                None => {
+                    io.send(&Message::AuthFailure).await?;
+                    failures += 1;
+                    if failures >= MAX_AUTH_ATTEMPTS {
+                        return Ok(Err(CloseReason::TooManyAuthAttempts));
+                    }
+                }
+            },
+            Some(_) => {
+                io.send(&Message::Error("unexpected command".into()))
+                    .await?
+            }
         }
     }
 }
@@ -367,11 +423,7 @@ impl Gateway<'_> {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        let mut io = Io {
-            reader: BufReader::with_capacity(IO_BUFFER, reader),
-            writer: BufWriter::with_capacity(IO_BUFFER, writer),
-            line: Vec::with_capacity(256),
-        };
+        let mut io = Io::new(reader, writer);
         let reason = self.session(&mut io).await;
         let _ = io.writer.flush().await;
         let _ = io.writer.shutdown().await;
@@ -393,7 +445,7 @@ impl Gateway<'_> {
                 io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
                 self.mode
             }
-            Some(auth) => match self.authenticate(io, auth).await? {
+            Some(auth) => match authenticate(io, auth, &self.cluster).await? {
                 Ok(mode) => mode,
                 Err(reason) => return Ok(reason),
             },
@@ -454,50 +506,6 @@ impl Gateway<'_> {
                     return Ok(CloseReason::ProtocolError("NOTIFYCHANGE".into()));
                 }
                 _ => io.send(&M::Error("unexpected command".into())).await?,
-            }
-        }
-    }
-
-    /// Reads `AUTH` lines until one is granted (`Ok(Ok(mode))`), as the plain
-    /// server does: `AUTH-FAILURE` for a refused one, `ERROR unexpected command`
-    /// for anything else, and the session ends after too many failures.
-    async fn authenticate<R, W>(
-        &self,
-        io: &mut Io<R, W>,
-        auth: &dyn Authenticator,
-    ) -> Result<std::result::Result<ServeMode, CloseReason>>
-    where
-        R: AsyncRead + Unpin + Send,
-        W: AsyncWrite + Unpin + Send,
-    {
-        let mut failures = 0;
-        loop {
-            let msg = match io.next().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Ok(Err(CloseReason::Eof)),
-                Err(Error::Protocol(e)) => return Ok(Err(CloseReason::ProtocolError(e))),
-                Err(e) => return Err(e),
-            };
-            match msg {
-                None => io.send(&Message::Error("unknown command".into())).await?,
-                Some(Message::Error(e)) => return Ok(Err(CloseReason::ClientError(e))),
-                Some(Message::Auth(uuid, token)) => match auth.check(uuid.as_ref(), &token) {
-                    Some(mode) => {
-                        io.send(&Message::AuthSuccess(self.cluster.clone())).await?;
-                        return Ok(Ok(mode));
-                    }
-                    None => {
-                        io.send(&Message::AuthFailure).await?;
-                        failures += 1;
-                        if failures >= MAX_AUTH_ATTEMPTS {
-                            return Ok(Err(CloseReason::TooManyAuthAttempts));
-                        }
-                    }
-                },
-                Some(_) => {
-                    io.send(&Message::Error("unexpected command".into()))
-                        .await?
-                }
             }
         }
     }

@@ -25,16 +25,14 @@ use std::path::PathBuf;
 use protocol::logs::presence::Status;
 use protocol::message::{MAX_VERSION, Message, Version};
 use protocol::server::{
-    APPEND_ONLY_ERROR, CloseReason, GitAccess, MAX_AUTH_ATTEMPTS, PutStart, READ_ONLY_ERROR,
-    ServeMode, Server, ServerConfig, ServerOutput, Start,
+    APPEND_ONLY_ERROR, CloseReason, GitAccess, PutStart, READ_ONLY_ERROR, ServeMode, Server,
+    ServerConfig, ServerOutput, Start,
 };
 use protocol::{Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 use crate::error::{Error, Result};
-use crate::gateway::{GatewayNode, Reach, RemoteNode};
-use crate::process::ShellConnection;
-use crate::remote::{Endpoint, StreamSession};
+use crate::gateway::{Conn, GatewayNode, Io, RemoteNode, authenticate, io_err};
 use crate::session::{Authenticator, IO_BUFFER, LineRead, ServeContext, read_line, serve};
 use crate::special::SpecialNode;
 use crate::store::{Store, StreamCheck};
@@ -84,11 +82,7 @@ where
             serve_special(server, &s, gateway, auth, reader, writer).await
         }
         GatewayNode::Remote(r) => {
-            let mut io = Io {
-                reader: BufReader::with_capacity(IO_BUFFER, reader),
-                writer: BufWriter::with_capacity(IO_BUFFER, writer),
-                line: Vec::with_capacity(256),
-            };
+            let mut io = Io::new(reader, writer);
             let reason = Relay {
                 node: &r,
                 gateway,
@@ -129,20 +123,6 @@ impl crate::store::StoreObserver for Recorder {
     }
 }
 
-/// The client's side of a relayed session.
-struct Io<R, W> {
-    reader: BufReader<R>,
-    writer: BufWriter<W>,
-    line: Vec<u8>,
-}
-
-fn io_err(e: std::io::Error) -> Error {
-    Error::Io {
-        context: "p2p stream".into(),
-        source: e,
-    }
-}
-
 /// What the client sent next.
 enum Next {
     Message(Message),
@@ -152,111 +132,19 @@ enum Next {
     Broken(String),
 }
 
-impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
-    async fn send(&mut self, m: &Message) -> Result<()> {
-        self.writer.write_all(&m.to_line()).await.map_err(io_err)
-    }
-
-    async fn next(&mut self) -> Result<Next> {
-        self.writer.flush().await.map_err(io_err)?;
-        Ok(
-            match read_line(&mut self.reader, &mut self.line)
-                .await
-                .map_err(io_err)?
-            {
-                LineRead::Line => match Message::parse(&self.line) {
-                    Ok(m) => Next::Message(m),
-                    Err(_) => Next::Unparsable,
-                },
-                LineRead::Eof => Next::Eof,
-                LineRead::TooLong => Next::Broken("over-long line".into()),
-            },
-        )
-    }
-}
-
-/// A live connection to a relayed node.
-enum NodeConn {
-    Shell(Box<ShellConnection>),
-    Mesh {
-        session: Box<StreamSession>,
-        /// Keeps the swarm alive for as long as the session.
-        _endpoint: Endpoint,
-    },
-}
-
-/// Runs the same call on either kind of node session.
-macro_rules! on_node {
-    ($conn:expr, $s:ident => $body:expr) => {
-        match $conn {
-            NodeConn::Shell(c) => {
-                let $s = &mut c.session;
-                $body
-            }
-            NodeConn::Mesh { session, .. } => {
-                let $s = &mut **session;
-                $body
-            }
-        }
-    };
-}
-
-impl NodeConn {
-    /// Connects to `node` as the gateway `me`, offering `version` (`None`:
-    /// the client asked for none, so neither do we).
-    async fn open(node: &RemoteNode, gateway: &Store, version: Option<Version>) -> Result<Self> {
-        let me = gateway.uuid();
-        match &node.reach {
-            Reach::Shell(shell) => {
-                let cmd = shell.command("p2pstdio", &[me.as_str(), "--uuid", node.uuid.as_str()]);
-                let (mut c, _) =
-                    ShellConnection::spawn(tokio::process::Command::from(cmd), Some(&node.uuid))
-                        .await?;
-                if let Some(v) = version {
-                    c.session.negotiate_version(v).await?;
-                }
-                Ok(NodeConn::Shell(Box::new(c)))
-            }
-            Reach::Mesh(address) => {
-                let state = crate::config::state_dir(gateway.repo());
-                let key = crate::config::load_or_create_identity(&state)?;
-                let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
-                let token = protocol::AuthToken::parse("")
-                    .ok_or_else(|| Error::Protocol("empty token".into()))?;
-                let (session, uuid) = endpoint
-                    .connect_offering(address, me.clone(), token, version)
-                    .await?;
-                if uuid != node.uuid {
-                    return Err(Error::Protocol(format!(
-                        "{address} answered as {uuid}, not {}",
-                        node.uuid
-                    )));
-                }
-                Ok(NodeConn::Mesh {
-                    session: Box::new(session),
-                    _endpoint: endpoint,
-                })
-            }
-        }
-    }
-
-    fn version(&self) -> Version {
-        match self {
-            NodeConn::Shell(c) => c.session.version(),
-            NodeConn::Mesh { session, .. } => session.version(),
-        }
-    }
-
-    async fn send(&mut self, m: &Message) -> Result<()> {
-        on_node!(self, s => s.send_message(m).await)
-    }
-
-    /// The node's next message; its end of stream is an error here, since a
-    /// relay only reads when a reply is due.
-    async fn reply(&mut self) -> Result<Message> {
-        on_node!(self, s => s.read_message().await)?
-            .ok_or_else(|| Error::Protocol("the node closed the connection".into()))
-    }
+/// The client's next message, as [`Next`].
+async fn next<R, W>(io: &mut Io<R, W>) -> Result<Next>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    Ok(match io.next().await {
+        Ok(Some(Some(m))) => Next::Message(m),
+        Ok(Some(None)) => Next::Unparsable,
+        Ok(None) => Next::Eof,
+        Err(Error::Protocol(why)) => Next::Broken(why),
+        Err(e) => return Err(e),
+    })
 }
 
 /// A relay between one client and one node (git-annex's `performProxy`).
@@ -285,12 +173,12 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             },
         };
         // The client's VERSION decides what the node is offered.
-        let first = self.io.next().await?;
+        let first = next(self.io).await?;
         let offer = match &first {
             Next::Message(Message::Version(v)) => Some((*v).clamp(0, i64::from(MAX_VERSION))),
             _ => None,
         };
-        let mut conn = match NodeConn::open(self.node, self.gateway, offer).await {
+        let mut conn = match self.node.open(self.gateway.uuid(), offer).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!("proxying to node {}: {e}", self.node.remote);
@@ -308,11 +196,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         };
         let reason = self.relay_all(&mut conn, mode, first).await;
         // Let the node finish (an UNLOCKCONTENT just sent, say) and exit.
-        let closed = match conn {
-            NodeConn::Shell(c) => c.finish().await.map(|_| ()),
-            NodeConn::Mesh { session, .. } => session.close().await,
-        };
-        if let Err(e) = closed {
+        if let Err(e) = conn.close().await {
             tracing::info!("closing node {}: {e}", self.node.remote);
         }
         reason
@@ -320,7 +204,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
 
     async fn relay_all(
         &mut self,
-        conn: &mut NodeConn,
+        conn: &mut Conn,
         mode: ServeMode,
         first: Next,
     ) -> Result<CloseReason> {
@@ -335,7 +219,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         loop {
             let next = match pending.take() {
                 Some(n) => n,
-                None => self.io.next().await?,
+                None => next(self.io).await?,
             };
             let msg = match next {
                 Next::Message(m) => m,
@@ -367,7 +251,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
     /// Relays one request and its whole exchange. `Some` ends the session.
     async fn relay_request(
         &mut self,
-        conn: &mut NodeConn,
+        conn: &mut Conn,
         mode: ServeMode,
         version: Version,
         msg: Message,
@@ -401,7 +285,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             M::UnlockContent | M::Bypass(_) => {
                 if version >= 2 || matches!(msg, M::UnlockContent) {
                     conn.send(&msg).await?;
-                    on_node!(conn, s => s.flush().await)?;
+                    conn.flush().await?;
                 }
                 Ok(None)
             }
@@ -412,15 +296,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 if !matches!(reply, M::PutFrom(_)) {
                     return Ok(None);
                 }
-                match self.io.next().await? {
+                match next(self.io).await? {
                     Next::Message(M::Data(len)) => {
                         conn.send(&M::Data(len)).await?;
-                        let sent = on_node!(conn, s => s.relay_payload_from(&mut self.io.reader, len).await)?;
+                        let sent = conn.payload_from(&mut self.io.reader, len).await?;
                         if sent < len {
                             return Ok(Some(CloseReason::ProtocolError("short DATA".into())));
                         }
                         if version >= 1 {
-                            match self.io.next().await? {
+                            match next(self.io).await? {
                                 Next::Message(v @ (M::Valid | M::Invalid)) => conn.send(&v).await?,
                                 Next::Eof => return Ok(Some(CloseReason::Eof)),
                                 _ => {
@@ -455,7 +339,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 let M::Data(len) = reply else {
                     return Ok(None);
                 };
-                let sent = on_node!(conn, s => s.relay_payload_to(&mut self.io.writer, len).await)?;
+                let sent = conn.payload_to(&mut self.io.writer, len).await?;
                 if sent < len {
                     // No in-band abort: the client sees the stream end.
                     return Err(Error::Protocol("the node's DATA came up short".into()));
@@ -464,7 +348,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     let v = conn.reply().await?;
                     self.io.send(&v).await?;
                 }
-                match self.io.next().await? {
+                match next(self.io).await? {
                     Next::Message(m) => conn.send(&m).await?,
                     Next::Eof => return Ok(Some(CloseReason::Eof)),
                     Next::Unparsable | Next::Broken(_) => {
@@ -516,46 +400,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             .record_presence_many(key, uuids, status)
         {
             tracing::info!("cannot record location of {key}: {e}");
-        }
-    }
-}
-
-/// Reads `AUTH` lines until one is granted (`Ok(Ok(mode))`), answering as the
-/// plain server does: `AUTH-FAILURE` for a refused one, `ERROR unexpected
-/// command` for anything else; the session ends after too many failures.
-async fn authenticate<R, W>(
-    io: &mut Io<R, W>,
-    auth: &dyn Authenticator,
-    serving: &Uuid,
-) -> Result<std::result::Result<ServeMode, CloseReason>>
-where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
-{
-    let mut failures = 0;
-    loop {
-        match io.next().await? {
-            Next::Eof => return Ok(Err(CloseReason::Eof)),
-            Next::Broken(why) => return Ok(Err(CloseReason::ProtocolError(why))),
-            Next::Unparsable => io.send(&Message::Error("unknown command".into())).await?,
-            Next::Message(Message::Error(e)) => return Ok(Err(CloseReason::ClientError(e))),
-            Next::Message(Message::Auth(uuid, token)) => match auth.check(uuid.as_ref(), &token) {
-                Some(mode) => {
-                    io.send(&Message::AuthSuccess(serving.clone())).await?;
-                    return Ok(Ok(mode));
-                }
-                None => {
-                    io.send(&Message::AuthFailure).await?;
-                    failures += 1;
-                    if failures >= MAX_AUTH_ATTEMPTS {
-                        return Ok(Err(CloseReason::TooManyAuthAttempts));
-                    }
-                }
-            },
-            Next::Message(_) => {
-                io.send(&Message::Error("unexpected command".into()))
-                    .await?
-            }
         }
     }
 }

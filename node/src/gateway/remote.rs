@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use protocol::message::MAX_VERSION;
+use protocol::message::{MAX_VERSION, Message, Version};
 use protocol::server::Validity;
 use protocol::{AssociatedFile, Key, Uuid};
 
@@ -28,7 +28,7 @@ pub enum Reach {
 }
 
 /// A live connection to a remote node.
-enum Conn {
+pub(crate) enum Conn {
     Shell(Box<ShellConnection>),
     Mesh {
         session: Box<StreamSession>,
@@ -51,6 +51,58 @@ macro_rules! on_session {
             }
         }
     };
+}
+
+impl Conn {
+    /// The protocol version agreed with the node.
+    pub(crate) fn version(&self) -> Version {
+        match self {
+            Conn::Shell(c) => c.session.version(),
+            Conn::Mesh { session, .. } => session.version(),
+        }
+    }
+
+    /// Message-level access for relays (see `ClientSession::send_message`).
+    pub(crate) async fn send(&mut self, m: &Message) -> Result<()> {
+        on_session!(self, s => s.send_message(m).await)
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        on_session!(self, s => s.flush().await)
+    }
+
+    /// The node's next message; its end of stream is an error here, since a
+    /// relay only reads when a reply is due.
+    pub(crate) async fn reply(&mut self) -> Result<Message> {
+        on_session!(self, s => s.read_message().await)?
+            .ok_or_else(|| Error::Protocol("the node closed the connection".into()))
+    }
+
+    /// Copies `len` payload bytes from the node to `to`; returns how many.
+    pub(crate) async fn payload_to<T: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut T,
+        len: u64,
+    ) -> Result<u64> {
+        on_session!(self, s => s.relay_payload_to(to, len).await)
+    }
+
+    /// Copies `len` payload bytes from `from` to the node; returns how many.
+    pub(crate) async fn payload_from<T: tokio::io::AsyncBufRead + Unpin>(
+        &mut self,
+        from: &mut T,
+        len: u64,
+    ) -> Result<u64> {
+        on_session!(self, s => s.relay_payload_from(from, len).await)
+    }
+
+    /// Ends the session cleanly: the node sees our end of stream and exits.
+    pub(crate) async fn close(self) -> Result<()> {
+        match self {
+            Conn::Shell(c) => c.finish().await.map(|_| ()),
+            Conn::Mesh { session, .. } => session.close().await,
+        }
+    }
 }
 
 /// A node reached with our client (see [`Reach`]). One connection is started
@@ -174,6 +226,19 @@ impl RemoteNode {
     }
 
     async fn start(&self, client: &Uuid) -> Result<Conn> {
+        let bypass = self.bypass_list();
+        let mut c = self.open(client, Some(Version::from(MAX_VERSION))).await?;
+        if c.version() >= 2 && !bypass.is_empty() {
+            on_session!(&mut c, s => s.bypass(bypass).await)?;
+        }
+        Ok(c)
+    }
+
+    /// A new connection to the node as `client`, offering `version` (`None`:
+    /// no `VERSION`, so the session stays at version 0). The gateway's own
+    /// sessions offer the highest; a relay ([`crate::proxy`]) offers its
+    /// client's.
+    pub(crate) async fn open(&self, client: &Uuid, version: Option<Version>) -> Result<Conn> {
         match &self.reach {
             Reach::Shell(shell) => {
                 let cmd =
@@ -181,10 +246,8 @@ impl RemoteNode {
                 let (mut c, _) =
                     ShellConnection::spawn(tokio::process::Command::from(cmd), Some(&self.uuid))
                         .await?;
-                let v = c.session.negotiate_version(i64::from(MAX_VERSION)).await?;
-                let bypass = self.bypass_list();
-                if v >= 2 && !bypass.is_empty() {
-                    c.session.bypass(bypass).await?;
+                if let Some(v) = version {
+                    c.session.negotiate_version(v).await?;
                 }
                 Ok(Conn::Shell(Box::new(c)))
             }
@@ -196,16 +259,14 @@ impl RemoteNode {
                 let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
                 let token = protocol::AuthToken::parse("")
                     .ok_or_else(|| Error::Protocol("empty token".into()))?;
-                let (mut session, uuid) = endpoint.connect(address, client.clone(), token).await?;
+                let (session, uuid) = endpoint
+                    .connect_offering(address, client.clone(), token, version)
+                    .await?;
                 if uuid != self.uuid {
                     return Err(Error::Protocol(format!(
                         "{address} answered as {uuid}, not {}",
                         self.uuid
                     )));
-                }
-                let bypass = self.bypass_list();
-                if session.version() >= 2 && !bypass.is_empty() {
-                    session.bypass(bypass).await?;
                 }
                 Ok(Conn::Mesh {
                     session: Box::new(session),
