@@ -147,6 +147,9 @@ where
     })
 }
 
+/// How long a relayed node may take to exit once its session is over.
+const NODE_EXIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A relay between one client and one node (git-annex's `performProxy`).
 struct Relay<'a, R, W> {
     node: &'a RemoteNode,
@@ -195,9 +198,12 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             }
         };
         let reason = self.relay_all(&mut conn, mode, first).await;
-        // Let the node finish (an UNLOCKCONTENT just sent, say) and exit.
-        if let Err(e) = conn.close().await {
-            tracing::info!("closing node {}: {e}", self.node.remote);
+        // Let the node finish (an UNLOCKCONTENT just sent, say) and exit; one
+        // that does not is killed when its connection is dropped.
+        match tokio::time::timeout(NODE_EXIT, conn.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::info!("closing node {}: {e}", self.node.remote),
+            Err(_) => tracing::info!("node {} did not exit; killed", self.node.remote),
         }
         reason
     }
