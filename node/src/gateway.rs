@@ -966,27 +966,11 @@ impl Gateway<'_> {
                 return Err(e);
             }
         };
-        // Local nodes written from 0 note their arrival in the gateway's
-        // journal in the same group commit as their own record.
-        let noted: std::sync::Mutex<Vec<Uuid>> = std::sync::Mutex::new(Vec::new());
         let stored: Vec<Uuid> = each_parallel(targets, |t| {
             let up = t.upload?;
             let done = if t.unhashed {
                 match &checked {
-                    Some(c) => {
-                        let r = t.node.store.commit_checked_noting(
-                            up,
-                            c,
-                            validity,
-                            self.gateway.journal(),
-                        );
-                        if matches!(r, Ok(Stored::Stored))
-                            && let Ok(mut n) = noted.lock()
-                        {
-                            n.push(t.node.uuid.clone());
-                        }
-                        r
-                    }
+                    Some(c) => t.node.store.commit_checked(up, c, validity),
                     None => Err(Error::Protocol("the gateway's check failed".into())),
                 }
             } else {
@@ -1048,13 +1032,7 @@ impl Gateway<'_> {
             }
             let _ = std::fs::remove_file(&path);
         }
-        let noted = noted.into_inner().unwrap_or_default();
-        let unrecorded: Vec<Uuid> = stored
-            .iter()
-            .filter(|u| !noted.contains(u))
-            .cloned()
-            .collect();
-        off_runtime(|| self.record(&key, &unrecorded, Status::Present));
+        off_runtime(|| self.record(&key, &stored, Status::Present));
         if stored.is_empty() {
             io.send(&Message::Failure).await?;
         } else {

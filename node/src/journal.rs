@@ -480,44 +480,33 @@ pub fn log_clock_now() -> i64 {
 /// Repositories kept open by [`read_branch_file`], at most this many per thread.
 const OPEN_REPOS: usize = 64;
 
-/// Runs `f` on this thread's open handle of the repository (gix handles here
-/// are not `Send`): opening reads its config and more, which costs more than
-/// the lookup itself, and a location log is read for every upload. The handle
-/// keeps an object cache, so the branch's trees are inflated once rather than
-/// per lookup (a clone of a handle starts with an empty cache, so it is used in
-/// place). The reference is still read each time, and new packs are found when
-/// an object is not.
-fn with_repo<T>(git_dir: &Path, f: impl FnOnce(&gix::Repository) -> Result<T>) -> Result<T> {
+/// Opens a repository for reading, once per thread (gix handles here are
+/// not `Send`): opening reads its config and more, which costs more than the
+/// lookup itself, and a location log is read for every upload. The reference
+/// and the objects are still looked up on disk each time (new packs are
+/// found when an object is not).
+fn open_cached(git_dir: &Path) -> Result<gix::Repository> {
     thread_local! {
         static OPEN: std::cell::RefCell<std::collections::HashMap<PathBuf, gix::Repository>> =
             Default::default();
     }
+    if let Some(repo) = OPEN.with_borrow(|open| open.get(git_dir).cloned()) {
+        return Ok(repo);
+    }
+    let repo = gix::open_opts(git_dir, gix::open::Options::isolated())
+        .map_err(|e| Error::Git(format!("cannot open {}: {e}", git_dir.display())))?;
     OPEN.with_borrow_mut(|open| {
-        if !open.contains_key(git_dir) {
-            let mut repo = gix::open_opts(git_dir, gix::open::Options::isolated())
-                .map_err(|e| Error::Git(format!("cannot open {}: {e}", git_dir.display())))?;
-            repo.object_cache_size_if_unset(OBJECT_CACHE);
-            if open.len() >= OPEN_REPOS {
-                open.clear();
-            }
-            open.insert(git_dir.to_path_buf(), repo);
+        if open.len() >= OPEN_REPOS {
+            open.clear();
         }
-        match open.get(git_dir) {
-            Some(repo) => f(repo),
-            None => Err(Error::Git(format!("cannot open {}", git_dir.display()))),
-        }
-    })
+        open.insert(git_dir.to_path_buf(), repo.clone());
+    });
+    Ok(repo)
 }
-
-/// Bytes of inflated objects each open handle keeps.
-const OBJECT_CACHE: usize = 4 << 20;
 
 /// Reads `refs/heads/git-annex:<path>`; `None` when the branch or file is absent.
 pub fn read_branch_file(git_dir: &Path, path: &str) -> Result<Option<Vec<u8>>> {
-    with_repo(git_dir, |repo| read_branch_file_in(repo, path))
-}
-
-fn read_branch_file_in(repo: &gix::Repository, path: &str) -> Result<Option<Vec<u8>>> {
+    let repo = open_cached(git_dir)?;
     let git = |e: &dyn std::fmt::Display| Error::Git(format!("reading git-annex:{path}: {e}"));
     let Some(mut reference) = repo
         .try_find_reference("refs/heads/git-annex")

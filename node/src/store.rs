@@ -253,14 +253,7 @@ impl Store {
     /// An upload from [`Store::begin_unhashed_upload`] is refused here.
     pub fn commit(&self, upload: Upload, validity: Validity) -> Result<Stored> {
         let verdict = upload.hasher.finish()?;
-        self.finish_commit(
-            upload.key,
-            upload.path,
-            upload.file,
-            verdict,
-            validity,
-            None,
-        )
+        self.finish_commit(upload.key, upload.path, upload.file, verdict, validity)
     }
 
     /// Commits an upload from [`Store::begin_unhashed_upload`] with the verdict
@@ -285,41 +278,7 @@ impl Store {
             )));
         }
         let verdict = checked.verdict.clone();
-        self.finish_commit(
-            upload.key,
-            upload.path,
-            upload.file,
-            verdict,
-            validity,
-            None,
-        )
-    }
-
-    /// [`Store::commit_checked`] that also notes the content's arrival here in
-    /// `gateway`'s journal, in the same group commit as this store's own
-    /// record (a gateway records where content went; one batch instead of two).
-    pub fn commit_checked_noting(
-        &self,
-        upload: Upload,
-        checked: &Checked,
-        validity: Validity,
-        gateway: &Journal,
-    ) -> Result<Stored> {
-        if !matches!(upload.hasher, Hasher::Caller)
-            || checked.key != upload.key
-            || checked.len != upload.written
-        {
-            return self.commit_checked(upload, checked, validity);
-        }
-        let verdict = checked.verdict.clone();
-        self.finish_commit(
-            upload.key,
-            upload.path,
-            upload.file,
-            verdict,
-            validity,
-            Some(gateway),
-        )
+        self.finish_commit(upload.key, upload.path, upload.file, verdict, validity)
     }
 
     fn finish_commit(
@@ -329,7 +288,6 @@ impl Store {
         file: File,
         verdict: Verdict,
         validity: Validity,
-        also_note_in: Option<&Journal>,
     ) -> Result<Stored> {
         if !verdict.accepted_given(validity) {
             drop(file);
@@ -343,11 +301,6 @@ impl Store {
         if self.contains(&key) {
             drop(file);
             let _ = fs::remove_file(&path);
-            if let Some(j) = also_note_in
-                && let Err(e) = j.record_presence(&key, &self.repo.uuid, Status::Present)
-            {
-                tracing::warn!("cannot record location of {key}: {e}");
-            }
             return Ok(Stored::Stored);
         }
         // Durable, in place, then recorded: in one batch with whatever else
@@ -360,11 +313,7 @@ impl Store {
             file,
             tmp: path,
             dest,
-            records: std::iter::once(record)
-                .chain(
-                    also_note_in.map(|j| j.presence_change(&key, &self.repo.uuid, Status::Present)),
-                )
-                .collect(),
+            record: Some(record),
         });
         outcome.placed?;
         match outcome.record {

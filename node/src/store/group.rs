@@ -48,10 +48,8 @@ pub(crate) struct ObjectJob {
     pub tmp: PathBuf,
     /// `annex/objects/<hashdirs>/<keyFile>/<keyFile>`.
     pub dest: PathBuf,
-    /// The location-log records to write once the object is durable in place:
-    /// the repository's own first, then any others (a gateway's journal noting
-    /// where the content went), all in this batch.
-    pub records: Vec<Change>,
+    /// The location-log record to write once the object is durable in place.
+    pub record: Option<Change>,
 }
 
 #[derive(Debug)]
@@ -65,8 +63,7 @@ enum Job {
 pub(crate) struct Outcome {
     /// The object is durable in place (always `Ok` for a journal job).
     pub placed: Result<()>,
-    /// The first record's new journal content, if the job had records and
-    /// got to them.
+    /// The journal file's new content, if the job had a record and got to it.
     pub record: Option<Result<Vec<u8>>>,
 }
 
@@ -282,10 +279,8 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
                 record: None,
             },
         );
-        if !o.records.is_empty() {
+        if let Some(c) = o.record {
             records.push(id);
-        }
-        for c in o.records {
             change_ids.push(id);
             batch_changes.push(c);
         }
@@ -344,13 +339,8 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
             placed: Ok(()),
             record: None,
         });
-        // The first record of a job is its repository's own.
-        if o.placed.is_ok() && o.record.is_none() {
+        if o.placed.is_ok() {
             o.record = Some(r);
-        } else if o.placed.is_ok()
-            && let Err(e) = r
-        {
-            tracing::warn!("a further location record failed: {e}");
         }
     }
     out.into_iter().collect()
