@@ -143,13 +143,18 @@ fn get_order<'n>(nodes: &'n [GatewayNode], busy_dir: &Path) -> Vec<&'n GatewayNo
 
 /// A fresh path under the gateway's `annex/tmp` for content passing through it.
 fn spool_path(gateway: &Store, key: &Key, what: &str) -> PathBuf {
+    spool_path_in(gateway, "annexmesh-gateway", key, what)
+}
+
+/// A fresh path in `annex/tmp/<dir>` of the gateway (here and in `proxy`).
+pub(crate) fn spool_path_in(gateway: &Store, dir: &str, key: &Key, what: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     gateway
         .repo()
         .annex_dir()
         .join("tmp")
-        .join("annexmesh-gateway")
+        .join(dir)
         .join(format!("{}-{n}-{what}-{}", std::process::id(), key.file()))
 }
 

@@ -410,16 +410,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
     }
 }
 
-/// A fresh spool path under the gateway's `annex/tmp`.
+/// A fresh spool path under the gateway's `annex/tmp/annexmesh-proxy`.
 fn spool_path(gateway: &Store, key: &Key, what: &str) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    gateway
-        .repo()
-        .annex_dir()
-        .join("tmp")
-        .join("annexmesh-proxy")
-        .join(format!("{}-{n}-{what}-{}", std::process::id(), key.file()))
+    crate::gateway::spool_path_in(gateway, "annexmesh-proxy", key, what)
 }
 
 /// A spool file, removed when dropped.

@@ -362,6 +362,22 @@ enum Step {
     Verify(Validity),
 }
 
+/// The outcome of a `PUT` from the client machine's reply.
+fn put_outcome(reply: Reply) -> Result<PutOutcome> {
+    match reply {
+        Reply::Put {
+            stored,
+            already,
+            plus,
+        } => Ok(PutOutcome {
+            stored,
+            already_had: already,
+            also: plus,
+        }),
+        other => Err(Error::Protocol(format!("unexpected {other:?}"))),
+    }
+}
+
 /// Our client side of a P2P connection over any byte stream.
 pub struct ClientSession<R, W> {
     client: Client,
@@ -619,24 +635,13 @@ where
             .context(|| format!("stat {}", source.display()))?
             .len();
         self.client.put(key.clone(), file, size, false);
-        match self
+        let reply = self
             .run(Payload::Upload {
                 file: &mut f,
                 progress,
             })
-            .await?
-        {
-            Reply::Put {
-                stored,
-                already,
-                plus,
-            } => Ok(PutOutcome {
-                stored,
-                already_had: already,
-                also: plus,
-            }),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+            .await?;
+        put_outcome(reply)
     }
 
     /// Downloads `key` into `partial` (resuming from its current size), verifying
@@ -735,18 +740,8 @@ where
     /// Ends a streamed upload with `VALID`/`INVALID` and reads the result.
     pub async fn put_stream_finish(&mut self, valid: bool) -> Result<PutOutcome> {
         self.client.handle_payload_sent(valid);
-        match self.run(Payload::None).await? {
-            Reply::Put {
-                stored,
-                already,
-                plus,
-            } => Ok(PutOutcome {
-                stored,
-                already_had: already,
-                also: plus,
-            }),
-            other => Err(Error::Protocol(format!("unexpected {other:?}"))),
-        }
+        let reply = self.run(Payload::None).await?;
+        put_outcome(reply)
     }
 
     /// Starts a relayed download from `offset`: returns the `DATA` length.
