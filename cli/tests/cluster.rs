@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo test -p annexmesh-cli --test cluster`.
 
+#[path = "cluster/publish.rs"]
+mod publish;
 mod support;
 
 use std::io::{Read, Write};
@@ -1722,6 +1724,15 @@ fn stock_client_copies_through_two_gateways() {
         .ok()
         .says("G-H-N4")
         .says("G-N1");
+    // Both gateways committed what their sessions recorded (issue 13): a
+    // clone of G sees the copies on G's nodes and on H's.
+    let d = lab.second_clone("D");
+    lab.annex_in(&d, &["whereis", "--key", &hello])
+        .ok()
+        .says("G-N1")
+        .says("G-N3")
+        .says("G-H-N4")
+        .says("G-H-N5");
     // Only H's nodes keep it: GET goes through H.
     for n in &lab.nodes[..3] {
         lab.run(n, "git", &["annex", "dropkey", "--force", &meg])

@@ -216,7 +216,23 @@ pub fn configlist(dir: &str) -> Result<String> {
 
 /// `p2pstdio`: serves one P2P session on stdin/stdout. Returns why it ended;
 /// the caller maps protocol errors to a non-zero exit like git-annex-shell.
+///
+/// When the session ends, however it ends, every journal it wrote (the
+/// repository's, a gateway's records of its nodes, local nodes' own) is
+/// committed to its `git-annex` branch, as git-annex-shell does, so a `git
+/// fetch` or `git clone` of the repository carries what the session changed.
+/// A session killed midway leaves its journal for the next one or a daemon.
 pub async fn p2pstdio(
+    dir: &str,
+    client: Option<&str>,
+    expected: Option<&str>,
+) -> Result<CloseReason> {
+    let served = serve_p2pstdio(dir, client, expected).await;
+    crate::session::record_state("annexmesh annex-shell: record changes").await;
+    served
+}
+
+async fn serve_p2pstdio(
     dir: &str,
     client: Option<&str>,
     expected: Option<&str>,

@@ -130,6 +130,33 @@ pub fn commit(git_dir: &Path, message: &str) -> Result<Option<ObjectId>> {
     write_batch(git_dir, &[], message)
 }
 
+/// Commits the journal of every repository this process has written since the
+/// last such call (`journal::take_written`): what a session does when it ends,
+/// as git-annex-shell does ("recording state in git"). Sessions that end
+/// together share commits: the first to take the journal lock commits every
+/// journal file there is, the others find little or nothing left. A
+/// repository whose commit fails is kept for the next call, and its journal
+/// stays as it is for the next session or daemon. Returns the commits made,
+/// or the last failure.
+pub fn commit_written(message: &str) -> Result<usize> {
+    let mut made = 0;
+    let mut failed = None;
+    for git_dir in crate::journal::take_written() {
+        match commit(&git_dir, message) {
+            Ok(Some(_)) => made += 1,
+            Ok(None) => {}
+            Err(e) => {
+                crate::journal::rewritten(&git_dir);
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(made),
+    }
+}
+
 /// Like [`commit`], with `files` (branch path, content) joined in too: for
 /// lines that arrive by gossip. Each file is merged with the branch's version,
 /// never replacing it. Paths that could not be a branch file are skipped.

@@ -4,6 +4,7 @@
 //! exclude each other). A journal file holds the file's whole new content;
 //! git-annex commits the journal to the `git-annex` branch in batches.
 
+use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,33 @@ use crate::store::group::Committer;
 
 /// fcntl locks do not exclude threads of one process from each other; this does.
 static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+/// The repositories (git dirs) whose journal this process has written since
+/// [`take_written`] last took them: what a session commits when it ends, as
+/// git-annex-shell does ("recording state in git").
+static WRITTEN: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Notes that `git_dir`'s journal has a change of this process's. Called with
+/// the journal lock held and the file in place, so a commit that takes the
+/// lock after [`take_written`] sees the change.
+fn note_written(git_dir: &Path) {
+    let mut set = WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !set.contains(git_dir) {
+        set.insert(git_dir.to_path_buf());
+    }
+}
+
+/// The repositories whose journal this process wrote since the last call, and
+/// forgets them. A commit that fails puts its repository back ([`rewritten`]).
+pub fn take_written() -> Vec<PathBuf> {
+    let mut set = WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::take(&mut *set).into_iter().collect()
+}
+
+/// Puts a repository back among the written ones (its commit failed).
+pub fn rewritten(git_dir: &Path) {
+    note_written(git_dir);
+}
 
 /// The journal lock, held: the in-process mutex (fcntl locks do not exclude
 /// threads of one process) and git-annex's fcntl lock on `annex/journal.lck`
@@ -110,6 +138,7 @@ pub(crate) struct Prepared {
 /// A journal file's new content, in its temp file.
 struct Written {
     path: PathBuf,
+    git_dir: PathBuf,
     dir: PathBuf,
     tmp: PathBuf,
     file: std::fs::File,
@@ -139,6 +168,7 @@ pub(crate) fn prepare_many(changes: Vec<Change>) -> Prepared {
     }
     /// A journal file's new content and the changes that made it.
     struct Pending {
+        git_dir: PathBuf,
         dir: PathBuf,
         tmp_dir: PathBuf,
         content: Vec<u8>,
@@ -173,6 +203,7 @@ pub(crate) fn prepare_many(changes: Vec<Change>) -> Prepared {
         };
         let new = (c.change)(&old);
         let pending = files.entry(file).or_insert_with(|| Pending {
+            git_dir: c.journal.git_dir.clone(),
             dir: c.journal.dir.clone(),
             tmp_dir: c.journal.tmp.clone(),
             content: Vec::new(),
@@ -202,6 +233,7 @@ pub(crate) fn prepare_many(changes: Vec<Change>) -> Prepared {
         match made {
             Ok(file) => written.push(Written {
                 path,
+                git_dir: p.git_dir,
                 dir: p.dir,
                 tmp,
                 file,
@@ -266,6 +298,7 @@ impl Prepared {
         for (w, synced) in written.into_iter().zip(synced) {
             let Written {
                 path,
+                git_dir,
                 dir,
                 tmp,
                 file,
@@ -273,7 +306,10 @@ impl Prepared {
             } = w;
             drop_file(file);
             match synced.and_then(|()| std::fs::rename(&tmp, &path)) {
-                Ok(()) => dirs.entry(dir).or_default().extend(who),
+                Ok(()) => {
+                    note_written(&git_dir);
+                    dirs.entry(dir).or_default().extend(who);
+                }
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
                     self.fail(&who, &format!("writing {}", path.display()), &e);
@@ -401,6 +437,7 @@ impl Journal {
         let old = self.read(branch_path)?;
         let new = change(&old);
         crate::store::write_atomic_via(&self.tmp, &self.file_for(branch_path), &new)?;
+        note_written(&self.git_dir);
         drop(lock);
         Ok(new)
     }

@@ -169,6 +169,9 @@ fn accept_loop(
                             Ok(reason) => tracing::debug!("session with {peer} ended: {reason:?}"),
                             Err(e) => tracing::info!("session with {peer} failed: {e}"),
                         }
+                        // As an annex-shell session does: what it changed is
+                        // in the branch when it ends, not at the next tick.
+                        crate::session::record_state("annexmesh: record changes").await;
                     });
                 }
             }

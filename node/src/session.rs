@@ -913,3 +913,14 @@ where
         Ok(done)
     }
 }
+
+/// Commits what this process wrote to journals ([`crate::branch::commit_written`]),
+/// off the runtime: what a session does when it ends. A failure is a warning: the journal keeps every line.
+pub async fn record_state(message: &'static str) {
+    let done = tokio::task::spawn_blocking(move || crate::branch::commit_written(message)).await;
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("recording state in git: {e}"),
+        Err(e) => tracing::warn!("recording state in git: {e}"),
+    }
+}
