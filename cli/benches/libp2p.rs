@@ -951,6 +951,7 @@ async fn start_in_process(tmp: &Path) -> Result<Remote> {
         grants: vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
         limits: Limits::default(),
         serve_git: false,
+        members: None,
     })
     .await
     .map_err(|e| anyhow!("starting the peer: {e}"))?;

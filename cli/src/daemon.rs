@@ -18,6 +18,9 @@ use node::store::{Store, write_atomic};
 use protocol::AuthToken;
 use rand::RngCore;
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use node::members::Members;
 
 pub fn init(path: &Path, description: &str) -> anyhow::Result<ExitCode> {
     let mut random = [0u8; 16];
@@ -35,6 +38,12 @@ pub fn init(path: &Path, description: &str) -> anyhow::Result<ExitCode> {
 
 fn open(path: &Path) -> anyhow::Result<Repo> {
     Repo::open(path).with_context(|| format!("{} (run `annexmesh init` first?)", path.display()))
+}
+
+/// Whether a daemon seems to run for `repo` (it keeps its addresses file
+/// while it runs).
+pub(crate) fn daemon_running(repo: &Repo) -> bool {
+    addresses_file(repo).exists()
 }
 
 /// The file where a running daemon records its addresses.
@@ -66,6 +75,9 @@ pub async fn run(
             trusted.extend(node::net::peer_of(&addr.addr).ok());
         }
     }
+    // Members of the mesh (the membership log) are trusted too, and reach
+    // the repository with their roles; the set follows the log as it changes.
+    let members = Arc::new(Members::new(key.public().to_peer_id(), trusted));
     let mesh = Mesh::start(
         PeerOptions {
             store: Store::new(repo.clone()),
@@ -75,9 +87,11 @@ pub async fn run(
             grants,
             limits: Limits::default(),
             serve_git,
+            members: Some(members.clone()),
         },
         MetaOptions {
-            allowed: Allowed::Peers(trusted),
+            allowed: Allowed::Members(members),
+            sync_interval: std::time::Duration::from_secs(5),
             ..MetaOptions::default()
         },
     )
@@ -116,7 +130,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// The addresses other peers can reach: the running daemon's, else configured
 /// listen addresses with fixed ports.
-fn reachable(repo: &Repo) -> anyhow::Result<Vec<String>> {
+pub(crate) fn reachable(repo: &Repo) -> anyhow::Result<Vec<String>> {
     if let Ok(text) = std::fs::read_to_string(addresses_file(repo)) {
         let addrs: Vec<String> = text
             .lines()

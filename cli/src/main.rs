@@ -11,6 +11,7 @@ mod annex_shell;
 mod client;
 mod cluster;
 mod daemon;
+mod mesh;
 mod query;
 
 #[derive(Parser)]
@@ -61,6 +62,24 @@ enum Command {
         #[arg(long, default_value = "read-write")]
         mode: String,
     },
+    /// Print a line that lets one repository join this mesh (`annexmesh
+    /// join LINE`). Needs this repository's daemon running.
+    Invite {
+        /// How long the line stays usable (s, m, h, d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Join a mesh with a line from `annexmesh invite` on one of its members.
+    Join { line: String },
+    /// The mesh's members: PeerId, uuid, description, role, state, addresses.
+    Peers {
+        #[command(subcommand)]
+        action: Option<mesh_cmd::PeersCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave the mesh: members stop taking this repository's metadata.
+    Leave,
     /// Remember a peer's address under a name.
     AddPeer { name: String, address: String },
     /// Upload a file to a peer; prints its key.
@@ -134,6 +153,15 @@ enum Command {
     },
 }
 
+mod mesh_cmd {
+    #[derive(clap::Subcommand)]
+    pub enum PeersCommand {
+        /// Remove a member (PeerId, uuid or description): its writes stop
+        /// being taken everywhere.
+        Rm { peer: String },
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = argv
@@ -177,6 +205,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::P2p { .. } => daemon::gen_addresses(&repo),
         Command::Grant { peer, mode } => daemon::grant(&repo, &peer, &mode),
         Command::AddPeer { name, address } => daemon::add_peer(&repo, &name, &address),
+        Command::Invite { ttl } => mesh::invite(&repo, &ttl),
+        Command::Join { line } => runtime.block_on(mesh::join(&repo, &line)),
+        Command::Peers { action, json } => match action {
+            None => mesh::peers(&repo, json),
+            Some(mesh_cmd::PeersCommand::Rm { peer }) => mesh::remove(&repo, &peer),
+        },
+        Command::Leave => mesh::leave(&repo),
         // Transfers run on a runtime worker: a future polled by `block_on` on
         // the main thread moves bytes markedly slower (measured by the libp2p
         // benchmark).

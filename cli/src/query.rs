@@ -12,7 +12,7 @@ use serde_json_lite::Json;
 
 /// A tiny JSON writer: the output is flat and string-valued, so a dependency is
 /// not worth it.
-mod serde_json_lite {
+pub(crate) mod serde_json_lite {
     pub enum Json {
         Str(String),
         Num(u64),

@@ -282,12 +282,24 @@ fn peer_id_of(init_output: &str) -> String {
 
 /// Two daemons that trust each other: what one stores, the other learns by
 /// gossip, persists in its git-annex branch, and shows in `whereis`/`info`.
-#[test]
-fn metadata_spreads_between_daemons() {
+/// Two repositories, alpha (A) and beta (B), granted to each other, with
+/// daemons connected (B dialled A).
+struct Pair {
+    tmp: tempfile::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+    da: Daemon,
+    db: Daemon,
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf8").to_owned()
+}
+
+fn connected_pair() -> Pair {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    let s = |p: &PathBuf| p.to_str().expect("utf8").to_owned();
     let peer_a = peer_id_of(&ok(
         &["--repo", &s(&a), "init", "--description", "alpha"],
         tmp.path(),
@@ -330,7 +342,68 @@ fn metadata_spreads_between_daemons() {
         std::thread::spawn(move || for _ in lines {});
         Daemon { child, addr }
     };
+    Pair { tmp, a, b, da, db }
+}
 
+/// Waits (bounded) until `git show git-annex:<file>` in `repo` contains `text`.
+fn wait_for_branch_line(repo: &Path, file: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(repo)
+            .args(["show", &format!("git-annex:{file}")])
+            .output()
+            .expect("git show");
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        if got.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never got {text:?} in {file}: {got}",
+            repo.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What other processes write into A's repository (a setup command's
+/// journal, a commit by stock git-annex) reaches B's branch without a
+/// restart (issue 9, item 2).
+#[test]
+fn changes_from_other_processes_spread() {
+    let Pair { tmp, a, b, da, db } = connected_pair();
+    // Another annexmesh process writes A's journal (and commits it).
+    ok(&["--repo", &s(&a), "initcluster", "shared"], tmp.path());
+    wait_for_branch_line(&b, "uuid.log", "cluster shared");
+    // Stock git-annex changes A's branch: a group of its own.
+    let mut ga = Command::new("git");
+    ga.arg("--git-dir")
+        .arg(&a)
+        .args(["annex", "group", "here", "backup"])
+        .env("PATH", support::path_with_git_annex());
+    let out = ga.output().expect("git annex group");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_branch_line(&b, "group.log", "backup");
+    assert!(db.stop().success());
+    assert!(da.stop().success());
+}
+
+#[test]
+fn metadata_spreads_between_daemons() {
+    let Pair {
+        tmp,
+        a,
+        b: _,
+        da,
+        db,
+    } = connected_pair();
+    let s = |p: &PathBuf| p.to_str().expect("utf8").to_owned();
     // A's client stores a file on B.
     let file = tmp.path().join("doc.txt");
     std::fs::write(&file, b"shared metadata\n").expect("write");

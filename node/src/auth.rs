@@ -28,6 +28,8 @@ pub struct AccessRules {
     pub token_file: PathBuf,
     pub me: PeerId,
     pub grants: Vec<(PeerId, ServeMode)>,
+    /// Mesh members reach the repository with their role, without a grant.
+    pub members: Option<std::sync::Arc<crate::members::Members>>,
 }
 
 impl AccessRules {
@@ -36,7 +38,14 @@ impl AccessRules {
             token_file: git_dir.join("annex/creds/p2pauth"),
             me,
             grants,
+            members: None,
         }
+    }
+
+    /// These rules, letting the mesh's members in with their roles.
+    pub fn with_members(mut self, members: std::sync::Arc<crate::members::Members>) -> Self {
+        self.members = Some(members);
+        self
     }
 
     /// Appends a new token for `address` (git-annex's `p2p --gen-addresses`).
@@ -99,6 +108,9 @@ impl Authenticator for StreamAccess<'_> {
     fn check(&self, _client: Option<&Uuid>, token: &AuthToken) -> Option<ServeMode> {
         if let Some((_, mode)) = self.rules.grants.iter().find(|(p, _)| *p == self.peer) {
             return Some(*mode);
+        }
+        if let Some(role) = self.rules.members.as_ref().and_then(|m| m.role(&self.peer)) {
+            return Some(role);
         }
         self.rules
             .token_valid(token)

@@ -168,6 +168,31 @@ pub fn commit_catalog_files(
     write_batch(git_dir, files, message)
 }
 
+/// The files of the `git-annex` branch at `to` that differ from the branch
+/// at `from` (added or changed; all of them when `from` is `None`), with
+/// their content: what a commit made by anyone (stock git-annex, a `git
+/// fetch` merge, another process of ours) brought in.
+pub fn files_changed(
+    git_dir: &Path,
+    from: Option<ObjectId>,
+    to: ObjectId,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let repo = open(git_dir)?;
+    let from_tree = from.map(|c| tree_of(&repo, c)).transpose()?;
+    let mut files = Vec::new();
+    diff(
+        &repo,
+        from_tree,
+        tree_of(&repo, to)?,
+        &mut BString::default(),
+        &mut files,
+    )?;
+    files
+        .into_iter()
+        .map(|(path, blob)| Ok((path.to_str_lossy().into_owned(), read_blob(&repo, blob)?)))
+        .collect()
+}
+
 /// The current head of `refs/heads/git-annex`.
 pub fn head(git_dir: &Path) -> Result<Option<ObjectId>> {
     local_head(&open(git_dir)?)
@@ -229,7 +254,7 @@ struct Journalled {
 
 /// The journal's file name back to its branch path (`fileJournal`: `__` is
 /// `_`, `_` is `/`).
-fn branch_path(name: &str) -> String {
+pub(crate) fn branch_path(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut chars = name.chars().peekable();
     while let Some(c) = chars.next() {
@@ -249,7 +274,7 @@ fn branch_path(name: &str) -> String {
 
 /// Whether `path` can be a file of the branch (no empty, `.`, `..` or `.git`
 /// components, nothing git's fsck would refuse).
-fn valid_path(path: &str) -> bool {
+pub(crate) fn valid_path(path: &str) -> bool {
     !path.is_empty()
         && path.split('/').all(|c| {
             !c.is_empty()

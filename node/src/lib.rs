@@ -16,7 +16,9 @@ pub mod gateway;
 pub mod git;
 pub mod init;
 pub mod journal;
+pub mod keeper;
 
+pub mod members;
 pub mod mesh;
 pub mod meta;
 pub mod net;
@@ -29,6 +31,7 @@ pub mod session;
 pub mod special;
 pub mod store;
 pub mod sys;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use repo::Repo;

@@ -17,6 +17,10 @@ use crate::peer::{Peer, PeerOptions};
 /// How often local changes (git-annex's journal) are committed to the branch.
 pub const JOURNAL_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often the journal and the branch are looked at for changes made by
+/// other processes (annex-shell sessions, setup commands, stock git-annex).
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Writes merged metadata into the repository's `git-annex` branch.
 pub struct BranchPersist {
     pub git_dir: PathBuf,
@@ -34,13 +38,21 @@ pub struct Mesh {
     pub meta: Arc<Meta>,
     git_dir: PathBuf,
     committer: tokio::task::JoinHandle<()>,
+    watcher: tokio::task::JoinHandle<()>,
+    /// The join server and the member keeper, for a daemon with members.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Mesh {
     pub async fn start(mut options: PeerOptions, meta_options: MetaOptions) -> Result<Mesh> {
         let git_dir = options.store.repo().git_dir.clone();
+        let members = options.members.clone();
+        let state_dir = crate::config::state_dir(options.store.repo());
         let link = Arc::new(MetaLink::default());
         options.store.set_observer(link.clone());
+        // Before the catalog is read, so nothing written in between is missed
+        // (a change seen twice merges to the same).
+        let watcher = crate::watch::Watcher::new(&git_dir)?;
         let catalog = match crate::branch::read(&git_dir) {
             Ok(c) => c,
             Err(e) => {
@@ -81,17 +93,48 @@ impl Mesh {
                 }
             }
         });
+        let watcher = tokio::spawn(watch(watcher, Arc::downgrade(&meta)));
+        let mut tasks = Vec::new();
+        if let Some(members) = members {
+            let joins = peer
+                .net
+                .control()
+                .accept(crate::members::JOIN_PROTOCOL)
+                .map_err(|e| crate::error::Error::Protocol(format!("join protocol: {e}")))?;
+            tasks.push(tokio::spawn(crate::members::serve_joins(
+                crate::members::JoinServer {
+                    invites: crate::members::Invites::new(&state_dir),
+                    journal: peer.store.journal().clone(),
+                    me: peer.net.peer_id(),
+                    uuid: peer.store.uuid().to_string(),
+                    meta: Arc::downgrade(&meta),
+                },
+                joins,
+            )));
+            tasks.push(tokio::spawn(crate::keeper::keep(
+                peer.net.clone(),
+                members,
+                Arc::downgrade(&meta),
+                state_dir,
+            )));
+        }
         Ok(Mesh {
             peer,
             meta,
             git_dir,
             committer,
+            watcher,
+            tasks,
         })
     }
 
     /// Stops serving and writes everything pending to the branch.
     pub async fn shutdown(self) -> usize {
         self.committer.abort();
+        self.watcher.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         let cut = self.peer.shutdown().await;
         let meta = self.meta.clone();
         let git_dir = self.git_dir.clone();
@@ -105,5 +148,31 @@ impl Mesh {
         })
         .await;
         cut
+    }
+}
+
+/// Gossips every change to the repository's metadata that did not come
+/// through this daemon's own store: polls the journal and the branch.
+async fn watch(watcher: crate::watch::Watcher, meta: std::sync::Weak<Meta>) {
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    let mut every = tokio::time::interval(WATCH_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let w = watcher.clone();
+        let changes = tokio::task::spawn_blocking(move || {
+            w.lock().unwrap_or_else(|p| p.into_inner()).changes()
+        })
+        .await;
+        let Some(meta) = meta.upgrade() else { return };
+        match changes {
+            Ok(Ok(files)) => {
+                for (path, content) in files {
+                    meta.record_local(&path, &content);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("watching the journal and branch: {e}"),
+            Err(e) => tracing::warn!("watching the journal and branch: {e}"),
+        }
     }
 }

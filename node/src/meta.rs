@@ -25,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 
 use crate::error::{Error, Result};
+use crate::members::Members;
 use crate::net::{Net, NetEvent};
 use crate::store::StoreObserver;
+use protocol::logs::members::MEMBERS_LOG;
 
 pub const META_TOPIC: &str = "annexmesh/meta/1";
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/annexmesh/sync/1");
@@ -46,6 +48,9 @@ const MAX_LINE: usize = 32 * 1024;
 pub enum Allowed {
     Any,
     Peers(HashSet<PeerId>),
+    /// The mesh's members as the membership log says now (and the peers
+    /// fixed by grants and configuration); recomputed on every change.
+    Members(Arc<Members>),
 }
 
 impl Allowed {
@@ -53,9 +58,14 @@ impl Allowed {
         match self {
             Allowed::Any => true,
             Allowed::Peers(set) => peer.is_some_and(|p| set.contains(p)),
+            Allowed::Members(m) => peer.is_some_and(|p| m.trusts(p)),
         }
     }
 }
+
+/// Files that anti-entropy merges and gossip then spreads on: small, and
+/// needed at once by members that have not met the sender yet.
+const REPUBLISHED: [&str; 2] = [MEMBERS_LOG, protocol::logs::view::ADDRESSES_LOG];
 
 /// Where merged changes go (the repository's git-annex branch, in the daemon).
 pub trait Persist: Send + Sync {
@@ -172,6 +182,7 @@ impl Meta {
             outbox_ready: Arc::new(Notify::new()),
             changed: Notify::new(),
         });
+        meta.members_changed();
         net.subscribe(META_TOPIC).await?;
         let incoming = net
             .control()
@@ -215,10 +226,28 @@ impl Meta {
                 }
             }
         }
+        if changed.iter().any(|p| p == MEMBERS_LOG) {
+            self.members_changed();
+        }
         if !changed.is_empty() {
             self.changed.notify_waiters();
         }
         changed
+    }
+
+    /// Recomputes the trust set from the membership log.
+    fn members_changed(&self) {
+        if let Allowed::Members(m) = &self.options.allowed {
+            let lines = self.file_lines(MEMBERS_LOG);
+            m.update(lines.iter().map(String::as_str));
+        }
+    }
+
+    /// Queues files for gossip.
+    fn publish_files(&self, files: Vec<(String, Vec<String>)>) {
+        let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        out.files.extend(files);
+        self.outbox_ready.notify_one();
     }
 
     /// A local change (this peer's store wrote `path`): merge and publish it.
@@ -228,9 +257,7 @@ impl Meta {
         if self.merge_lines(&files, false).is_empty() {
             return;
         }
-        let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        out.files.extend(files);
-        self.outbox_ready.notify_one();
+        self.publish_files(files);
     }
 
     /// A copy of the catalog.
@@ -366,7 +393,16 @@ impl Meta {
                             .into_iter()
                             .filter(|(p, _)| cells.contains(&bucket_of(p)))
                             .collect();
-                        merged += self.merge_lines(&files, true).len();
+                        let changed = self.merge_lines(&files, true);
+                        merged += changed.len();
+                        let spread: Vec<(String, Vec<String>)> = changed
+                            .iter()
+                            .filter(|p| REPUBLISHED.contains(&p.as_str()))
+                            .map(|p| (p.clone(), self.file_lines(p)))
+                            .collect();
+                        if !spread.is_empty() {
+                            self.publish_files(spread);
+                        }
                     }
                     Frame::Done => return Ok::<usize, Error>(merged),
                     _ => return Err(Error::Protocol("sync: unexpected frame".into())),

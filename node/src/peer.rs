@@ -53,6 +53,8 @@ pub struct PeerOptions {
     pub limits: Limits,
     /// Serve `CONNECT` (git over the protocol).
     pub serve_git: bool,
+    /// The mesh's members, let in with their roles (a daemon's).
+    pub members: Option<Arc<crate::members::Members>>,
 }
 
 /// A started peer. Dropping it (or [`Peer::shutdown`]) stops serving.
@@ -74,6 +76,7 @@ impl Peer {
             grants,
             limits,
             serve_git,
+            members,
         } = options;
         let swarm = build_swarm(keypair, transport)?;
         let net = Net::spawn(swarm);
@@ -81,7 +84,10 @@ impl Peer {
         for addr in listen {
             addrs.push(net.listen(addr).await?);
         }
-        let rules = AccessRules::new(&store.repo().git_dir, net.peer_id(), grants);
+        let mut rules = AccessRules::new(&store.repo().git_dir, net.peer_id(), grants);
+        if let Some(m) = members {
+            rules = rules.with_members(m);
+        }
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(accept_loop(
             net.clone(),

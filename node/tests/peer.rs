@@ -30,6 +30,7 @@ async fn server(dir: &std::path::Path, grants: Vec<(libp2p::PeerId, ServeMode)>)
         grants,
         limits: Limits::default(),
         serve_git: true,
+        members: None,
     })
     .await
     .unwrap()

@@ -237,6 +237,7 @@ impl Sim {
             grants: self.grants(),
             limits: Limits::default(),
             serve_git: false,
+            members: None,
         };
         Ok(within("starting a peer", CONNECT_TIMEOUT, Peer::start(options)).await??)
     }

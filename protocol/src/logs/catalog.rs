@@ -56,7 +56,8 @@ impl Family {
             | "maxsize.log"
             | "export.log"
             | "config.log"
-            | "group-preferred-content.log" => Family::Map,
+            | "group-preferred-content.log"
+            | "annexmesh/members.log" => Family::Map,
             "numcopies.log" | "mincopies.log" => Family::SingleValue,
             p if p.ends_with(".log") && p.matches('/').count() == 2 => Family::Presence,
             p if p.ends_with(".log.web") || p.ends_with(".log.ek") => Family::Presence,

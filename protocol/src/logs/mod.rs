@@ -6,6 +6,7 @@
 //! each log a state-based CRDT, which is how annexmesh gossips them.
 
 pub mod catalog;
+pub mod members;
 pub mod presence;
 pub mod uuid_based;
 pub mod view;

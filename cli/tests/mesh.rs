@@ -1,0 +1,208 @@
+//! A living mesh (issue 9): repositories join by invitation, every member
+//! gossips with every other with no grant and no restart, daemons reconnect
+//! after a restart, members reach each other's repositories without a grant,
+//! and a removed member's writes stop being taken. Real `annexmesh daemon`
+//! processes on loopback TCP.
+//!
+//! Run: `cargo test -p annexmesh-cli --test mesh`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{ProcessGuard, annexmesh_bin};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Mesh {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        Mesh { _tmp: tmp, root }
+    }
+
+    fn repo(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn run(&self, name: &str, args: &[&str]) -> std::process::Output {
+        Command::new(annexmesh_bin())
+            .arg("--repo")
+            .arg(self.repo(name))
+            .args(args)
+            .current_dir(&self.root)
+            .env_remove("ANNEXMESH_LOG")
+            .output()
+            .expect("run annexmesh")
+    }
+
+    fn ok(&self, name: &str, args: &[&str]) -> String {
+        let out = self.run(name, args);
+        assert!(
+            out.status.success(),
+            "annexmesh --repo {name} {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn init(&self, name: &str) -> String {
+        let out = self.ok(name, &["init", "--description", name]);
+        out.rsplit("peer ")
+            .next()
+            .and_then(|s| s.strip_suffix(")\n"))
+            .expect("peer id in init output")
+            .to_owned()
+    }
+
+    /// Starts the daemon; returns it and its address.
+    fn daemon(&self, name: &str) -> (ProcessGuard, String) {
+        let mut cmd = Command::new(annexmesh_bin());
+        cmd.arg("--repo")
+            .arg(self.repo(name))
+            .args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("ANNEXMESH_LOG", "annexmesh=info,node=info");
+        let mut d = ProcessGuard::spawn(&mut cmd);
+        let addr = d.wait_for(TIMEOUT, |out| {
+            out.lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .map(str::to_owned)
+        });
+        (d, addr)
+    }
+
+    fn invite(&self, name: &str) -> String {
+        self.ok(name, &["invite"]).trim().to_owned()
+    }
+
+    /// Waits (bounded) until `git show git-annex:<file>` in `name` has `text`.
+    fn wait_for_line(&self, name: &str, file: &str, text: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let got = branch_file(&self.repo(name), file);
+            if got.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never got {text:?} in {file}: {got}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `peers --json` in `name` says `peer` is connected.
+    fn wait_connected(&self, name: &str, peer: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let json = self.ok(name, &["peers", "--json"]);
+            let connected = json
+                .split("},{")
+                .any(|m| m.contains(peer) && m.contains("\"state\":\"connected\""));
+            if connected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never connected to {peer}: {json}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn branch_file(repo: &Path, file: &str) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["show", &format!("git-annex:{file}")])
+        .output()
+        .expect("git show");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn members_join_by_invitation_and_gossip_without_grants() {
+    let m = Mesh::new();
+    let pa = m.init("alpha");
+    let pb = m.init("beta");
+    let pc = m.init("gamma");
+    let (_da, addr_a) = m.daemon("alpha");
+
+    // beta joins with its daemon stopped, then starts it: no --peer, no grant.
+    let line = m.invite("alpha");
+    assert!(line.starts_with("annexmesh-invite:"), "{line}");
+    let joined = m.ok("beta", &["join", &line]);
+    assert!(joined.contains(&pa), "{joined}");
+    // An invitation is used once.
+    let again = m.run("gamma", &["join", &line]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let (mut db, _) = m.daemon("beta");
+    m.wait_connected("alpha", &pb);
+    m.wait_connected("beta", &pa);
+
+    // gamma joins with its daemon already running.
+    let (_dc, addr_c) = m.daemon("gamma");
+    m.ok("gamma", &["join", &m.invite("alpha")]);
+    m.wait_connected("alpha", &pc);
+    m.wait_connected("gamma", &pa);
+    // beta learns of gamma through alpha, and dials it itself.
+    m.wait_connected("beta", &pc);
+
+    // A change made on alpha by another process reaches gamma; one made on
+    // gamma reaches beta.
+    m.ok("alpha", &["initcluster", "first"]);
+    m.wait_for_line("gamma", "uuid.log", "cluster first");
+    m.ok("gamma", &["initcluster", "third"]);
+    m.wait_for_line("beta", "uuid.log", "cluster third");
+
+    let list = m.ok("alpha", &["peers"]);
+    for name in ["alpha", "beta", "gamma"] {
+        assert!(list.contains(&format!("-- {name} [read-write]")), "{list}");
+    }
+    assert!(list.contains(&addr_c), "gamma's address listed: {list}");
+
+    // Members store on each other's repositories with no grant and no token.
+    let file = m.root.join("doc.txt");
+    std::fs::write(&file, b"member data\n").expect("write");
+    let key = m.ok(
+        "beta",
+        &["put", file.to_str().expect("utf8"), "--to", &addr_a],
+    );
+    assert!(key.trim().starts_with("SHA256E-s12--"), "{key}");
+
+    // beta restarts and finds its way back by itself.
+    db.terminate(TIMEOUT);
+    let (_db, _) = m.daemon("beta");
+    m.wait_connected("beta", &pa);
+    m.wait_connected("alpha", &pb);
+
+    // alpha removes gamma: gamma's later writes reach no one.
+    let removed = m.ok("alpha", &["peers", "rm", "gamma"]);
+    assert!(removed.contains(&pc), "{removed}");
+    m.wait_for_line("beta", "annexmesh/members.log", &format!("{pc} removed"));
+    m.ok("gamma", &["initcluster", "ignored"]);
+    // A marker written after gamma's change, by a member, arrives; gamma's
+    // change must not have arrived with it.
+    std::thread::sleep(Duration::from_secs(2));
+    m.ok("alpha", &["initcluster", "marker"]);
+    m.wait_for_line("beta", "uuid.log", "cluster marker");
+    assert!(
+        !branch_file(&m.repo("beta"), "uuid.log").contains("cluster ignored"),
+        "a removed member's write was taken"
+    );
+    assert!(!branch_file(&m.repo("alpha"), "uuid.log").contains("cluster ignored"));
+}
