@@ -1753,10 +1753,21 @@ fn stock_client_copies_through_two_gateways() {
     }
 }
 
+/// How many connections from `peer` a daemon started by [`start_daemon`] has
+/// logged.
+fn connects_from(daemon: &support::ProcessGuard, peer: &str) -> usize {
+    daemon
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(&format!("connection established with {peer}")))
+        .count()
+}
+
 /// Starts `annexmesh daemon` in `dir`; returns it and its address.
 fn start_daemon(lab: &Lab, dir: &Path) -> (support::ProcessGuard, String) {
     let mut cmd = lab.command(&support::annexmesh_bin(), dir);
-    cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("ANNEXMESH_LOG", "node::net=debug");
     let mut d = support::ProcessGuard::spawn(&mut cmd);
     let addr = d.wait_for(TIMEOUT, |out| {
         out.lines()
@@ -1820,6 +1831,8 @@ fn gateways_on_the_mesh() {
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
     std::fs::write(&file, &data).expect("write");
     let fs = file.to_str().expect("utf8");
+    // Connections G made while being set up (extendcluster, in its own process).
+    let setup_connects = connects_from(&h_daemon, &g_peer);
     let put = lab.annexmesh(&lab.root, &["--repo", &xs, "put", fs, "--to", &target]);
     put.ok();
     let key = put.stdout.trim().to_owned();
@@ -1862,6 +1875,14 @@ fn gateways_on_the_mesh() {
         .ok();
     assert_eq!(std::fs::read(object(&lab.nodes[3])).expect("on N4"), data);
     assert!(!object(&lab.nodes[4]).exists());
+    // Every session G served reached H over G's daemon's one connection
+    // (issue 9, item 4): H saw G connect once, not once per session.
+    assert_eq!(
+        connects_from(&h_daemon, &g_peer) - setup_connects,
+        1,
+        "H's log:\n{}",
+        h_daemon.stderr()
+    );
     g_daemon.terminate(TIMEOUT);
     h_daemon.terminate(TIMEOUT);
 }

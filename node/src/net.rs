@@ -171,6 +171,11 @@ impl Net {
         }
     }
 
+    /// Whether the swarm's task still runs (it ends with its runtime).
+    pub fn is_alive(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
     /// Subscribes to connection and gossip events from now on.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<NetEvent> {
         self.events.subscribe()
@@ -362,6 +367,7 @@ async fn drive(
                     }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                    tracing::debug!("connection established with {peer_id} ({num_established} now)");
                     for r in pending_dial.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(Ok(()));
                     }

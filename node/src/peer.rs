@@ -80,6 +80,8 @@ impl Peer {
         } = options;
         let swarm = build_swarm(keypair, transport)?;
         let net = Net::spawn(swarm);
+        // Gateway sessions of this process dial nodes over this swarm.
+        crate::remote::share(&net);
         let mut addrs = Vec::new();
         for addr in listen {
             addrs.push(net.listen(addr).await?);
@@ -114,6 +116,7 @@ impl Peer {
     /// its (invisible) partial file, ready for a resume. Returns how many
     /// sessions were cut short.
     pub async fn shutdown(self) -> usize {
+        crate::remote::unshare(self.net.peer_id());
         let _ = self.stop.send(true);
         self.server.await.unwrap_or(0)
     }

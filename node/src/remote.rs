@@ -22,7 +22,44 @@ pub struct Endpoint {
     pub net: Net,
 }
 
+/// The swarms of this process by identity: a running daemon's own (shared
+/// with [`share`]), or one made on first use and kept for the process's life
+/// (an `annex-shell` session's), so that every connection a gateway makes to
+/// a mesh node goes over one swarm and one connection per peer, never a new
+/// swarm and handshake per session.
+static SWARMS: std::sync::Mutex<Vec<Net>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes `net` (a daemon's swarm) the one this process dials out with for
+/// its identity.
+pub fn share(net: &Net) {
+    let mut swarms = SWARMS.lock().unwrap_or_else(|p| p.into_inner());
+    swarms.retain(|n| n.peer_id() != net.peer_id());
+    swarms.push(net.clone());
+}
+
+/// Stops dialling out with the swarm of `peer` (its daemon is stopping).
+pub fn unshare(peer: libp2p::PeerId) {
+    SWARMS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|n| n.peer_id() != peer);
+}
+
 impl Endpoint {
+    /// The endpoint of this process for `key`: the shared swarm of that
+    /// identity, or a new one (with TCP) kept for later calls.
+    pub fn shared(key: &Keypair) -> Result<Endpoint> {
+        let me = key.public().to_peer_id();
+        let mut swarms = SWARMS.lock().unwrap_or_else(|p| p.into_inner());
+        swarms.retain(Net::is_alive);
+        if let Some(net) = swarms.iter().find(|n| n.peer_id() == me) {
+            return Ok(Endpoint { net: net.clone() });
+        }
+        let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(key)?)?;
+        swarms.push(endpoint.net.clone());
+        Ok(endpoint)
+    }
+
     pub fn new(key: Keypair, transport: BoxedTransport) -> Result<Endpoint> {
         Ok(Endpoint {
             net: Net::spawn(build_swarm(key, transport)?),

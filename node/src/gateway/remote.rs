@@ -32,7 +32,7 @@ pub(crate) enum Conn {
     Shell(Box<ShellConnection>),
     Mesh {
         session: Box<StreamSession>,
-        /// Keeps the swarm alive for as long as the session.
+        /// The process's swarm for the gateway's identity (shared).
         _endpoint: Endpoint,
     },
 }
@@ -256,7 +256,7 @@ impl RemoteNode {
                     .identity
                     .clone()
                     .ok_or_else(|| Error::Protocol("no identity to dial with".into()))?;
-                let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(&key)?)?;
+                let endpoint = Endpoint::shared(&key)?;
                 let token = protocol::AuthToken::parse("")
                     .ok_or_else(|| Error::Protocol("empty token".into()))?;
                 let (session, uuid) = endpoint
