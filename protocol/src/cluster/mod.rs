@@ -21,6 +21,8 @@
 //!   what the gateway records in its location log. git-annex does not record
 //!   the nodes that answered `ALREADY-HAVE` (§4.6 step 7); here they are.
 
+pub mod get;
 pub mod topology;
 
+pub use get::{GetCursor, GetStep, Holder};
 pub use topology::{Cost, Entry, Link, Route, Routes, TOPOLOGY_LOG, Topology};
