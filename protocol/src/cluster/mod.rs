@@ -22,7 +22,9 @@
 //!   the nodes that answered `ALREADY-HAVE` (§4.6 step 7); here they are.
 
 pub mod get;
+pub mod reply;
 pub mod topology;
 
 pub use get::{GetCursor, GetStep, Holder};
+pub use reply::{Outcome, Report, Reporter};
 pub use topology::{Cost, Entry, Link, Route, Routes, TOPOLOGY_LOG, Topology};
