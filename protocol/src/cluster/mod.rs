@@ -22,9 +22,11 @@
 //!   the nodes that answered `ALREADY-HAVE` (§4.6 step 7); here they are.
 
 pub mod get;
+pub mod plan;
 pub mod reply;
 pub mod topology;
 
 pub use get::{GetCursor, GetStep, Holder};
+pub use plan::{Hop, LocalTarget, Plan, PutFacts, plan_put, put_from};
 pub use reply::{Outcome, Report, Reporter};
 pub use topology::{Cost, Entry, Link, Route, Routes, TOPOLOGY_LOG, Topology};

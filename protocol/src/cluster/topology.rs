@@ -533,6 +533,22 @@ impl Topology {
         self.gateways.keys()
     }
 
+    /// The nodes `gateway` reaches directly, with each link's cost.
+    pub fn direct_nodes(&self, gateway: &Uuid) -> Vec<(Uuid, Cost)> {
+        self.gateways
+            .get(gateway)
+            .map(|g| g.nodes.iter().map(|(n, c)| (n.clone(), *c)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The gateways `gateway` links to, with each link's cost.
+    pub fn links(&self, gateway: &Uuid) -> Vec<(Uuid, Cost)> {
+        self.gateways
+            .get(gateway)
+            .map(|g| g.links.iter().map(|(n, c)| (n.clone(), *c)).collect())
+            .unwrap_or_default()
+    }
+
     /// `from`'s name for `to` (a node or a gateway).
     pub fn name(&self, from: &Uuid, to: &Uuid) -> String {
         self.gateways
