@@ -31,6 +31,17 @@ pub struct Holder {
     pub busy: u32,
 }
 
+impl Holder {
+    /// A holder reached by `route`, serving `busy` transfers now.
+    pub fn from_route(route: &super::topology::Route, busy: u32) -> Holder {
+        Holder {
+            node: route.node.clone(),
+            cost: route.cost,
+            busy,
+        }
+    }
+}
+
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetStep {
@@ -216,6 +227,24 @@ mod tests {
         GetStep::Try {
             node: u(node),
             offset,
+        }
+    }
+
+    #[test]
+    fn holders_from_routes() {
+        let r = super::super::topology::Route {
+            node: u("n"),
+            cost: Cost::from_hundredths(350),
+            hops: vec![u("g")],
+            name: "G-n".into(),
+        };
+        assert_eq!(Holder::from_route(&r, 2), h("n", 0, 2).with_cost(350));
+    }
+
+    impl Holder {
+        fn with_cost(mut self, hundredths: u64) -> Holder {
+            self.cost = Cost::from_hundredths(hundredths);
+            self
         }
     }
 

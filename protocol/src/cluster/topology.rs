@@ -528,6 +528,17 @@ impl Topology {
         }
     }
 
+    /// Sets `from`'s name for `to` (e.g. this gateway's git remote names),
+    /// over what the topology states; `from` must be a known gateway and
+    /// the name legal.
+    pub fn set_name(&mut self, from: &Uuid, to: Uuid, name: String) {
+        if let Some(g) = self.gateways.get_mut(from)
+            && legal_name(&name)
+        {
+            g.names.insert(to, name);
+        }
+    }
+
     /// Every gateway known, stock ones included.
     pub fn gateways(&self) -> impl Iterator<Item = &Uuid> {
         self.gateways.keys()

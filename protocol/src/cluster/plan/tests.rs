@@ -357,24 +357,12 @@ enum Shape {
     Random,
 }
 
-/// A world of `n` gateways `g0..` linked in `shape` (links both ways, with
-/// random costs; `Random` draws directed links), nodes attached to one or two
-/// gateways each. Gateways in `stock` (never g0) have no topology line: they
-/// appear in proxy.log, and their nodes are attached to no other stock one.
-#[allow(clippy::too_many_arguments)]
-fn world(
+/// The directed gateway links of `shape` over `n` gateways.
+fn gateway_links(
     n: usize,
     shape: Shape,
-    costs: &[u64],
     random_links: &[(usize, usize)],
-    nodes: &[(usize, usize, u64, u64)],
-    stock: &BTreeSet<usize>,
-    dead: &BTreeSet<usize>,
-    wanted: &BTreeSet<usize>,
-    have: &BTreeSet<usize>,
-) -> World {
-    let g = |i: usize| format!("g{i}");
-    let cost = |i: usize| costs.get(i % costs.len().max(1)).copied().unwrap_or(1);
+) -> BTreeSet<(usize, usize)> {
     let mut links: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut both = |a: usize, b: usize| {
         if a != b {
@@ -393,7 +381,16 @@ fn world(
             }
         }),
     }
-    let stock: BTreeSet<usize> = stock.iter().map(|s| s % n).filter(|s| *s != 0).collect();
+    links
+}
+
+/// Each gateway's nodes: node `i` is attached to gateways `a` and `b` (once
+/// if equal), and to at most one stock gateway.
+fn attach_nodes(
+    n: usize,
+    nodes: &[(usize, usize, u64, u64)],
+    stock: &BTreeSet<usize>,
+) -> BTreeMap<usize, Vec<(String, u64)>> {
     let mut node_links: BTreeMap<usize, Vec<(String, u64)>> = BTreeMap::new();
     let mut stock_owned: BTreeSet<usize> = BTreeSet::new();
     for (i, &(a, b, ca, cb)) in nodes.iter().enumerate() {
@@ -408,6 +405,30 @@ fn world(
             }
         }
     }
+    node_links
+}
+
+/// A world of `n` gateways `g0..` linked in `shape` (links both ways, with
+/// random costs; `Random` draws directed links), nodes attached to one or two
+/// gateways each. Gateways in `stock` (never g0) have no topology line: they
+/// appear in proxy.log, and their nodes are attached to no other stock one.
+#[allow(clippy::too_many_arguments)]
+fn world(
+    n: usize,
+    shape: Shape,
+    costs: &[u64],
+    random_links: &[(usize, usize)],
+    nodes: &[(usize, usize, u64, u64)],
+    stock: &BTreeSet<usize>,
+    dead: &BTreeSet<usize>,
+    wanted: &BTreeSet<usize>,
+    have: &BTreeSet<usize>,
+) -> World {
+    let g = |i: usize| format!("g{i}");
+    let cost = |i: usize| costs.get(i % costs.len().max(1)).copied().unwrap_or(1);
+    let links = gateway_links(n, shape, random_links);
+    let stock: BTreeSet<usize> = stock.iter().map(|s| s % n).filter(|s| *s != 0).collect();
+    let node_links = attach_nodes(n, nodes, &stock);
     let mut topo = Topology::new();
     let mut proxies: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for i in 0..n {

@@ -331,10 +331,13 @@ fn members_and_fallback_names() {
         },
     );
     t.set_fallback_name(u("n5"), "five".into());
+    t.set_name(&u("ams"), u("nyc"), "newyork".into());
+    t.set_name(&u("ams"), u("lon"), "bad/name".into());
+    t.set_name(&u("unknown"), u("lon"), "x".into());
     t.set_fallback_name(u("n1"), "-illegal".into());
     let rs = t.routes(&u("ams"), &u(CU), &all_alive(&t), &none());
     assert!(rs.get(&u("n3")).is_none(), "not in cluster.log");
-    assert_eq!(rs.get(&u("n5")).unwrap().name, "NYC-LON-five");
+    assert_eq!(rs.get(&u("n5")).unwrap().name, "newyork-LON-five");
     assert_eq!(
         t.name(&u("zz"), &u("qq")),
         "qq",
