@@ -22,6 +22,7 @@
 //! ```
 
 pub mod client;
+pub mod cluster;
 pub mod fuzz;
 pub mod hex;
 pub mod key;
