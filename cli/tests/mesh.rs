@@ -99,6 +99,22 @@ impl Mesh {
         }
     }
 
+    /// Waits until `peers` in `name` prints `text`.
+    fn wait_for_peer(&self, name: &str, text: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let list = self.ok(name, &["peers"]);
+            if list.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s peers never showed {text:?}: {list}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until `peers --json` in `name` says `peer` is connected.
     fn wait_connected(&self, name: &str, peer: &str) {
         let deadline = Instant::now() + TIMEOUT;
@@ -205,4 +221,86 @@ fn members_join_by_invitation_and_gossip_without_grants() {
         "a removed member's write was taken"
     );
     assert!(!branch_file(&m.repo("alpha"), "uuid.log").contains("cluster ignored"));
+}
+
+fn object_path(repo: &Path, key: &str) -> PathBuf {
+    let key = protocol::Key::parse(key).expect("key");
+    repo.join("annex/objects")
+        .join(key.hash_dir_lower())
+        .join(key.file())
+        .join(key.file())
+}
+
+fn git_config(repo: &Path, key: &str) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["config", key])
+        .output()
+        .expect("git config");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A cluster set up over the mesh alone (issue 9, item 3): gateway G with
+/// mesh node M1, gateway H extends G's cluster by naming G (no git remote,
+/// no fetch) and adds mesh node M2; G's daemon follows the gossiped topology
+/// and lists H's node as `H-M2`; an upload to the cluster through G reaches
+/// both nodes.
+#[test]
+fn a_cluster_is_set_up_over_the_mesh() {
+    let m = Mesh::new();
+    for name in ["G", "H", "M1", "M2"] {
+        m.init(name);
+    }
+    let (_dg, addr_g) = m.daemon("G");
+    let mut daemons = Vec::new();
+    for name in ["H", "M1", "M2"] {
+        daemons.push(m.daemon(name));
+        m.ok(name, &["join", &m.invite("G")]);
+    }
+    m.ok("G", &["initcluster", "c"]);
+    // G knows the members by name once their descriptions have come by gossip.
+    for name in ["H", "M1", "M2"] {
+        m.wait_for_peer("G", &format!("-- {name} ["));
+    }
+    m.ok("G", &["cluster", "add-node", "M1", "M1"]);
+    m.ok("G", &["updatecluster"]);
+    let cluster = git_config(&m.repo("G"), "annex.cluster.c");
+    assert!(cluster.starts_with("ac"), "{cluster}");
+
+    // H learns of G's cluster by gossip, then extends it by naming G.
+    m.wait_for_line("H", "proxy.log", ":c");
+    m.wait_for_peer("H", "-- M2 [");
+    m.wait_for_peer("H", "-- G [");
+    m.ok("H", &["extendcluster", "G", "c"]);
+    m.ok("H", &["cluster", "add-node", "M2", "M2"]);
+    let added = Instant::now();
+    m.ok("H", &["updatecluster"]);
+    // G follows H's topology line: it links back to H and lists H's node.
+    m.wait_for_line("G", "proxy.log", ":H-M2");
+    eprintln!(
+        "node added at H: routable from G after {:?}",
+        added.elapsed()
+    );
+    m.wait_for_line("G", "cluster.log", &git_config(&m.repo("M2"), "annex.uuid"));
+
+    let file = m.root.join("big.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let target = format!("{addr_g}/annex-uuid/{cluster}");
+    let key = m.ok(
+        "M1",
+        &["put", file.to_str().expect("utf8"), "--to", &target],
+    );
+    let key = key.trim();
+    for node in ["M1", "M2"] {
+        assert_eq!(
+            std::fs::read(object_path(&m.repo(node), key))
+                .ok()
+                .as_deref(),
+            Some(&data[..]),
+            "{node} lacks the upload"
+        );
+    }
+    drop(daemons);
 }

@@ -168,6 +168,39 @@ pub fn commit_catalog_files(
     write_batch(git_dir, files, message)
 }
 
+/// A few branch files as git-annex reads them: each the union of the journal's
+/// version (else the local branch's) and every sibling `…/git-annex` branch
+/// not merged yet (a `git fetch` of another gateway's branch, say). Cheap
+/// next to [`read`]: only these paths are looked up.
+pub fn read_files(git_dir: &Path, paths: &[&str]) -> Result<Catalog> {
+    let journal = Journal::new(git_dir);
+    let repo = open(git_dir)?;
+    let local = local_head(&repo)?;
+    let tips = new_tips(&repo, local)?;
+    let mut trees = Vec::new();
+    for t in tips {
+        trees.push(
+            repo.find_commit(t)
+                .map_err(git("reading a git-annex commit"))?
+                .tree()
+                .map_err(git("reading a git-annex tree"))?,
+        );
+    }
+    let mut catalog = Catalog::new();
+    for path in paths {
+        catalog.insert_content(path, &journal.read(path)?);
+        for tree in &trees {
+            if let Some(entry) = tree
+                .lookup_entry_by_path(path)
+                .map_err(git("reading a git-annex tree"))?
+            {
+                catalog.insert_content(path, &read_blob(&repo, entry.object_id())?);
+            }
+        }
+    }
+    Ok(catalog)
+}
+
 /// The files of the `git-annex` branch at `to` that differ from the branch
 /// at `from` (added or changed; all of them when `from` is `None`), with
 /// their content: what a commit made by anyone (stock git-annex, a `git

@@ -291,6 +291,33 @@ impl Cluster {
         far
     }
 
+    /// The far nodes as the topology routes them (issue 9): every node whose
+    /// single best route crosses another gateway, named along its path
+    /// (`H-K-N6`), reached through the route's next hop when this gateway
+    /// has a remote for it. Falls back to [`Cluster::far_nodes`] without
+    /// routes.
+    pub fn far_nodes_routed(
+        &self,
+        view: &protocol::logs::view::View<'_>,
+        routes: Option<&protocol::cluster::Routes>,
+    ) -> Vec<FarNode> {
+        let Some(routes) = routes else {
+            return self.far_nodes(view);
+        };
+        routes
+            .iter()
+            .filter_map(|r| {
+                let hop = r.next_hop()?;
+                let gateway = self.gateways.iter().find(|g| &g.uuid == hop)?;
+                Some(FarNode {
+                    uuid: r.node.clone(),
+                    name: r.name.clone(),
+                    gateway: gateway.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// This cluster as reached through each other gateway, as one node each
     /// (annex-spec §4.9): the gateway's access aimed at the cluster uuid.
     pub fn via_gateways(&self) -> Vec<(Uuid, Node)> {
@@ -612,8 +639,28 @@ pub fn add_mesh_node(
     if !legal_name(remote) {
         return Err(Error::Usage(format!("illegal remote name {remote:?}")));
     }
-    crate::net::PeerAddress::parse(address)?;
     let repo = Repo::open(repo_path)?;
+    // ADDRESS may name a mesh member (PeerId, uuid, description): its
+    // address and uuid come from gossip, so no connection is needed.
+    let (address, uuid) = match crate::net::PeerAddress::parse(address) {
+        Ok(_) => (address.to_owned(), None),
+        Err(e) => match crate::members::find(&repo.git_dir, address)? {
+            Some(m) => match m.addresses.first() {
+                Some(a) => (a.clone(), Some(m.uuid)),
+                None => {
+                    return Err(Error::Usage(format!(
+                        "member {address} has announced no address yet"
+                    )));
+                }
+            },
+            None => {
+                return Err(Error::Usage(format!(
+                    "{address:?} is neither a peer address ({e}) nor a mesh member known here"
+                )));
+            }
+        },
+    };
+    let address = address.as_str();
     let names: Vec<String> = config_regexp(&repo.top, r"^annex\.cluster\.")?
         .into_iter()
         .filter_map(|(k, _)| k.strip_prefix("annex.cluster.").map(str::to_owned))
@@ -641,7 +688,59 @@ pub fn add_mesh_node(
         &format!("remote.{remote}.annex-cluster-node"),
         &cluster,
     )?;
+    if let Some(u) = uuid {
+        config_set(&repo.top, &format!("remote.{remote}.annex-uuid"), &u)?;
+    }
     Ok(cluster)
+}
+
+/// The git remote for `who`: `who` itself when it is a remote; else the mesh
+/// member it names (PeerId, uuid or description, from gossip), made a remote
+/// (`p2p-annex::libp2p:<its address>`, its uuid as `annex-uuid`, named after
+/// its description) so git-annex and the gateway reach it like any other.
+/// `None` when it is neither.
+pub fn remote_for_member(repo: &Repo, who: &str) -> Result<Option<String>> {
+    if remote_access(&repo.top, who)?.is_some() {
+        return Ok(Some(who.to_owned()));
+    }
+    let Some(m) = crate::members::find(&repo.git_dir, who)? else {
+        return Ok(None);
+    };
+    let Some(address) = m.addresses.first() else {
+        return Err(Error::Usage(format!(
+            "member {who} has announced no address yet (is its daemon running?)"
+        )));
+    };
+    let peer = m.peer.to_string();
+    let name = [m.description.as_str(), who]
+        .into_iter()
+        .find(|n| legal_name(n) && !n.contains('-'))
+        .map_or_else(
+            || format!("peer{}", &peer[peer.len().saturating_sub(6)..]),
+            str::to_owned,
+        );
+    let uuid_key = format!("remote.{name}.annex-uuid");
+    match config_get(&repo.top, &uuid_key)? {
+        Some(u) if u.trim() == m.uuid => return Ok(Some(name)),
+        Some(_) => {
+            return Err(Error::Usage(format!(
+                "a remote named {name} exists for another repository; name the member by its PeerId"
+            )));
+        }
+        None => {}
+    }
+    config_set(
+        &repo.top,
+        &format!("remote.{name}.url"),
+        &format!("{MESH_URL_PREFIX}{address}"),
+    )?;
+    config_set(
+        &repo.top,
+        &format!("remote.{name}.fetch"),
+        &format!("+refs/heads/*:refs/remotes/{name}/*"),
+    )?;
+    config_set(&repo.top, &uuid_key, &m.uuid)?;
+    Ok(Some(name))
 }
 
 /// `annexmesh extendcluster REMOTE NAME` (git-annex's `extendcluster`): this
@@ -652,6 +751,8 @@ pub fn add_mesh_node(
 /// ssh or annexmesh remote. Run [`update_clusters`] afterwards.
 pub fn extend_cluster(repo_path: &Path, remote: &str, name: &str) -> Result<Uuid> {
     let repo = Repo::open(repo_path)?;
+    // REMOTE may be a mesh member named from gossip: no git remote, no fetch.
+    let remote = &remote_for_member(&repo, remote)?.unwrap_or_else(|| remote.to_owned());
     let gateway = match node_of_remote(&repo, remote)? {
         Some(
             g @ Node {
@@ -838,7 +939,17 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
             .get(cluster.uuid.as_str())
             .map(|v| v.iter().cloned().collect())
             .unwrap_or_default();
-        let far = cluster.far_nodes(&view);
+        // This gateway's own topology line first, so its routes include it.
+        let routes = {
+            let store = Store::new(repo.clone());
+            crate::topology::record_own(
+                &journal,
+                &repo.uuid,
+                &crate::topology::own_entry(&clusters),
+            )?;
+            crate::topology::routes(&store, &cluster.uuid)?
+        };
+        let far = cluster.far_nodes_routed(&view, routes.as_ref());
         let nodes: BTreeSet<String> = cluster
             .nodes
             .iter()
@@ -907,6 +1018,48 @@ pub fn update_clusters(repo_path: &Path) -> Result<Update> {
     }
     crate::branch::commit(&repo.git_dir, "updatecluster")?;
     Ok(update)
+}
+
+/// What a gateway's daemon does when the topology changes (issue 9): every
+/// other gateway of one of its clusters that says, in its topology line, that
+/// it links to this one, and that is a mesh member, becomes a gateway remote
+/// of that cluster here too (as `extendcluster` would make it), so links go
+/// both ways with no command run; then [`update_clusters`], so `proxy.log`
+/// and `cluster.log` list the nodes now reachable. Does nothing on a
+/// repository that serves no cluster.
+pub fn follow_topology(repo_path: &Path) -> Result<Option<Update>> {
+    let repo = Repo::open(repo_path)?;
+    let clusters = configured(&repo)?;
+    if clusters.is_empty() {
+        return Ok(None);
+    }
+    let catalog = crate::branch::read_files(&repo.git_dir, &[protocol::cluster::TOPOLOGY_LOG])?;
+    let lines = catalog
+        .file(protocol::cluster::TOPOLOGY_LOG)
+        .map(|f| f.content())
+        .unwrap_or_default();
+    let entries = protocol::cluster::topology::read(&lines);
+    for c in &clusters {
+        for (gw, entry) in &entries {
+            let links_here = entry.gateways.iter().any(|l| l.to == repo.uuid);
+            let known = c.gateways.iter().any(|g| &g.uuid == gw);
+            if gw == &repo.uuid || known || !links_here || !entry.clusters.contains(&c.uuid) {
+                continue;
+            }
+            let Some(remote) = remote_for_member(&repo, gw.as_str())? else {
+                continue;
+            };
+            let key = format!("remote.{remote}.annex-cluster-gateway");
+            let mut list: Vec<String> = config_get(&repo.top, &key)?
+                .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default();
+            if !list.iter().any(|u| u == c.uuid.as_str()) {
+                list.push(c.uuid.as_str().to_owned());
+                config_set(&repo.top, &key, &list.join(" "))?;
+            }
+        }
+    }
+    update_clusters(repo_path).map(Some)
 }
 
 /// What a `p2pstdio --uuid U` on this gateway serves.
@@ -1030,7 +1183,10 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     // A node behind another gateway of one of our clusters: relayed there.
     if let Some(far) = clusters
         .iter()
-        .flat_map(|c| c.far_nodes(&view))
+        .flat_map(|c| {
+            let routes = crate::topology::routes(gateway, &c.uuid).ok().flatten();
+            c.far_nodes_routed(&view, routes.as_ref())
+        })
         .find(|f| f.uuid.as_str() == want && &f.name == remote)
     {
         return Ok(open_gateway_node(repo, &far.as_node()).map(|n| Served::Node(Box::new(n))));

@@ -31,6 +31,7 @@ pub mod session;
 pub mod special;
 pub mod store;
 pub mod sys;
+pub mod topology;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -485,3 +485,65 @@ pub async fn join(
     }
     Err(last)
 }
+
+/// A member found by [`find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub peer: PeerId,
+    pub uuid: String,
+    pub description: String,
+    /// Its announced addresses, each ending in `/p2p/<peer>`.
+    pub addresses: Vec<String>,
+}
+
+/// The member `who` names: its PeerId, its uuid, or its description, from
+/// the membership, uuid and addresses logs as gossip brought them. An error
+/// when several members match.
+pub fn find(git_dir: &Path, who: &str) -> Result<Option<Found>> {
+    let catalog = crate::branch::read_files(
+        git_dir,
+        &[MEMBERS_LOG, "uuid.log", protocol::logs::view::ADDRESSES_LOG],
+    )?;
+    let lines: Vec<String> = catalog
+        .file(MEMBERS_LOG)
+        .map(|f| f.lines().map(std::borrow::Cow::into_owned).collect())
+        .unwrap_or_default();
+    let view = protocol::logs::view::View::new(&catalog);
+    let mut found = Vec::new();
+    for (peer, e) in protocol::logs::members::entries(lines.iter().map(String::as_str)) {
+        let Entry::Member { uuid, .. } = e else {
+            continue;
+        };
+        let Ok(peer_id) = peer.parse::<PeerId>() else {
+            continue;
+        };
+        let description = view.description(&uuid).unwrap_or_default();
+        if peer != who && uuid != who && description != who {
+            continue;
+        }
+        let addresses = view
+            .addresses(&uuid)
+            .into_iter()
+            .filter_map(|a| a.parse::<libp2p::Multiaddr>().ok())
+            .map(|m| match crate::net::peer_of(&m) {
+                Ok(_) => m,
+                Err(_) => crate::net::with_peer(m, peer_id),
+            })
+            .filter(|m| crate::net::peer_of(m).ok() == Some(peer_id))
+            .map(|m| m.to_string())
+            .collect();
+        found.push(Found {
+            peer: peer_id,
+            uuid,
+            description,
+            addresses,
+        });
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Error::Usage(format!(
+            "{who:?} names several members: use a PeerId"
+        ))),
+    }
+}

@@ -17,6 +17,12 @@ use crate::peer::{Peer, PeerOptions};
 /// How often local changes (git-annex's journal) are committed to the branch.
 pub const JOURNAL_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Branch files whose change may change what a gateway reaches.
+const TOPOLOGY_FILES: [&str; 3] = [protocol::cluster::TOPOLOGY_LOG, "proxy.log", "cluster.log"];
+
+/// How long topology changes are gathered before a gateway follows them.
+const FOLLOW_DEBOUNCE: Duration = Duration::from_millis(300);
+
 /// How often the journal and the branch are looked at for changes made by
 /// other processes (annex-shell sessions, setup commands, stock git-annex).
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -47,6 +53,7 @@ impl Mesh {
     pub async fn start(mut options: PeerOptions, meta_options: MetaOptions) -> Result<Mesh> {
         let git_dir = options.store.repo().git_dir.clone();
         let members = options.members.clone();
+        let options_top = options.store.repo().top.clone();
         let state_dir = crate::config::state_dir(options.store.repo());
         let link = Arc::new(MetaLink::default());
         options.store.set_observer(link.clone());
@@ -93,8 +100,12 @@ impl Mesh {
                 }
             }
         });
-        let watcher = tokio::spawn(watch(watcher, Arc::downgrade(&meta)));
-        let mut tasks = Vec::new();
+        let reconfigure = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch(watcher, Arc::downgrade(&meta), reconfigure.clone()));
+        let mut tasks = vec![tokio::spawn(follow_topology(
+            options_top.clone(),
+            reconfigure,
+        ))];
         if let Some(members) = members {
             let joins = peer
                 .net
@@ -153,7 +164,11 @@ impl Mesh {
 
 /// Gossips every change to the repository's metadata that did not come
 /// through this daemon's own store: polls the journal and the branch.
-async fn watch(watcher: crate::watch::Watcher, meta: std::sync::Weak<Meta>) {
+async fn watch(
+    watcher: crate::watch::Watcher,
+    meta: std::sync::Weak<Meta>,
+    reconfigure: Arc<tokio::sync::Notify>,
+) {
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
     let mut every = tokio::time::interval(WATCH_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,12 +182,41 @@ async fn watch(watcher: crate::watch::Watcher, meta: std::sync::Weak<Meta>) {
         let Some(meta) = meta.upgrade() else { return };
         match changes {
             Ok(Ok(files)) => {
+                if files
+                    .iter()
+                    .any(|(p, _)| TOPOLOGY_FILES.contains(&p.as_str()))
+                {
+                    reconfigure.notify_one();
+                }
                 for (path, content) in files {
                     meta.record_local(&path, &content);
                 }
             }
             Ok(Err(e)) => tracing::warn!("watching the journal and branch: {e}"),
             Err(e) => tracing::warn!("watching the journal and branch: {e}"),
+        }
+    }
+}
+
+/// Keeps a gateway's clusters in step with the gossiped topology
+/// ([`crate::cluster::follow_topology`]) whenever the watcher sees it change.
+async fn follow_topology(top: PathBuf, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        changed.notified().await;
+        tokio::time::sleep(FOLLOW_DEBOUNCE).await;
+        let dir = top.clone();
+        let done = tokio::task::spawn_blocking(move || crate::cluster::follow_topology(&dir)).await;
+        match done {
+            Ok(Ok(Some(update))) => {
+                for m in update.messages() {
+                    if !m.starts_with("No ") {
+                        tracing::info!("{m}");
+                    }
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("following the topology: {e}"),
+            Err(e) => tracing::warn!("following the topology: {e}"),
         }
     }
 }

@@ -67,6 +67,16 @@ impl Allowed {
 /// needed at once by members that have not met the sender yet.
 const REPUBLISHED: [&str; 2] = [MEMBERS_LOG, protocol::logs::view::ADDRESSES_LOG];
 
+/// Files whose change from a peer is persisted at once, not at the next
+/// tick: what other processes (a gateway following the topology, an
+/// annex-shell session routing) read from the branch.
+const URGENT: [&str; 4] = [
+    MEMBERS_LOG,
+    protocol::cluster::TOPOLOGY_LOG,
+    "proxy.log",
+    "cluster.log",
+];
+
 /// Where merged changes go (the repository's git-annex branch, in the daemon).
 pub trait Persist: Send + Sync {
     /// Stores the given files' merged contents.
@@ -122,6 +132,7 @@ pub struct Meta {
     outbox: Mutex<Delta>,
     outbox_ready: Arc<Notify>,
     changed: Notify,
+    persist_now: Arc<Notify>,
 }
 
 fn path_hash(path: &str, content: &[u8]) -> u64 {
@@ -181,6 +192,7 @@ impl Meta {
             outbox: Mutex::new(Delta::default()),
             outbox_ready: Arc::new(Notify::new()),
             changed: Notify::new(),
+            persist_now: Arc::new(Notify::new()),
         });
         meta.members_changed();
         net.subscribe(META_TOPIC).await?;
@@ -228,6 +240,9 @@ impl Meta {
         }
         if changed.iter().any(|p| p == MEMBERS_LOG) {
             self.members_changed();
+        }
+        if mark_dirty && changed.iter().any(|p| URGENT.contains(&p.as_str())) {
+            self.persist_now.notify_one();
         }
         if !changed.is_empty() {
             self.changed.notify_waiters();
@@ -626,8 +641,12 @@ fn batches(files: Vec<(String, Vec<String>)>) -> Vec<Delta> {
 
 /// Periodic anti-entropy and persistence.
 async fn ticker(meta: std::sync::Weak<Meta>) {
-    let (sync_every, persist_every) = match meta.upgrade() {
-        Some(m) => (m.options.sync_interval, m.options.persist_interval),
+    let (sync_every, persist_every, persist_now) = match meta.upgrade() {
+        Some(m) => (
+            m.options.sync_interval,
+            m.options.persist_interval,
+            m.persist_now.clone(),
+        ),
         None => return,
     };
     let mut sync = tokio::time::interval(sync_every);
@@ -649,7 +668,12 @@ async fn ticker(meta: std::sync::Weak<Meta>) {
                     }
                 });
             }
-            _ = persist.tick() => {
+            () = async {
+                tokio::select! {
+                    _ = persist.tick() => {}
+                    () = persist_now.notified() => {}
+                }
+            } => {
                 let Some(m) = meta.upgrade() else { return };
                 match tokio::task::spawn_blocking(move || m.flush()).await {
                     Ok(Err(e)) => tracing::warn!("persisting metadata: {e}"),

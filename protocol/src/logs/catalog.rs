@@ -50,7 +50,8 @@ impl Family {
             | "schedule.log"
             | "activity.log"
             | "difference.log"
-            | "multicast.log" => Family::UuidBased,
+            | "multicast.log"
+            | "annexmesh/topology.log" => Family::UuidBased,
             "proxy.log"
             | "cluster.log"
             | "maxsize.log"

@@ -1,0 +1,137 @@
+//! The cluster topology on the mesh: this gateway's own line in
+//! `annexmesh/topology.log` (what it serves, the nodes it reaches directly
+//! and the gateways it links to, each with its cost and its name there),
+//! written by `updatecluster` and gossiped like every log; and the routes a
+//! gateway computes from everyone's lines ([`protocol::cluster::topology`]),
+//! stock git-annex gateways included through their `proxy.log` lines.
+//!
+//! Liveness: a gateway that is a mesh member and that this repository's
+//! daemon sees disconnected (its `peers-seen` file) is not routed through;
+//! everything else is taken as alive.
+
+use std::collections::BTreeSet;
+
+use protocol::Uuid;
+use protocol::cluster::topology::{self, Cost, Entry, Link, TOPOLOGY_LOG, Topology};
+use protocol::logs::catalog::Catalog;
+use protocol::logs::members::{Entry as Member, MEMBERS_LOG};
+
+use crate::cluster::Cluster;
+use crate::error::Result;
+use crate::journal::{Journal, log_clock_now};
+use crate::store::Store;
+
+/// The files routes are computed from.
+const FILES: [&str; 5] = [
+    TOPOLOGY_LOG,
+    "proxy.log",
+    "cluster.log",
+    "uuid.log",
+    MEMBERS_LOG,
+];
+
+fn link(uuid: &Uuid, cost: crate::cluster::Cost, name: &str) -> Link {
+    Link {
+        to: uuid.clone(),
+        cost: Cost::from_f64(cost.0).unwrap_or(Cost::ZERO),
+        name: topology::legal_name(name).then(|| name.to_owned()),
+    }
+}
+
+/// This gateway's line, from its configured clusters.
+pub fn own_entry(clusters: &[Cluster]) -> Entry {
+    let mut entry = Entry::default();
+    for c in clusters {
+        entry.clusters.push(c.uuid.clone());
+        for n in &c.nodes {
+            if !entry.nodes.iter().any(|l| l.to == n.uuid) {
+                entry.nodes.push(link(&n.uuid, n.cost, &n.remote));
+            }
+        }
+        for g in &c.gateways {
+            if !entry.gateways.iter().any(|l| l.to == g.uuid) {
+                entry.gateways.push(link(&g.uuid, g.cost, &g.remote));
+            }
+        }
+    }
+    entry.clusters.sort();
+    entry.nodes.sort_by(|a, b| a.to.cmp(&b.to));
+    entry.gateways.sort_by(|a, b| a.to.cmp(&b.to));
+    entry
+}
+
+/// Records `entry` as `gateway`'s line unless the log already says exactly
+/// that. Returns whether it wrote.
+pub fn record_own(journal: &Journal, gateway: &Uuid, entry: &Entry) -> Result<bool> {
+    let now = journal.read(TOPOLOGY_LOG)?;
+    if topology::read(&now).get(gateway) == Some(entry) {
+        return Ok(false);
+    }
+    journal.modify(TOPOLOGY_LOG, |old| {
+        topology::record(old, gateway, entry, log_clock_now())
+    })?;
+    Ok(true)
+}
+
+/// Gateways that are mesh members this repository's daemon sees disconnected.
+fn unreachable_members(store: &Store, catalog: &Catalog) -> BTreeSet<Uuid> {
+    let seen = crate::keeper::read_seen(&crate::config::state_dir(store.repo()));
+    let lines: Vec<String> = catalog
+        .file(MEMBERS_LOG)
+        .map(|f| f.lines().map(std::borrow::Cow::into_owned).collect())
+        .unwrap_or_default();
+    protocol::logs::members::entries(lines.iter().map(String::as_str))
+        .into_iter()
+        .filter_map(|(peer, e)| match e {
+            Member::Member { uuid, .. } if seen.get(&peer).is_some_and(|s| !s.connected) => {
+                Uuid::parse(&uuid).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The topology as this gateway knows it now.
+pub fn topology(store: &Store) -> Result<(Topology, Catalog)> {
+    let catalog = crate::branch::read_files(&store.repo().git_dir, &FILES)?;
+    let content = catalog
+        .file(TOPOLOGY_LOG)
+        .map(|f| f.content())
+        .unwrap_or_default();
+    let mut topo = Topology::from_log(&content);
+    let view = protocol::logs::view::View::new(&catalog);
+    let clusters = view.clusters();
+    topo.add_stock_gateways(&view.proxies(), &clusters);
+    for (c, members) in &clusters {
+        if let Ok(c) = Uuid::parse(c) {
+            topo.set_members(c, members.iter().filter_map(|m| Uuid::parse(m).ok()));
+        }
+    }
+    for (u, d) in view.descriptions() {
+        if let Ok(u) = Uuid::parse(&u) {
+            topo.set_fallback_name(u, d);
+        }
+    }
+    Ok((topo, catalog))
+}
+
+/// The routes from this gateway into `cluster`, routed around gateways its
+/// daemon sees down. `None` when the topology has no line of this gateway
+/// (it has not run `updatecluster` since topology lines exist).
+pub fn routes(store: &Store, cluster: &Uuid) -> Result<Option<topology::Routes>> {
+    let (topo, catalog) = topology(store)?;
+    let me = store.uuid().clone();
+    if !topo.gateways().any(|g| *g == me) {
+        return Ok(None);
+    }
+    let down = unreachable_members(store, &catalog);
+    let alive: BTreeSet<Uuid> = topo
+        .gateways()
+        .filter(|g| !down.contains(g))
+        .cloned()
+        .collect();
+    Ok(Some(topo.routes(&me, cluster, &alive, &BTreeSet::new())))
+}
+
+#[cfg(test)]
+mod tests;
