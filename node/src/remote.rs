@@ -29,6 +29,9 @@ pub struct Endpoint {
 /// swarm and handshake per session.
 static SWARMS: std::sync::Mutex<Vec<Net>> = std::sync::Mutex::new(Vec::new());
 
+/// The environment variable that turns swarm reuse off (see [`Endpoint::shared`]).
+pub const NO_SWARM_REUSE: &str = "ANNEXMESH_NO_SWARM_REUSE";
+
 /// Makes `net` (a daemon's swarm) the one this process dials out with for
 /// its identity.
 pub fn share(net: &Net) {
@@ -48,7 +51,14 @@ pub fn unshare(peer: libp2p::PeerId) {
 impl Endpoint {
     /// The endpoint of this process for `key`: the shared swarm of that
     /// identity, or a new one (with TCP) kept for later calls.
+    ///
+    /// `ANNEXMESH_NO_SWARM_REUSE=1` gives a new swarm every call, as gateways
+    /// dialled before the mesh had one swarm per daemon: only for measuring
+    /// the difference (the mesh benchmark's baseline).
     pub fn shared(key: &Keypair) -> Result<Endpoint> {
+        if std::env::var_os(NO_SWARM_REUSE).is_some_and(|v| v == "1") {
+            return Endpoint::new(key.clone(), crate::net::tcp_transport(key)?);
+        }
         let me = key.public().to_peer_id();
         let mut swarms = SWARMS.lock().unwrap_or_else(|p| p.into_inner());
         swarms.retain(Net::is_alive);
