@@ -41,6 +41,11 @@ pub fn take_written() -> Vec<PathBuf> {
     std::mem::take(&mut *set).into_iter().collect()
 }
 
+/// Whether this process has written a journal since [`take_written`] last ran.
+pub fn any_written() -> bool {
+    !WRITTEN.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+}
+
 /// Puts a repository back among the written ones (its commit failed).
 pub fn rewritten(git_dir: &Path) {
     note_written(git_dir);

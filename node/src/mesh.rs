@@ -17,6 +17,10 @@ use crate::peer::{Peer, PeerOptions};
 /// How often local changes (git-annex's journal) are committed to the branch.
 pub const JOURNAL_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long after a session ends its daemon commits what it recorded, so
+/// that sessions ending together share one commit.
+pub const SESSION_COMMIT_DELAY: Duration = Duration::from_millis(100);
+
 /// Branch files whose change may change what a gateway reaches.
 const TOPOLOGY_FILES: [&str; 3] = [protocol::cluster::TOPOLOGY_LOG, "proxy.log", "cluster.log"];
 
@@ -86,12 +90,24 @@ impl Mesh {
         })?;
         meta.record_local(ADDRESSES_LOG, &content);
         let commit_dir = git_dir.clone();
+        let nudge = crate::session::COMMITTER
+            .get_or_init(|| Arc::new(tokio::sync::Notify::new()))
+            .clone();
         let committer = tokio::spawn(async move {
             let mut every = tokio::time::interval(JOURNAL_COMMIT_INTERVAL);
             loop {
-                every.tick().await;
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = nudge.notified() => {
+                        // Sessions ending together share the commit.
+                        tokio::time::sleep(SESSION_COMMIT_DELAY).await;
+                    }
+                }
                 let dir = commit_dir.clone();
                 let r = tokio::task::spawn_blocking(move || {
+                    // Every journal this process wrote (a gateway's local
+                    // nodes too), and its own repository's whoever wrote it.
+                    crate::branch::commit_written("annexmesh: record changes")?;
                     crate::branch::commit(&dir, "annexmesh: record changes")
                 })
                 .await;

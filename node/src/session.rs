@@ -914,9 +914,22 @@ where
     }
 }
 
+/// A running daemon's journal committer, woken when a session ends
+/// ([`record_state`]); set once by `mesh::Mesh::start`.
+pub static COMMITTER: std::sync::OnceLock<std::sync::Arc<tokio::sync::Notify>> =
+    std::sync::OnceLock::new();
+
 /// Commits what this process wrote to journals ([`crate::branch::commit_written`]),
 /// off the runtime: what a session does when it ends. A failure is a warning: the journal keeps every line.
 pub async fn record_state(message: &'static str) {
+    // In a daemon its committer does it: soon, and once for every session
+    // that ended meanwhile.
+    if let Some(nudge) = COMMITTER.get()
+        && crate::journal::any_written()
+    {
+        nudge.notify_one();
+        return;
+    }
     let done = tokio::task::spawn_blocking(move || crate::branch::commit_written(message)).await;
     match done {
         Ok(Ok(_)) => {}

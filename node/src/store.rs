@@ -52,6 +52,9 @@ pub struct Store {
     objects: PathBuf,
     tmp: PathBuf,
     retention: PathBuf,
+    /// Uploads begun through this handle and its clones (for metrics, and
+    /// the simulations that count the PUTs each node receives).
+    uploads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Result of storing content.
@@ -72,8 +75,14 @@ impl Store {
             objects: annex.join("objects"),
             tmp: annex.join("tmp"),
             retention: annex.join("annexmesh").join("lock-retention"),
+            uploads: Default::default(),
             repo,
         }
+    }
+
+    /// How many uploads were begun through this store handle and its clones.
+    pub fn uploads_begun(&self) -> u64 {
+        self.uploads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn open(path: &Path) -> Result<Store> {
@@ -181,6 +190,8 @@ impl Store {
     }
 
     fn open_upload(&self, key: &Key, offset: u64, hashed: bool) -> Result<Upload> {
+        self.uploads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.partial_path(key);
         fs::create_dir_all(&self.tmp).context(|| format!("creating {}", self.tmp.display()))?;
         let mut file = OpenOptions::new()

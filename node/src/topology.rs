@@ -102,10 +102,18 @@ pub fn topology(store: &Store) -> Result<(Topology, Catalog)> {
     let view = protocol::logs::view::View::new(&catalog);
     let clusters = view.clusters();
     topo.add_stock_gateways(&view.proxies(), &clusters);
+    // A cluster's nodes: what cluster.log lists (its newest line, written by
+    // whichever gateway updated last), and every node a gateway serving the
+    // cluster states in its topology line, so one gateway's update does not
+    // hide another's nodes until that one updates again.
+    let lines = topology::read(&content);
     for (c, members) in &clusters {
-        if let Ok(c) = Uuid::parse(c) {
-            topo.set_members(c, members.iter().filter_map(|m| Uuid::parse(m).ok()));
+        let Ok(c) = Uuid::parse(c) else { continue };
+        let mut all: BTreeSet<Uuid> = members.iter().filter_map(|m| Uuid::parse(m).ok()).collect();
+        for entry in lines.values().filter(|e| e.clusters.contains(&c)) {
+            all.extend(entry.nodes.iter().map(|l| l.to.clone()));
         }
+        topo.set_members(c, all);
     }
     for (u, d) in view.descriptions() {
         if let Ok(u) = Uuid::parse(&u) {

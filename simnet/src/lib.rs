@@ -62,6 +62,7 @@
 //! latency change lands mid-connection), exactly how many bytes a transfer
 //! had moved when a partition struck, and wall-clock timeouts.
 
+pub mod cluster;
 mod error;
 mod link;
 pub mod metadata;

@@ -257,6 +257,15 @@ impl Sim {
             std::fs::create_dir_all(parent)?;
         }
         let init = node::init::init(&dir, name, uuid_bytes)?;
+        // The repository's identity is the simulated one, as a daemon's is
+        // its repository's: what a gateway in it dials its nodes with.
+        let encoded = key
+            .to_protobuf_encoding()
+            .map_err(|e| Error::Node(node::Error::Protocol(format!("identity: {e}"))))?;
+        node::store::write_atomic(
+            &node::config::state_dir(&init.repo).join("identity.key"),
+            &encoded,
+        )?;
         let store = Store::new(init.repo);
         let uuid = store.uuid().clone();
         node::auth::AccessRules::new(&store.repo().git_dir, key.public().to_peer_id(), vec![])
@@ -396,6 +405,26 @@ impl Sim {
                 "{to} answered as {uuid}, not {want}"
             ))));
         }
+        Ok(session)
+    }
+
+    /// Opens a P2P session from node `from` to the repository `target` that
+    /// peer `to` serves (a gateway's cluster or node: `/annex-uuid/<target>`),
+    /// with the simulation's token.
+    pub async fn session_to(&self, from: &str, to: &str, target: &Uuid) -> Result<StreamSession> {
+        let endpoint = Endpoint {
+            net: self.net(from)?,
+        };
+        let address = PeerAddress {
+            addr: self.addr(to)?,
+            target: Some(target.clone()),
+        };
+        let (session, _) = within(
+            &format!("connecting {from} to {target} on {to}"),
+            CONNECT_TIMEOUT,
+            endpoint.connect(&address, self.uuid(from)?, self.token.clone()),
+        )
+        .await??;
         Ok(session)
     }
 

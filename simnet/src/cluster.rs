@@ -1,0 +1,243 @@
+//! Cluster scenarios: real gateways and mesh nodes of one cluster on the
+//! simulated links, set up as `annexmesh` sets them up (git config of each
+//! gateway: the cluster, one remote per node, one per linked gateway; then
+//! `updatecluster`), their metadata shared by real [`Meta`] services that
+//! persist into each repository's branch, so routes come from the gossiped
+//! topology. Shared by the tests (small topologies) and the benchmark.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use node::mesh::BranchPersist;
+use node::meta::{Allowed, Meta, MetaOptions};
+use protocol::Uuid;
+
+use crate::{Error, Result, Sim};
+
+/// The shape of the gateway graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Line,
+    Ring,
+    Star,
+    FullMesh,
+}
+
+impl Shape {
+    /// The undirected links between `n` gateways.
+    pub fn links(self, n: usize) -> Vec<(usize, usize)> {
+        match self {
+            Shape::Line => (1..n).map(|i| (i - 1, i)).collect(),
+            Shape::Ring if n > 2 => (0..n).map(|i| (i, (i + 1) % n)).collect(),
+            Shape::Ring => Shape::Line.links(n),
+            Shape::Star => (1..n).map(|i| (0, i)).collect(),
+            Shape::FullMesh => (0..n)
+                .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+                .collect(),
+        }
+    }
+}
+
+/// A cluster on the simulation: gateways `g0…`, each with nodes `g<i>n<j>`.
+pub struct ClusterSim {
+    pub cluster: Uuid,
+    pub gateways: Vec<String>,
+    /// Each gateway's nodes.
+    pub nodes: BTreeMap<String, Vec<String>>,
+    pub metas: BTreeMap<String, Arc<Meta>>,
+}
+
+fn git_config(dir: &std::path::Path, key: &str, value: &str) -> Result<()> {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(["config", key, value])
+        .output()?;
+    if !out.status.success() {
+        return Err(Error::Node(node::Error::Git(format!(
+            "git config {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))));
+    }
+    Ok(())
+}
+
+impl ClusterSim {
+    /// Builds `gateways` gateways linked as `shape`, `per_gateway` mesh nodes
+    /// each, runs `updatecluster` on every gateway and waits until every
+    /// gateway routes to every node (at most `limit`).
+    pub async fn build(
+        sim: &mut Sim,
+        shape: Shape,
+        gateways: usize,
+        per_gateway: usize,
+        limit: Duration,
+    ) -> Result<ClusterSim> {
+        let cluster = Uuid::new_cluster(sim.rng().bytes::<16>());
+        let names: Vec<String> = (0..gateways).map(|i| format!("g{i}")).collect();
+        let mut nodes = BTreeMap::new();
+        for g in &names {
+            sim.add_peer(g).await?;
+            let mine: Vec<String> = (0..per_gateway).map(|j| format!("{g}n{j}")).collect();
+            for n in &mine {
+                sim.add_peer(n).await?;
+            }
+            nodes.insert(g.clone(), mine);
+        }
+        // Restarted once all exist, so that every peer grants every other
+        // (a peer grants the nodes that exist when it starts), as mesh
+        // members reach each other without a grant.
+        for g in &names {
+            for n in std::iter::once(g).chain(&nodes[g]) {
+                sim.crash(n).await?;
+                sim.restart(n).await?;
+            }
+        }
+        let links = shape.links(gateways);
+        for (i, g) in names.iter().enumerate() {
+            let dir = sim.store(g)?.repo().git_dir.clone();
+            git_config(&dir, "annex.cluster.c", cluster.as_str())?;
+            let remote = |r: &str, addr: &libp2p::Multiaddr, uuid: &Uuid| -> Result<()> {
+                git_config(
+                    &dir,
+                    &format!("remote.{r}.url"),
+                    &format!("p2p-annex::libp2p:{addr}"),
+                )?;
+                git_config(&dir, &format!("remote.{r}.annex-uuid"), uuid.as_str())
+            };
+            for n in &nodes[g] {
+                remote(n, &sim.addr(n)?, &sim.uuid(n)?)?;
+                git_config(&dir, &format!("remote.{n}.annex-cluster-node"), "c")?;
+            }
+            for &(a, b) in &links {
+                let other = match (a == i, b == i) {
+                    (true, _) => b,
+                    (_, true) => a,
+                    _ => continue,
+                };
+                let o = &names[other];
+                remote(o, &sim.addr(o)?, &sim.uuid(o)?)?;
+                git_config(
+                    &dir,
+                    &format!("remote.{o}.annex-cluster-gateway"),
+                    cluster.as_str(),
+                )?;
+            }
+        }
+        let mut metas = BTreeMap::new();
+        for g in &names {
+            let git_dir = sim.store(g)?.repo().git_dir.clone();
+            let meta = Meta::start(
+                sim.net(g)?,
+                node::branch::read(&git_dir)?,
+                MetaOptions {
+                    allowed: Allowed::Any,
+                    sync_interval: Duration::from_secs(2),
+                    persist_interval: Duration::from_millis(200),
+                },
+                Some(Arc::new(BranchPersist { git_dir })),
+            )
+            .await?;
+            // As a daemon does: what the gateway's sessions write to its
+            // journal is gossiped.
+            let watcher = node::watch::Watcher::new(&sim.store(g)?.repo().git_dir)?;
+            tokio::spawn(watch(watcher, Arc::downgrade(&meta)));
+            metas.insert(g.clone(), meta);
+        }
+        for &(a, b) in &links {
+            let addr = sim.addr(&names[b])?;
+            sim.net(&names[a])?.dial(&addr).await?;
+        }
+        let c = ClusterSim {
+            cluster,
+            gateways: names,
+            nodes,
+            metas,
+        };
+        for g in &c.gateways {
+            c.update(sim, g).await?;
+        }
+        c.wait_routed(sim, limit).await?;
+        // Once more, now that every line is everywhere: far nodes in proxy.log.
+        for g in &c.gateways {
+            c.update(sim, g).await?;
+        }
+        Ok(c)
+    }
+
+    /// `updatecluster` on gateway `g`, and its changes gossiped.
+    pub async fn update(&self, sim: &Sim, g: &str) -> Result<()> {
+        let store = sim.store(g)?;
+        let top = store.repo().top.clone();
+        tokio::task::spawn_blocking(move || node::cluster::update_clusters(&top))
+            .await
+            .map_err(|e| Error::Node(node::Error::Protocol(e.to_string())))??;
+        let meta = &self.metas[g];
+        for path in [protocol::cluster::TOPOLOGY_LOG, "proxy.log", "cluster.log"] {
+            meta.record_local(path, &store.journal().read(path)?);
+        }
+        Ok(())
+    }
+
+    /// Every node of the cluster.
+    pub fn all_nodes(&self) -> Vec<String> {
+        self.nodes.values().flatten().cloned().collect()
+    }
+
+    /// How many nodes gateway `g` routes to now.
+    pub fn routed_from(&self, sim: &Sim, g: &str) -> Result<usize> {
+        let store = sim.store(g)?;
+        Ok(node::topology::routes(&store, &self.cluster)?.map_or(0, |r| r.reachable().len()))
+    }
+
+    /// Waits until every gateway routes to every node; returns how long.
+    pub async fn wait_routed(&self, sim: &Sim, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let want = self.all_nodes().len();
+        loop {
+            let mut all = true;
+            for g in &self.gateways {
+                all &= self.routed_from(sim, g)? == want;
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout {
+                    what: "every gateway routing to every node".into(),
+                    after: limit,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Uploads begun on each node so far.
+    pub fn uploads(&self, sim: &Sim) -> Result<BTreeMap<String, u64>> {
+        self.all_nodes()
+            .into_iter()
+            .map(|n| Ok((n.clone(), sim.store(&n)?.uploads_begun())))
+            .collect()
+    }
+}
+
+/// Polls a gateway's journal and branch and gossips what changed, as
+/// `annexmesh daemon` does, until its metadata service is gone.
+async fn watch(watcher: node::watch::Watcher, meta: std::sync::Weak<Meta>) {
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let w = watcher.clone();
+        let changes = tokio::task::spawn_blocking(move || {
+            w.lock().unwrap_or_else(|p| p.into_inner()).changes()
+        })
+        .await;
+        let Some(meta) = meta.upgrade() else { return };
+        if let Ok(Ok(files)) = changes {
+            for (path, content) in files {
+                meta.record_local(&path, &content);
+            }
+        }
+    }
+}

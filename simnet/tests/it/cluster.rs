@@ -1,0 +1,101 @@
+//! Scenario: real gateways and mesh nodes of one cluster (2–5 gateways as a
+//! line, ring, star or full mesh), routes from the gossiped topology. A PUT
+//! through one gateway reaches every node exactly once; a partition leaves
+//! each half serving its own nodes, and after the heal the gateways'
+//! location logs converge.
+
+use std::time::Duration;
+
+use protocol::AssociatedFile;
+use protocol::logs::presence::location_log_path;
+use simnet::Sim;
+use simnet::cluster::{ClusterSim, Shape};
+
+use crate::util::{content, ms};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn build(shape: Shape, gateways: usize) -> (Sim, ClusterSim) {
+    let mut sim = Sim::from_env().unwrap();
+    sim.add_client("user").await.unwrap();
+    let c = ClusterSim::build(&mut sim, shape, gateways, 1, LIMIT)
+        .await
+        .unwrap();
+    (sim, c)
+}
+
+async fn put_through(sim: &mut Sim, c: &ClusterSim, gateway: &str) -> protocol::Key {
+    let (_, key, src) = content(sim, 40_000);
+    let mut s = sim.session_to("user", gateway, &c.cluster).await.unwrap();
+    let out = simnet::within(
+        "the PUT",
+        LIMIT,
+        s.put(&key, AssociatedFile::none(), &src, &mut |_| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.stored, "{out:?}");
+    let _ = s.close().await;
+    key
+}
+
+async fn exactly_once(shape: Shape, gateways: usize) {
+    let (mut sim, c) = build(shape, gateways).await;
+    for n in c.all_nodes() {
+        sim.set_latency("user", &n, ms(1)..=ms(3)).unwrap();
+    }
+    let before = c.uploads(&sim).unwrap();
+    let key = put_through(&mut sim, &c, "g0").await;
+    let after = c.uploads(&sim).unwrap();
+    for n in c.all_nodes() {
+        assert!(
+            sim.store(&n).unwrap().contains(&key),
+            "{shape:?}: {n} lacks it"
+        );
+        assert_eq!(after[&n] - before[&n], 1, "{shape:?}: PUTs to {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_reaches_every_node_once_on_a_line() {
+    exactly_once(Shape::Line, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_reaches_every_node_once_on_a_star() {
+    exactly_once(Shape::Star, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_halves_serve_their_own_nodes_then_converge() {
+    let (mut sim, c) = build(Shape::Line, 2).await;
+    let halves = [["g0", "g0n0"], ["g1", "g1n0"]];
+    for a in halves[0] {
+        for b in halves[1] {
+            sim.partition(a, b).unwrap();
+        }
+    }
+    let left = put_through(&mut sim, &c, "g0").await;
+    let right = put_through(&mut sim, &c, "g1").await;
+    assert!(sim.store("g0n0").unwrap().contains(&left));
+    assert!(!sim.store("g1n0").unwrap().contains(&left));
+    assert!(sim.store("g1n0").unwrap().contains(&right));
+    assert!(!sim.store("g0n0").unwrap().contains(&right));
+    for a in halves[0] {
+        for b in halves[1] {
+            sim.heal(a, b).unwrap();
+        }
+    }
+    let addr = sim.addr("g1").unwrap();
+    sim.net("g0").unwrap().dial(&addr).await.unwrap();
+    for key in [&left, &right] {
+        let path = location_log_path(key);
+        simnet::wait_until("the location logs to converge", LIMIT, || {
+            c.metas["g0"].file_lines(&path) == c.metas["g1"].file_lines(&path)
+                && !c.metas["g0"].file_lines(&path).is_empty()
+        })
+        .await
+        .unwrap();
+    }
+}
