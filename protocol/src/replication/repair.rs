@@ -25,8 +25,8 @@
 //! * between `min` and `max`: nothing moves;
 //! * above `max` (counting only alive holders, with nothing in flight for
 //!   the key): one `Drop { from, lock }` at a time, from a node that does not
-//!   require the key (not-wanting first, then a node sharing its site with
-//!   another holder, then the fullest), after locking `keep = max(min,
+//!   require the key and has a free slot (not-wanting first, then a node
+//!   sharing its site with another holder, then the fullest), after locking `keep = max(min,
 //!   numcopies)` other alive copies, so a drop never leaves fewer than
 //!   numcopies. A node that comes back after its keys were re-replicated
 //!   thus sheds the extra copies.
@@ -861,8 +861,11 @@ impl Planner {
             .map(|(_, k)| *k)
             .collect();
         for k in batch {
-            if self.flights.len() >= self.config.max_in_flight as usize {
+            if self.flights.len() >= self.config.max_in_flight as usize || !self.any_slot() {
                 break;
+            }
+            if !self.may_send(k) {
+                continue;
             }
             match self.dispatch(k, env, needs, out) {
                 Outcome::Done => self.unqueue(k),
@@ -872,6 +875,28 @@ impl Planner {
                 Outcome::Failed(msg) => self.fail(k, None, &msg, env.now),
             }
         }
+    }
+
+    /// Whether some alive member could still send and some could receive.
+    fn any_slot(&self) -> bool {
+        let alive = || {
+            self.members
+                .iter()
+                .map(|&n| &self.nodes[n as usize])
+                .filter(|n| n.liveness == Liveness::Alive)
+        };
+        alive().any(|n| n.src < self.config.max_per_source)
+            && alive().any(|n| n.dst < self.config.max_per_target)
+    }
+
+    /// Whether some alive holder of `k` has a free sending slot: without
+    /// one neither a copy nor a drop can start, so the key is skipped
+    /// without asking the placement.
+    fn may_send(&self, k: KeyId) -> bool {
+        self.keys[k as usize].holders.iter().any(|&h| {
+            let n = &self.nodes[h as usize];
+            n.member && n.liveness == Liveness::Alive && n.src < self.config.max_per_source
+        })
     }
 
     fn dispatch(
@@ -1056,11 +1081,12 @@ impl Planner {
         for &n in &j.alive {
             *per_site.entry(env.layout.site(self.uuid(n))).or_default() += 1;
         }
+        let free = |n: NodeId| self.nodes[n as usize].src < self.config.max_per_source;
         let victim = j
             .alive
             .iter()
             .copied()
-            .filter(|&n| index(n).is_some_and(|i| !needs.required[i]))
+            .filter(|&n| index(n).is_some_and(|i| !needs.required[i]) && free(n))
             .min_by_key(|&n| {
                 let u = self.uuid(n);
                 let wants = index(n).is_some_and(|i| needs.wanting[i]);
@@ -1069,11 +1095,17 @@ impl Planner {
                 (wants, alone, room, u)
             });
         let Some(victim) = victim else {
-            return Outcome::Done;
+            // Every candidate is busy (wait), or every holder requires it.
+            let busy = j
+                .alive
+                .iter()
+                .any(|&n| index(n).is_some_and(|i| !needs.required[i]));
+            return if busy {
+                Outcome::Blocked
+            } else {
+                Outcome::Done
+            };
         };
-        if self.nodes[victim as usize].src >= self.config.max_per_source {
-            return Outcome::Blocked;
-        }
         let mut lock: Vec<Uuid> = j
             .alive
             .iter()
