@@ -274,5 +274,29 @@ pub fn allocate(
     })
 }
 
+/// The targets of a `PUT` of a key of `size` bytes that `holders` already
+/// have: up to `effective.max` copies in all, a [`Shortfall`] below
+/// `effective.min`. Nodes whose required content matches should be passed
+/// with `wants` set; the gateway adds any the allocator left out (required
+/// content is honoured whatever `max` says).
+pub fn put_targets(
+    layout: &Layout,
+    candidates: &[Candidate],
+    size: u64,
+    effective: &super::policy::Effective,
+    holders: &[Uuid],
+    tiebreak: Option<u64>,
+) -> Result<Vec<Uuid>, Shortfall> {
+    let have = holders.len();
+    let req = Request {
+        size,
+        want: (effective.max as usize).saturating_sub(have),
+        at_least: (effective.min as usize).saturating_sub(have),
+        holders,
+        tiebreak,
+    };
+    allocate(layout, candidates, &req)
+}
+
 #[cfg(test)]
 mod tests;

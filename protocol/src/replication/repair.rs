@@ -1269,6 +1269,8 @@ impl Planner {
                 .as_ref()
                 .and_then(|t| t.error.as_ref())
                 .map(|(_, m)| m.to_string()),
+            attempts: e.attempts,
+            retry_at: (e.not_before > 0).then_some(e.not_before),
         }
     }
 

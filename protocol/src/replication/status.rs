@@ -56,6 +56,10 @@ pub struct KeyStatus {
     pub queued: bool,
     /// The key's last error (a failed transfer, a shortfall, no alive copy).
     pub error: Option<String>,
+    /// Failures since the last success, and when the next retry is due
+    /// (`recover` retries at once).
+    pub attempts: u8,
+    pub retry_at: Option<u64>,
 }
 
 /// The states a [`Filter`] selects.

@@ -165,6 +165,35 @@ fn put_places_max_and_fails_below_min() {
 }
 
 #[test]
+fn put_targets_fill_to_max_and_need_min() {
+    use crate::replication::policy::{Rule, resolve};
+    let l = two_sites();
+    let c: Vec<Candidate> = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|n| cand(n, 100))
+        .collect();
+    let e = resolve(Rule::parse("min=2 max=3"), 1, 4);
+    assert_eq!(put_targets(&l, &c, 10, &e, &[], None).unwrap().len(), 3);
+    let mut c2 = c.clone();
+    c2[0].holds = true;
+    let got = put_targets(&l, &c2, 10, &e, &[u("n1")], None).unwrap();
+    assert_eq!(got, vec![u("n3"), u("n2")]);
+    // Only one node with room: below min.
+    for x in &mut c2[1..3] {
+        x.room = Some(1);
+    }
+    // Only n4 has room: enough for min 2, not for max 3.
+    assert_eq!(
+        put_targets(&l, &c2, 10, &e, &[u("n1")], None).unwrap(),
+        vec![u("n4")]
+    );
+    let e5 = resolve(Rule::parse("min=3 max=3"), 1, 4);
+    let err = put_targets(&l, &c2, 10, &e5, &[u("n1")], None).unwrap_err();
+    assert_eq!(err.needed, 2);
+    assert_eq!(err.placed, vec![u("n4")]);
+}
+
+#[test]
 fn layout_from_branch() {
     use crate::cluster::topology::{Cost, Entry, Link};
     use crate::logs::catalog::Catalog;

@@ -383,6 +383,7 @@ fn failures_back_off_and_recover_retries_now() {
     );
     let st = w.planner.status(&key(0), &w.env(&p)).unwrap();
     assert_eq!(st.error.as_deref(), Some("connection reset"));
+    assert_eq!((st.attempts, st.retry_at), (1, Some(w.now + 60_000)));
     assert!(w.poll(&p).is_empty(), "backing off");
     assert_eq!(w.planner.deferred(), 1);
     w.now += 60_000;
@@ -664,6 +665,14 @@ fn membership_change_re_evaluates() {
     assert!(matches!(&t[0].action, Action::Copy { to, .. } if to == &u("n3")));
 }
 
+/// What a finished action writes to the location log.
+fn apply(p: &mut Planner, a: &Action) {
+    match a {
+        Action::Copy { key, to, .. } => p.on_presence(key, to, true),
+        Action::Drop { key, from, .. } => p.on_presence(key, from, false),
+    };
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Present(u32, u8, bool),
@@ -771,6 +780,61 @@ proptest! {
             }
             prop_assert_eq!(w.planner.in_flight(), live.len());
         }
+    }
+
+    /// Two gateways fed the same facts never have the same key in flight at
+    /// once, and between them repair what one gateway alone would.
+    #[test]
+    fn two_planners_never_overlap(
+        holders in prop::collection::vec(prop::collection::btree_set(0u8..5, 1..4), 1..30),
+        down in 0u8..5,
+        min in 1u32..4,
+    ) {
+        let p = uniform(eff(min, min + 1));
+        let gws = vec![u("gwA"), u("gwB")];
+        let mk = |me: &str, gateways: Vec<Uuid>| {
+            let mut w = World::new(5, RepairConfig { max_in_flight: 4, ..RepairConfig::default() });
+            w.planner = Planner::new(u(me), *w.planner.config());
+            w.planner.set_members(w.nodes.clone());
+            w.gateways = gateways;
+            for (k, hs) in holders.iter().enumerate() {
+                for h in hs {
+                    w.planner.on_presence(&key(k as u32), &w.nodes[*h as usize].clone(), true);
+                }
+            }
+            w.down(&format!("n{}", down + 1));
+            w
+        };
+        let (mut a, mut b) = (mk("gwA", gws.clone()), mk("gwB", gws.clone()));
+        let mut solo = mk("gwA", vec![]);
+        let mut ka = BTreeSet::new();
+        let mut kb = BTreeSet::new();
+        for _ in 0..200 {
+            let ta = a.poll(&p);
+            let tb = b.poll(&p);
+            if ta.is_empty() && tb.is_empty() {
+                break;
+            }
+            let now_a: BTreeSet<Key> = ta.iter().map(|t| t.action.key().clone()).collect();
+            let now_b: BTreeSet<Key> = tb.iter().map(|t| t.action.key().clone()).collect();
+            prop_assert!(now_a.is_disjoint(&now_b));
+            // Each side's completed transfers reach the other as location-log
+            // changes, as gossip would carry them.
+            for t in ta {
+                a.planner.on_transfer_done(t.id, Ok(()), a.now);
+                apply(&mut b.planner, &t.action);
+                ka.insert(t.action.key().clone());
+            }
+            for t in tb {
+                b.planner.on_transfer_done(t.id, Ok(()), b.now);
+                apply(&mut a.planner, &t.action);
+                kb.insert(t.action.key().clone());
+            }
+        }
+        prop_assert!(ka.is_disjoint(&kb));
+        let ks: BTreeSet<Key> = solo.settle(&p).iter().map(|x| x.key().clone()).collect();
+        let both: BTreeSet<Key> = ka.union(&kb).cloned().collect();
+        prop_assert_eq!(both, ks);
     }
 
     /// With every node alive and room everywhere, settling reaches
