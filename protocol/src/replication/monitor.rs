@@ -325,6 +325,16 @@ impl Monitor {
         self.nodes.iter().map(|(u, s)| (u, s.liveness, s.last_seen))
     }
 
+    /// Those of `among` that are not down (unknown ones included): the
+    /// gateways to pass to [`super::repair::Env::gateways`].
+    pub fn not_down<'a>(&self, among: impl IntoIterator<Item = &'a Uuid>) -> Vec<Uuid> {
+        among
+            .into_iter()
+            .filter(|u| self.liveness(u) != Some(Liveness::Down))
+            .cloned()
+            .collect()
+    }
+
     /// An informer's report; returns false if ignored (node limit reached,
     /// or older than the one kept).
     pub fn on_metrics(&mut self, node: &Uuid, metrics: Metrics, now: u64) -> bool {

@@ -132,8 +132,10 @@ impl Default for Needs {
 }
 
 impl Needs {
-    /// Sized for `n` nodes, nobody wanting or requiring.
+    /// Sized for `n` nodes, nobody wanting or requiring, the numbers of
+    /// an empty rule with numcopies 1.
     pub fn reset(&mut self, n: usize) {
+        self.effective = Needs::default().effective;
         self.wanting.clear();
         self.wanting.resize(n, false);
         self.required.clear();
@@ -307,9 +309,9 @@ struct Flight {
 }
 
 /// One key's state, as judged at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Judged {
-    effective: Option<Effective>,
+    effective: Effective,
     /// Copies that count (see the module docs), copies under way.
     live: u32,
     pending: u32,
@@ -665,9 +667,14 @@ impl Planner {
             .suspect_after_ms
             .saturating_add(eff.grace.saturating_mul(1000));
         let mut j = Judged {
-            effective: Some(eff),
+            effective: eff,
+            live: 0,
             pending: in_flight_to.len() as u32,
-            ..Judged::default()
+            alive: Vec::new(),
+            required_targets: Vec::new(),
+            need: 0,
+            excess: 0,
+            wait_until: None,
         };
         let (mut required_total, mut soon_lost) = (0u32, 0u32);
         for (i, &n) in self.members.iter().enumerate() {
@@ -951,9 +958,7 @@ impl Planner {
         needs: &Needs,
         out: &mut Vec<Transfer>,
     ) -> Outcome {
-        let Some(eff) = j.effective else {
-            return Outcome::Done;
-        };
+        let eff = j.effective;
         let mut cands = self.candidates(k, env, needs);
         let size = self.keys[k as usize].key.size().unwrap_or(0);
         let mut holders: Vec<Uuid> = j.alive.iter().map(|&n| self.uuid(n).clone()).collect();
@@ -1073,9 +1078,7 @@ impl Planner {
         needs: &Needs,
         out: &mut Vec<Transfer>,
     ) -> Outcome {
-        let Some(eff) = j.effective else {
-            return Outcome::Done;
-        };
+        let eff = j.effective;
         let index = |n: NodeId| self.members.iter().position(|m| *m == n);
         let mut per_site: BTreeMap<&Uuid, usize> = BTreeMap::new();
         for &n in &j.alive {
@@ -1249,7 +1252,7 @@ impl Planner {
 
     fn key_status(&self, k: KeyId, env: &Env<'_>, needs: &mut Needs) -> KeyStatus {
         let j = self.judge(k, env, needs);
-        let eff = j.effective.unwrap_or(needs.effective);
+        let eff = j.effective;
         let e = &self.keys[k as usize];
         let nodes = self
             .members

@@ -160,6 +160,21 @@ fn alerts_and_nodes_are_bounded() {
 }
 
 #[test]
+fn not_down_keeps_suspected_and_unknown() {
+    let mut m = monitor();
+    m.watch(u("a"), 0);
+    m.watch(u("b"), 0);
+    m.on_heartbeat(&u("b"), 305_000);
+    m.tick(310_000);
+    assert_eq!(m.liveness(&u("a")), Some(Liveness::Down));
+    assert_eq!(m.liveness(&u("b")), Some(Liveness::Alive));
+    m.tick(320_000);
+    assert_eq!(m.liveness(&u("b")), Some(Liveness::Suspected));
+    let all = [u("a"), u("b"), u("c")];
+    assert_eq!(m.not_down(&all), vec![u("b"), u("c")]);
+}
+
+#[test]
 fn metrics_expire_after_ttl() {
     let mut m = monitor();
     let a = u("a");
