@@ -67,6 +67,8 @@ use super::policy::Effective;
 use super::stable_hash;
 use super::status::{Filter, KeyStatus, NodeState, NodeStatus, Summary};
 use crate::key::Key;
+use crate::logs::catalog::{Catalog, Family, LogFile};
+use crate::logs::presence;
 use crate::uuid::Uuid;
 
 /// The longest error message kept per key.
@@ -507,6 +509,50 @@ impl Planner {
             self.dirty.insert(k);
         }
         changed
+    }
+
+    /// A changed branch file: if it is a location log
+    /// (`<hashdir>/<keyFile>.log`), the key's holders become the uuids its
+    /// newest lines say are present (cluster uuids are never holders).
+    /// Returns whether the index changed; other files are ignored.
+    pub fn on_location_log(&mut self, path: &str, file: &LogFile) -> bool {
+        if file.family() != Family::Presence || !path.ends_with(".log") {
+            return false;
+        }
+        let Some(key) = path
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".log"))
+            .and_then(|f| Key::from_file(f).ok())
+        else {
+            return false;
+        };
+        if presence::location_log_path(&key) != path {
+            return false;
+        }
+        let present: BTreeSet<Uuid> = presence::present(&file.content())
+            .into_iter()
+            .filter_map(|u| Uuid::parse(&u).ok())
+            .filter(|u| !u.is_cluster())
+            .collect();
+        let mut changed = false;
+        for h in self.holders(&key) {
+            if !present.contains(&h) {
+                changed |= self.on_presence(&key, &h, false);
+            }
+        }
+        for u in &present {
+            changed |= self.on_presence(&key, u, true);
+        }
+        changed
+    }
+
+    /// Feeds every location log of `catalog` (at start-up; afterwards
+    /// [`Planner::on_location_log`] for the paths a merge changed).
+    pub fn load(&mut self, catalog: &Catalog) {
+        for (path, file) in catalog.files() {
+            self.on_location_log(path, file);
+        }
     }
 
     /// `node` says it lacks `key` though the location log lists it (a failed

@@ -673,6 +673,122 @@ fn apply(p: &mut Planner, a: &Action) {
     };
 }
 
+#[test]
+fn end_to_end_from_the_branch() {
+    use crate::logs::catalog::Catalog;
+    use crate::logs::presence::{Status, location_log_path, record};
+    use crate::logs::view::View;
+    use crate::preferred::Context;
+    use crate::replication::policy::{Policy, PreferredPlacement, REPLICATION_LOG, record_cluster};
+    let cluster = Uuid::parse("acae2ff6-6c1e-8bec-b8b9-397a3755f397").unwrap();
+    let nodes: Vec<Uuid> = (1..=4)
+        .map(|i| Uuid::parse(&format!("0000000{i}-0000-4000-8000-000000000000")).unwrap())
+        .collect();
+    let mut cat = Catalog::new();
+    cat.insert_line("numcopies.log", "1s 2");
+    cat.insert_content(
+        REPLICATION_LOG,
+        &record_cluster(b"", &cluster, &Rule::parse("max=2 grace=60"), 1),
+    );
+    // Node 4 wants nothing: it never gets a copy.
+    cat.insert_line(
+        "preferred-content.log",
+        &format!("{} nothing timestamp=1s", nodes[3]),
+    );
+    for i in 0..10 {
+        let path = location_log_path(&key(i));
+        let mut log = record(b"", nodes[0].as_str(), Status::Present, 5);
+        log = record(&log, nodes[1].as_str(), Status::Present, 5);
+        // The cluster uuid in a location log is never a holder.
+        log = record(&log, cluster.as_str(), Status::Present, 5);
+        cat.insert_content(&path, &log);
+    }
+    let policy = Policy::from_catalog(&cat);
+    let ctx = Context::from_view(&View::new(&cat));
+    let placement = PreferredPlacement::new(&ctx, &policy, cluster.clone(), &nodes);
+    let mut planner = Planner::new(u("gw"), RepairConfig::default());
+    planner.set_members(nodes.clone());
+    planner.load(&cat);
+    assert_eq!(
+        planner.holders(&key(0)),
+        vec![nodes[0].clone(), nodes[1].clone()]
+    );
+    let mut monitor = Monitor::new(MonitorConfig {
+        grace_ms: policy.grace(&cluster) * 1000,
+        ..MonitorConfig::default()
+    });
+    for n in &nodes {
+        monitor.watch(n.clone(), 0);
+    }
+    let layout = Layout::new();
+    let mut transfers = Vec::new();
+    for t in (0..=80_000u64).step_by(1_000) {
+        for n in &nodes {
+            if n != &nodes[0]
+                && let Some(e) = monitor.on_heartbeat(n, t)
+            {
+                planner.on_event(&e);
+            }
+            monitor.on_metrics(
+                n,
+                Metrics {
+                    free_bytes: 1 << 30,
+                    ..Metrics::default()
+                },
+                t,
+            );
+        }
+        for e in monitor.tick(t) {
+            planner.on_event(&e);
+        }
+        let env = Env {
+            now: t,
+            placement: &placement,
+            monitor: &monitor,
+            layout: &layout,
+            gateways: &[],
+            tiebreak: None,
+        };
+        loop {
+            let ts = planner.poll(&env);
+            if ts.is_empty() {
+                break;
+            }
+            for tr in ts {
+                assert!(planner.on_transfer_done(tr.id, Ok(()), t));
+                transfers.push((t, tr));
+            }
+        }
+    }
+    // Node 1 silent from 0: suspected at 10 s, down at 70 s (grace 60 s).
+    assert_eq!(transfers.len(), 10);
+    for (t, tr) in &transfers {
+        assert_eq!(*t, 70_000);
+        let Action::Copy { from, to, .. } = &tr.action else {
+            panic!()
+        };
+        assert_eq!(from, &nodes[1]);
+        assert_eq!(to, &nodes[2], "node 4 wants nothing");
+    }
+    // The copy was recorded in the index when it finished, so the location
+    // log saying so changes nothing; a log saying node 2 lost it does.
+    let path = location_log_path(&key(0));
+    let log = cat.file(&path).unwrap().content();
+    let content = record(&log, nodes[2].as_str(), Status::Present, 9);
+    cat.insert_content(&path, &content);
+    assert!(!planner.on_location_log(&path, cat.file(&path).unwrap()));
+    assert_eq!(planner.holders(&key(0)).len(), 3);
+    let content = record(&content, nodes[1].as_str(), Status::Absent, 10);
+    cat.insert_content(&path, &content);
+    assert!(planner.on_location_log(&path, cat.file(&path).unwrap()));
+    assert!(!planner.on_location_log(&path, cat.file(&path).unwrap()));
+    assert!(!planner.on_location_log("uuid.log", cat.file(&path).unwrap()));
+    assert_eq!(
+        planner.holders(&key(0)),
+        vec![nodes[0].clone(), nodes[2].clone()]
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Present(u32, u8, bool),
