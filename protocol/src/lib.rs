@@ -29,6 +29,7 @@ pub mod key;
 pub mod logs;
 pub mod message;
 pub mod preferred;
+pub mod replication;
 pub mod routing;
 pub mod server;
 pub mod uuid;

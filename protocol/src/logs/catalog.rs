@@ -59,9 +59,12 @@ impl Family {
             | "config.log"
             | "group-preferred-content.log"
             | "annexmesh/members.log" => Family::Map,
+            "annexmesh/replication.log" => Family::UuidBased,
             "numcopies.log" | "mincopies.log" => Family::SingleValue,
             p if p.ends_with(".log") && p.matches('/').count() == 2 => Family::Presence,
             p if p.ends_with(".log.web") || p.ends_with(".log.ek") => Family::Presence,
+            // annexmesh's per-key replication overrides (`replication::policy`).
+            p if p.ends_with(".log.rpl") => Family::Map,
             _ => Family::Opaque,
         }
     }
