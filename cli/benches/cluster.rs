@@ -434,7 +434,13 @@ fn bench(
             .enable_all()
             .build()?;
         let t = Instant::now();
-        let stored = rt.block_on(put_streams(&cfg, daemon.client_key.clone(), &target, keys))?;
+        let stored = rt.block_on(common::put_streams(
+            daemon.client_key.clone(),
+            &target,
+            keys,
+            cfg.streams,
+            None,
+        ))?;
         let d = t.elapsed();
         daemon.stop()?;
         ensure!(
@@ -612,55 +618,6 @@ fn start_daemon(cfg: &Config, g: &Path) -> Result<Daemon> {
         addr,
         client_key,
     })
-}
-
-/// PUTs every file to the cluster over `streams` libp2p streams to the
-/// daemon, on one connection of one client endpoint.
-async fn put_streams(
-    cfg: &Config,
-    key: libp2p::identity::Keypair,
-    target: &node::net::PeerAddress,
-    keys: Vec<(Key, PathBuf)>,
-) -> Result<u64> {
-    let client =
-        Uuid::parse("cccccccc-cccc-4ccc-8ccc-cccccccccccc").map_err(|e| anyhow!("uuid: {e}"))?;
-    let token =
-        protocol::AuthToken::parse("").ok_or_else(|| anyhow!("the empty token does not parse"))?;
-    let transport = node::net::tcp_transport(&key).map_err(|e| anyhow!("transport: {e}"))?;
-    let endpoint = std::sync::Arc::new(
-        node::remote::Endpoint::new(key, transport).map_err(|e| anyhow!("endpoint: {e}"))?,
-    );
-    let n = usize::try_from(cfg.streams)?;
-    let mut shares: Vec<Vec<(Key, PathBuf)>> = vec![Vec::new(); n];
-    for (i, kp) in keys.into_iter().enumerate() {
-        shares[i % n].push(kp);
-    }
-    let mut tasks = Vec::new();
-    for share in shares {
-        let endpoint = endpoint.clone();
-        let target = target.clone();
-        let client = client.clone();
-        let token = token.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut session, _) = endpoint.connect(&target, client, token).await?;
-            let mut stored = 0u64;
-            for (k, p) in share {
-                let o = session
-                    .put(&k, AssociatedFile::none(), &p, &mut |_| {})
-                    .await?;
-                if o.stored {
-                    stored += 1;
-                }
-            }
-            session.close().await?;
-            Ok::<u64, node::Error>(stored)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.context("stream task")?.context("stream session")?;
-    }
-    Ok(total)
 }
 
 /// PUTs every file to the cluster through `sessions` parallel

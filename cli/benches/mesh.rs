@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{env_number, make_file_seeded, run_ok};
-use protocol::{AssociatedFile, Key, Uuid};
 
 fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
@@ -180,7 +179,13 @@ fn run() -> Result<()> {
         let target = node::net::PeerAddress::parse(&format!("{}/annex-uuid/{cluster}", gd.addr))
             .map_err(|e| anyhow!("address: {e}"))?;
         let start = Instant::now();
-        let stored = rt.block_on(put_streams(client_key.clone(), &target, keys, streams))?;
+        let stored = rt.block_on(common::put_streams(
+            client_key.clone(),
+            &target,
+            keys,
+            streams,
+            Some(1),
+        ))?;
         let secs = start.elapsed().as_secs_f64();
         if stored != files {
             bail!("{label}: {stored} of {files} stored");
@@ -199,57 +204,4 @@ fn run() -> Result<()> {
     drop(gd);
     drop(nodes);
     Ok(())
-}
-
-/// PUTs every file to the cluster over `streams` sessions of one endpoint.
-async fn put_streams(
-    key: libp2p::identity::Keypair,
-    target: &node::net::PeerAddress,
-    keys: Vec<(Key, PathBuf)>,
-    streams: u64,
-) -> Result<u64> {
-    let client = Uuid::parse("cccccccc-cccc-4ccc-8ccc-cccccccccccc").map_err(|e| anyhow!("{e}"))?;
-    let token = protocol::AuthToken::parse("").ok_or_else(|| anyhow!("empty token"))?;
-    let transport = node::net::tcp_transport(&key).map_err(|e| anyhow!("{e}"))?;
-    let endpoint = std::sync::Arc::new(
-        node::remote::Endpoint::new(key, transport).map_err(|e| anyhow!("{e}"))?,
-    );
-    let n = usize::try_from(streams.max(1))?;
-    let mut shares: Vec<Vec<(Key, PathBuf)>> = vec![Vec::new(); n];
-    for (i, kp) in keys.into_iter().enumerate() {
-        shares[i % n].push(kp);
-    }
-    let mut tasks = Vec::new();
-    for share in shares {
-        let (endpoint, target, client, token) = (
-            endpoint.clone(),
-            target.clone(),
-            client.clone(),
-            token.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut stored = 0u64;
-            // A session per file, as `git annex copy` of many files through
-            // separate invocations would: each is a gateway session.
-            for (k, p) in share {
-                let (mut session, _) = endpoint
-                    .connect(&target, client.clone(), token.clone())
-                    .await?;
-                if session
-                    .put(&k, AssociatedFile::none(), &p, &mut |_| {})
-                    .await?
-                    .stored
-                {
-                    stored += 1;
-                }
-                session.close().await?;
-            }
-            Ok::<u64, node::Error>(stored)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.context("stream task")?.context("stream session")?;
-    }
-    Ok(total)
 }

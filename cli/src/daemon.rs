@@ -56,7 +56,9 @@ pub async fn run(
     listen: Vec<String>,
     peers: Vec<String>,
     serve_git: bool,
+    suspect_after: &str,
 ) -> anyhow::Result<ExitCode> {
+    let suspect_after_ms = crate::mesh::parse_duration(suspect_after)?.saturating_mul(1000);
     let repo = open(path)?;
     let config = Config::load(&repo)?;
     let key = load_or_create_identity(&state_dir(&repo))?;
@@ -93,6 +95,10 @@ pub async fn run(
             allowed: Allowed::Members(members),
             sync_interval: std::time::Duration::from_secs(5),
             ..MetaOptions::default()
+        },
+        protocol::replication::MonitorConfig {
+            suspect_after_ms,
+            ..protocol::replication::MonitorConfig::default()
         },
     )
     .await?;

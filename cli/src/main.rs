@@ -13,6 +13,7 @@ mod cluster;
 mod daemon;
 mod mesh;
 mod query;
+mod replication;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,9 @@ enum Command {
         /// Do not serve git (CONNECT) to clients.
         #[arg(long)]
         no_git: bool,
+        /// How long a member may be silent before it is suspected (s, m, h).
+        #[arg(long, default_value = "10s")]
+        suspect_after: String,
     },
     /// git-annex P2P pairing helpers.
     P2p {
@@ -80,6 +84,34 @@ enum Command {
     },
     /// Leave the mesh: members stop taking this repository's metadata.
     Leave,
+    /// Show or set a cluster's replication policy (or one key's override):
+    /// at least MIN copies, at most MAX, repairs after GRACE.
+    Replication {
+        /// The cluster's name or uuid.
+        cluster: String,
+        #[arg(long)]
+        min: Option<u32>,
+        #[arg(long)]
+        max: Option<u32>,
+        /// How long a node may be gone before its copies are made elsewhere
+        /// (s, m, h, d).
+        #[arg(long)]
+        grace: Option<String>,
+        /// A key whose override to show or set.
+        #[arg(long)]
+        key: Option<String>,
+        /// Forget what is set (of the cluster, or of --key) before setting.
+        #[arg(long)]
+        clear: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running daemon's view of the mesh's members: alive, suspected or
+    /// down, their free space, and the alerts kept.
+    Alerts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Remember a peer's address under a name.
     AddPeer { name: String, address: String },
     /// Upload a file to a peer; prints its key.
@@ -201,7 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             peer,
             no_git,
-        } => runtime.block_on(daemon::run(&repo, listen, peer, !no_git)),
+            suspect_after,
+        } => runtime.block_on(daemon::run(&repo, listen, peer, !no_git, &suspect_after)),
         Command::P2p { .. } => daemon::gen_addresses(&repo),
         Command::Grant { peer, mode } => daemon::grant(&repo, &peer, &mode),
         Command::AddPeer { name, address } => daemon::add_peer(&repo, &name, &address),
@@ -212,6 +245,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(mesh_cmd::PeersCommand::Rm { peer }) => mesh::remove(&repo, &peer),
         },
         Command::Leave => mesh::leave(&repo),
+        Command::Replication {
+            cluster,
+            min,
+            max,
+            grace,
+            key,
+            clear,
+            json,
+        } => replication::replication(
+            &repo,
+            &cluster,
+            &replication::Settings {
+                min,
+                max,
+                grace: grace.as_deref(),
+                key: key.as_deref(),
+                clear,
+            },
+            json,
+        ),
+        Command::Alerts { json } => replication::alerts(&repo, json),
         // Transfers run on a runtime worker: a future polled by `block_on` on
         // the main thread moves bytes markedly slower (measured by the libp2p
         // benchmark).

@@ -301,6 +301,27 @@ impl Lab {
         }
     }
 
+    /// G's daemon, started, and what a stock client needs to reach its
+    /// cluster over libp2p: the `p2p-annex::libp2p:…/annex-uuid/<cluster>:<token>`
+    /// address for `git annex p2p --link`, and a PATH with our helper first.
+    fn cluster_over_p2p_annex(&self) -> (support::ProcessGuard, String, std::ffi::OsString) {
+        self.annexmesh(&self.g, &["init"]).ok();
+        let mut daemon_cmd = self.command(&support::annexmesh_bin(), &self.g);
+        daemon_cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        let mut daemon = support::ProcessGuard::spawn(&mut daemon_cmd);
+        daemon.wait_for(TIMEOUT, |out| out.contains("listening on ").then_some(()));
+        let line = self.annexmesh(&self.g, &["p2p", "--gen-addresses"]);
+        line.ok();
+        let line = line.stdout.lines().next().expect("an address").to_owned();
+        let (address, token) = line.rsplit_once(':').expect("address:token");
+        let with_target = format!("{address}/annex-uuid/{}:{token}", self.cluster_uuid);
+        let helper = PathBuf::from(env!("CARGO_BIN_EXE_git-annex-p2p-libp2p"));
+        let mut path = vec![helper.parent().expect("bin dir").to_path_buf()];
+        path.extend(std::env::split_paths(&support::path_with_git_annex()));
+        let path = std::env::join_paths(path).expect("PATH");
+        (daemon, with_target, path)
+    }
+
     /// Runs our binary as `git-annex-shell p2pstdio G <client> --uuid <uuid>`
     /// with `input` on stdin (then EOF).
     fn p2pstdio(&self, uuid: &str, input: &[u8]) -> (std::process::ExitStatus, String, String) {
@@ -1320,22 +1341,7 @@ fn stock_client_with_special_remote_nodes() {
 fn stock_client_over_libp2p_to_the_cluster() {
     let lab = Lab::gateway();
     lab.annexmesh(&lab.g, &["updatecluster"]).ok();
-    lab.annexmesh(&lab.g, &["init"]).ok();
-    let mut daemon_cmd = lab.command(&support::annexmesh_bin(), &lab.g);
-    daemon_cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
-    let mut daemon = support::ProcessGuard::spawn(&mut daemon_cmd);
-    daemon.wait_for(TIMEOUT, |out| out.contains("listening on ").then_some(()));
-    let line = lab.annexmesh(&lab.g, &["p2p", "--gen-addresses"]);
-    line.ok();
-    let line = line.stdout.lines().next().expect("an address").to_owned();
-    let (address, token) = line.rsplit_once(':').expect("address:token");
-    let with_target = format!("{address}/annex-uuid/{}:{token}", lab.cluster_uuid);
-
-    // A stock client with our helper on PATH.
-    let helper = PathBuf::from(env!("CARGO_BIN_EXE_git-annex-p2p-libp2p"));
-    let mut path = vec![helper.parent().expect("bin dir").to_path_buf()];
-    path.extend(std::env::split_paths(&support::path_with_git_annex()));
-    let path = std::env::join_paths(path).expect("PATH");
+    let (mut daemon, with_target, path) = lab.cluster_over_p2p_annex();
     let client = lab.root.join("P");
     let run = |args: &[&str], dir: &Path| {
         let mut c = lab.command(Path::new(args[0]), dir);

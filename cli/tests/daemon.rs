@@ -345,27 +345,8 @@ fn connected_pair() -> Pair {
     Pair { tmp, a, b, da, db }
 }
 
-/// Waits (bounded) until `git show git-annex:<file>` in `repo` contains `text`.
 fn wait_for_branch_line(repo: &Path, file: &str, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new("git")
-            .arg("--git-dir")
-            .arg(repo)
-            .args(["show", &format!("git-annex:{file}")])
-            .output()
-            .expect("git show");
-        let got = String::from_utf8_lossy(&out.stdout).into_owned();
-        if got.contains(text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never got {text:?} in {file}: {got}",
-            repo.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    support::wait_for_branch_line(repo, file, text, Duration::from_secs(30));
 }
 
 /// What other processes write into A's repository (a setup command's

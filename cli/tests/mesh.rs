@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{ProcessGuard, annexmesh_bin};
+use support::{ProcessGuard, annexmesh_bin, branch_file};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -65,10 +65,16 @@ impl Mesh {
 
     /// Starts the daemon; returns it and its address.
     fn daemon(&self, name: &str) -> (ProcessGuard, String) {
+        self.daemon_with(name, &[])
+    }
+
+    /// [`Mesh::daemon`] with more daemon arguments.
+    fn daemon_with(&self, name: &str, extra: &[&str]) -> (ProcessGuard, String) {
         let mut cmd = Command::new(annexmesh_bin());
         cmd.arg("--repo")
             .arg(self.repo(name))
             .args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
             .env("ANNEXMESH_LOG", "annexmesh=info,node=info");
         let mut d = ProcessGuard::spawn(&mut cmd);
         let addr = d.wait_for(TIMEOUT, |out| {
@@ -85,18 +91,7 @@ impl Mesh {
 
     /// Waits (bounded) until `git show git-annex:<file>` in `name` has `text`.
     fn wait_for_line(&self, name: &str, file: &str, text: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let got = branch_file(&self.repo(name), file);
-            if got.contains(text) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never got {text:?} in {file}: {got}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        support::wait_for_branch_line(&self.repo(name), file, text, TIMEOUT);
     }
 
     /// Waits until `peers` in `name` prints `text`.
@@ -133,16 +128,6 @@ impl Mesh {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
-
-fn branch_file(repo: &Path, file: &str) -> String {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .args(["show", &format!("git-annex:{file}")])
-        .output()
-        .expect("git show");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -303,4 +288,63 @@ fn a_cluster_is_set_up_over_the_mesh() {
         );
     }
     drop(daemons);
+}
+
+/// The peer monitor (issue 10): a member killed with SIGKILL is suspected
+/// by the others once silent for the `--suspect-after` time, and alive again
+/// when it is back; a replication policy set on one member reaches the others.
+#[test]
+fn members_are_monitored_and_policies_spread() {
+    let m = Mesh::new();
+    let _pa = m.init("alpha");
+    let pb = m.init("beta");
+    let quick = ["--suspect-after", "2s"];
+    let (_da, _) = m.daemon_with("alpha", &quick);
+    let (mut db, _) = m.daemon_with("beta", &quick);
+    m.ok("beta", &["join", &m.invite("alpha")]);
+    m.wait_connected("alpha", &pb);
+    let beta = git_config(&m.repo("beta"), "annex.uuid");
+    let state = |want: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let json = m.ok("alpha", &["alerts", "--json"]);
+            if json.contains(&format!("\"uuid\":\"{beta}\",\"state\":\"{want}\"")) {
+                return json;
+            }
+            assert!(Instant::now() < deadline, "beta never {want}: {json}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    state("alive");
+    db.signal("KILL");
+    let _ = db.wait_timeout(TIMEOUT);
+    let json = state("suspected");
+    assert!(json.contains("\"kind\":\"suspected\""), "{json}");
+    let (_db, _) = m.daemon_with("beta", &quick);
+    state("alive");
+
+    // A policy set on alpha, for a cluster alpha serves, reaches beta.
+    m.ok("alpha", &["initcluster", "c"]);
+    let shown = m.ok(
+        "alpha",
+        &[
+            "replication",
+            "c",
+            "--min",
+            "2",
+            "--max",
+            "3",
+            "--grace",
+            "90s",
+        ],
+    );
+    assert!(shown.contains("min 2 max 3 grace 90s"), "{shown}");
+    m.wait_for_line("beta", "annexmesh/replication.log", "min=2 max=3 grace=90");
+    let json = m.ok("beta", &["replication", "c", "--json"]);
+    assert_eq!(json.trim(), "{\"min\":2,\"max\":3,\"grace\":90}");
+    assert!(
+        !m.run("beta", &["replication", "c", "--min", "4", "--max", "3"])
+            .status
+            .success()
+    );
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod git;
+pub mod health;
 pub mod init;
 pub mod journal;
 pub mod keeper;

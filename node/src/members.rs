@@ -101,6 +101,15 @@ impl Members {
             .map(|(_, r)| *r)
     }
 
+    /// The uuid a member's membership line names.
+    pub fn uuid_of(&self, peer: &PeerId) -> Option<String> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .map(|(u, _)| u.clone())
+    }
+
     /// Every member but this daemon.
     pub fn others(&self) -> Vec<Member> {
         self.current

@@ -51,10 +51,16 @@ pub struct Mesh {
     watcher: tokio::task::JoinHandle<()>,
     /// The join server and the member keeper, for a daemon with members.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Heartbeats and the peer monitor, for a daemon with members.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Mesh {
-    pub async fn start(mut options: PeerOptions, meta_options: MetaOptions) -> Result<Mesh> {
+    pub async fn start(
+        mut options: PeerOptions,
+        meta_options: MetaOptions,
+        monitor: protocol::replication::MonitorConfig,
+    ) -> Result<Mesh> {
         let git_dir = options.store.repo().git_dir.clone();
         let members = options.members.clone();
         let options_top = options.store.repo().top.clone();
@@ -122,7 +128,17 @@ impl Mesh {
             options_top.clone(),
             reconfigure,
         ))];
+        let mut health = None;
         if let Some(members) = members {
+            health = Some(
+                crate::health::Health::start(
+                    peer.net.clone(),
+                    peer.store.clone(),
+                    members.clone(),
+                    monitor,
+                )
+                .await?,
+            );
             let joins = peer
                 .net
                 .control()
@@ -152,6 +168,7 @@ impl Mesh {
             committer,
             watcher,
             tasks,
+            health,
         })
     }
 

@@ -86,3 +86,21 @@ pub fn syncfs(file: &File) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Bytes available to unprivileged users on the file system holding `path`
+/// (`statvfs`: `f_bavail × f_frsize`).
+#[allow(unsafe_code)]
+pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `statvfs` is a plain C struct, zeroed is valid; the call writes
+    // it and reads the NUL-terminated path, both alive for the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -200,3 +200,63 @@ pub fn mib_per_s(size: u64, secs: f64) -> f64 {
     }
     size as f64 / MIB as f64 / secs
 }
+
+/// PUTs every file over `streams` libp2p streams of one client endpoint (one
+/// connection) to `target`: each stream a session carrying its share of the
+/// files, or a new session every `per_session` files (`Some(1)`: a session
+/// per file, as many short-lived clients would). Returns how many were stored.
+pub async fn put_streams(
+    key: libp2p::identity::Keypair,
+    target: &node::net::PeerAddress,
+    keys: Vec<(Key, PathBuf)>,
+    streams: u64,
+    per_session: Option<usize>,
+) -> Result<u64> {
+    use protocol::{AssociatedFile, Uuid};
+    let client =
+        Uuid::parse("cccccccc-cccc-4ccc-8ccc-cccccccccccc").map_err(|e| anyhow!("uuid: {e}"))?;
+    let token =
+        protocol::AuthToken::parse("").ok_or_else(|| anyhow!("the empty token does not parse"))?;
+    let transport = node::net::tcp_transport(&key).map_err(|e| anyhow!("transport: {e}"))?;
+    let endpoint = std::sync::Arc::new(
+        node::remote::Endpoint::new(key, transport).map_err(|e| anyhow!("endpoint: {e}"))?,
+    );
+    let n = usize::try_from(streams.max(1))?;
+    let mut shares: Vec<Vec<(Key, PathBuf)>> = vec![Vec::new(); n];
+    for (i, kp) in keys.into_iter().enumerate() {
+        shares[i % n].push(kp);
+    }
+    let mut tasks = Vec::new();
+    for share in shares {
+        let (endpoint, target, client, token) = (
+            endpoint.clone(),
+            target.clone(),
+            client.clone(),
+            token.clone(),
+        );
+        let per = per_session.unwrap_or(share.len()).max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut stored = 0u64;
+            for batch in share.chunks(per) {
+                let (mut session, _) = endpoint
+                    .connect(&target, client.clone(), token.clone())
+                    .await?;
+                for (k, p) in batch {
+                    let o = session
+                        .put(k, AssociatedFile::none(), p, &mut |_| {})
+                        .await?;
+                    if o.stored {
+                        stored += 1;
+                    }
+                }
+                session.close().await?;
+            }
+            Ok::<u64, node::Error>(stored)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.context("stream task")?.context("stream session")?;
+    }
+    Ok(total)
+}

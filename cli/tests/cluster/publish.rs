@@ -190,20 +190,7 @@ fn a_second_clone_sees_what_came_over_libp2p() {
     lab.annexmesh(&lab.g, &["updatecluster"]).ok();
     let lab = lab.with_client();
     lab.publish_master();
-    lab.annexmesh(&lab.g, &["init"]).ok();
-    let mut daemon_cmd = lab.command(&support::annexmesh_bin(), &lab.g);
-    daemon_cmd.args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]);
-    let mut daemon = support::ProcessGuard::spawn(&mut daemon_cmd);
-    daemon.wait_for(TIMEOUT, |out| out.contains("listening on ").then_some(()));
-    let line = lab.annexmesh(&lab.g, &["p2p", "--gen-addresses"]);
-    line.ok();
-    let line = line.stdout.lines().next().expect("an address").to_owned();
-    let (address, token) = line.rsplit_once(':').expect("address:token");
-    let with_target = format!("{address}/annex-uuid/{}:{token}", lab.cluster_uuid);
-    let helper = PathBuf::from(env!("CARGO_BIN_EXE_git-annex-p2p-libp2p"));
-    let mut path = vec![helper.parent().expect("bin dir").to_path_buf()];
-    path.extend(std::env::split_paths(&support::path_with_git_annex()));
-    let path = std::env::join_paths(path).expect("PATH");
+    let (mut daemon, with_target, path) = lab.cluster_over_p2p_annex();
     let run = |args: &[&str]| {
         let mut c = lab.command(Path::new(args[0]), &lab.c);
         c.args(&args[1..])

@@ -375,3 +375,31 @@ impl Drop for ProcessGuard {
         let _ = self.child.wait();
     }
 }
+
+/// `git show git-annex:<file>` in the repository at `git_dir` ("" when absent).
+pub fn branch_file(git_dir: &Path, file: &str) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["show", &format!("git-annex:{file}")])
+        .output()
+        .expect("git show");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (at most `timeout`) until [`branch_file`] contains `text`.
+pub fn wait_for_branch_line(git_dir: &Path, file: &str, text: &str, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = branch_file(git_dir, file);
+        if got.contains(text) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never got {text:?} in {file}: {got}",
+            git_dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
