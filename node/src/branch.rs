@@ -201,6 +201,49 @@ pub fn read_files(git_dir: &Path, paths: &[&str]) -> Result<Catalog> {
     Ok(catalog)
 }
 
+/// The branch files preferred content reads (as git-annex keeps them: trust,
+/// groups, wanted and required expressions, numcopies, sizes' limits…).
+pub const PREFERRED_FILES: [&str; 12] = [
+    "uuid.log",
+    "trust.log",
+    "group.log",
+    "preferred-content.log",
+    "required-content.log",
+    "group-preferred-content.log",
+    "numcopies.log",
+    "mincopies.log",
+    "maxsize.log",
+    "remote.log",
+    "proxy.log",
+    "cluster.log",
+];
+
+/// What preferred content needs to decide about `keys`: the [`PREFERRED_FILES`]
+/// and each key's location log and metadata, not the whole branch. When a
+/// `balanced` expression with a `maxsize` set needs repository sizes (summed
+/// over every location log), the whole branch ([`read`]).
+pub fn read_for_keys(git_dir: &Path, keys: &[&protocol::Key]) -> Result<Catalog> {
+    let mut paths: Vec<String> = PREFERRED_FILES.iter().map(|p| (*p).to_owned()).collect();
+    for k in keys {
+        let log = protocol::logs::presence::location_log_path(k);
+        paths.push(format!("{log}.met"));
+        paths.push(log);
+    }
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let catalog = read_files(git_dir, &refs)?;
+    let view = protocol::logs::view::View::new(&catalog);
+    let balanced = view
+        .preferred_contents()
+        .values()
+        .chain(view.required_contents().values())
+        .chain(view.group_preferred_content().values())
+        .any(|e| e.contains("balanced="));
+    if balanced && !view.maxsizes().is_empty() {
+        return read(git_dir);
+    }
+    Ok(catalog)
+}
+
 /// The files of the `git-annex` branch at `to` that differ from the branch
 /// at `from` (added or changed; all of them when `from` is `None`), with
 /// their content: what a commit made by anyone (stock git-annex, a `git

@@ -795,3 +795,16 @@ fn concurrent_journal_writes_survive_commits() {
     assert!(group.contains(" g599 timestamp="), "{group}");
     git_fsck(&sb, &bare);
 }
+
+#[test]
+fn preferred_content_reads_only_the_keys_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = mesh(&tmp.path().join("a"), "a", 31);
+    let k1 = put(&a, b"one");
+    let k2 = put(&a, b"two");
+    branch::commit(&git_dir(&a), "test").unwrap();
+    let c = branch::read_for_keys(&git_dir(&a), &[&k1]).unwrap();
+    assert!(c.file(&presence::location_log_path(&k1)).is_some());
+    assert!(c.file(&presence::location_log_path(&k2)).is_none());
+    assert!(c.file("uuid.log").is_some());
+}
