@@ -58,7 +58,7 @@ pub async fn run(
     serve_git: bool,
     suspect_after: &str,
 ) -> anyhow::Result<ExitCode> {
-    let suspect_after_ms = crate::mesh::parse_duration(suspect_after)?.saturating_mul(1000);
+    let suspect_after_ms = crate::duration::parse_duration(suspect_after)?.saturating_mul(1000);
     let repo = open(path)?;
     let config = Config::load(&repo)?;
     let key = load_or_create_identity(&state_dir(&repo))?;

@@ -11,6 +11,7 @@ mod annex_shell;
 mod client;
 mod cluster;
 mod daemon;
+mod duration;
 mod mesh;
 mod query;
 mod replication;

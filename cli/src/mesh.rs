@@ -29,24 +29,6 @@ fn me(repo: &Repo) -> anyhow::Result<PeerId> {
         .to_peer_id())
 }
 
-/// `30s`, `10m`, `24h`, `7d`, or plain seconds.
-pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
-    let (num, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86400,
-        _ => bail!("bad duration {s:?}: use s, m, h or d"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("duration {s:?} too long"))
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -55,7 +37,7 @@ fn unix_now() -> u64 {
 
 pub fn invite(path: &Path, ttl: &str) -> anyhow::Result<ExitCode> {
     let repo = open(path)?;
-    let ttl = parse_duration(ttl)?;
+    let ttl = crate::duration::parse_duration(ttl)?;
     let addresses = crate::daemon::reachable(&repo)?;
     let journal = Journal::new(&repo.git_dir);
     // The inviter is a member from its first invitation on.

@@ -85,7 +85,7 @@ pub fn replication(
         .key
         .map(|k| Key::parse(k).map_err(|e| anyhow::anyhow!("bad key {k}: {e}")))
         .transpose()?;
-    let grace = set.grace.map(crate::mesh::parse_duration).transpose()?;
+    let grace = set.grace.map(crate::duration::parse_duration).transpose()?;
     if let (Some(min), Some(max)) = (set.min, set.max)
         && min > max
     {

@@ -390,7 +390,9 @@ pub struct JoinServer {
     pub journal: Journal,
     pub me: PeerId,
     pub uuid: String,
-    pub meta: std::sync::Weak<crate::meta::Meta>,
+    /// Hands the membership files a join changed to gossip (the daemon's
+    /// metadata service), so members hear of the newcomer at once.
+    pub spread: Box<dyn Fn(&str, &[u8]) + Send + Sync>,
 }
 
 /// Serves `/annexmesh/join/1`: one exchange at a time, each within
@@ -430,10 +432,8 @@ async fn join_one(
     })
     .await
     .map_err(|e| Error::Protocol(format!("join: {e}")))??;
-    if let Some(meta) = server.meta.upgrade() {
-        for (path, content) in &changed {
-            meta.record_local(path, content);
-        }
+    for (path, content) in &changed {
+        (server.spread)(path, content);
     }
     match &reply {
         JoinReply::Joined { .. } => tracing::info!("{peer} joined the mesh"),

@@ -150,7 +150,14 @@ impl Mesh {
                     journal: peer.store.journal().clone(),
                     me: peer.net.peer_id(),
                     uuid: peer.store.uuid().to_string(),
-                    meta: Arc::downgrade(&meta),
+                    spread: {
+                        let meta = Arc::downgrade(&meta);
+                        Box::new(move |path: &str, content: &[u8]| {
+                            if let Some(m) = meta.upgrade() {
+                                m.record_local(path, content);
+                            }
+                        })
+                    },
                 },
                 joins,
             )));
