@@ -916,6 +916,10 @@ pub enum Served {
     Cluster {
         uuid: Uuid,
         nodes: Vec<crate::gateway::GatewayNode>,
+        /// The routes from this gateway over the cluster's topology, once
+        /// learnt from gossip; `None` serves the configured nodes as they are
+        /// (see [`crate::gateway::Gateway::routes`]).
+        routes: Option<protocol::cluster::Routes>,
     },
     /// One node, proxied (any kind: see [`crate::proxy`]).
     Node(Box<crate::gateway::GatewayNode>),
@@ -1013,6 +1017,7 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
         return Ok(Some(Served::Cluster {
             uuid: c.uuid.clone(),
             nodes,
+            routes: None,
         }));
     }
     let mut catalog = protocol::logs::catalog::Catalog::new();

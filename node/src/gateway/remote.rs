@@ -276,6 +276,14 @@ impl RemoteNode {
         }
     }
 
+    /// The error for a connection that is gone.
+    fn lost(&self) -> Error {
+        Error::Node {
+            node: self.remote.clone(),
+            reason: "no connection".into(),
+        }
+    }
+
     fn settle<T>(&self, g: &mut ShellGuard<'_>, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             tracing::info!("node {}: {e}", self.remote);
@@ -288,7 +296,7 @@ impl RemoteNode {
         let mut g = self.connection(client).await?;
         let r = match g.as_mut() {
             Some(c) => on_session!(c, s => s.check_present(key).await),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.lost()),
         };
         self.settle(&mut g, r)
     }
@@ -319,18 +327,33 @@ impl RemoteNode {
                     }
                 }
             }),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.lost()),
         };
         self.settle(&mut g, r)
     }
 
     /// Starts a streamed `PUT` of `key`: the node's own offset, or the
-    /// uuids that already have it (the node and its `-PLUS` ones).
-    pub(super) async fn put_start(&self, client: &Uuid, key: &Key) -> Result<PutBegin<'_>> {
+    /// other uuids that already have it (its `-PLUS` ones). With `bypass`
+    /// (a next-hop gateway's share of a planned PUT), that `BYPASS` is sent
+    /// first (version 2+), replacing the one sent on connecting.
+    pub(super) async fn put_start(
+        &self,
+        client: &Uuid,
+        key: &Key,
+        bypass: Option<Vec<Uuid>>,
+    ) -> Result<PutBegin<'_>> {
         let mut g = self.connection(client).await?;
         let r = match g.as_mut() {
-            Some(c) => on_session!(c, s => s.put_stream_start(key, AssociatedFile::none()).await),
-            None => Err(Error::Protocol("no connection".into())),
+            Some(c) => {
+                let bypass = bypass.filter(|_| c.version() >= 2);
+                on_session!(c, s => async {
+                    if let Some(b) = bypass {
+                        s.bypass(b).await?;
+                    }
+                    s.put_stream_start(key, AssociatedFile::none()).await
+                }.await)
+            }
+            None => Err(self.lost()),
         };
         match self.settle(&mut g, r)? {
             PutStart::From(from) => Ok(PutBegin::From(PutTarget {
@@ -338,10 +361,7 @@ impl RemoteNode {
                 guard: g,
                 from,
             })),
-            PutStart::AlreadyHave(mut plus) => {
-                plus.insert(0, self.uuid.clone());
-                Ok(PutBegin::AlreadyHave(plus))
-            }
+            PutStart::AlreadyHave(plus) => Ok(PutBegin::AlreadyHave(plus)),
         }
     }
 
@@ -360,7 +380,7 @@ impl RemoteNode {
                 Ok(false) => Ok(None),
                 Err(e) => Err(e),
             }),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.lost()),
         };
         Ok(self.settle(&mut g, r)?.map(|len| {
             (
@@ -414,8 +434,8 @@ impl<'a> PutTarget<'a> {
 
     /// Sends the node `DATA (end - from)`, then the stream's bytes at and
     /// after `from` as they come through `feed`, then `VALID`/`INVALID`.
-    /// Returns the uuids now holding the content (the node, and its `-PLUS`
-    /// ones), or `None` if it failed or refused. A closed `feed` without
+    /// Returns the other uuids now holding the content (its `-PLUS` ones),
+    /// or `None` if it failed or refused. A closed `feed` without
     /// [`Feed::End`] (the client's data was short) drops the connection; so
     /// does any failure, which closes `feed` and so takes the node out of the
     /// operation without holding up the others.
@@ -453,9 +473,7 @@ impl<'a> PutTarget<'a> {
                             tracing::info!("node {} refused the content", key_node.remote);
                             return Ok(None);
                         }
-                        let mut all = vec![key_node.uuid.clone()];
-                        all.extend(o.also);
-                        return Ok(Some(all));
+                        return Ok(Some(o.also));
                     }
                     None => return Err(Error::Protocol("upload abandoned".into())),
                 }
@@ -486,7 +504,7 @@ impl Fetch<'_> {
     pub(super) async fn chunk(&mut self, max: u64) -> Result<&[u8]> {
         match self.guard.as_mut() {
             Some(c) => on_session!(c, s => s.relay_chunk(max).await),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.node.lost()),
         }
     }
 
@@ -504,7 +522,7 @@ impl Fetch<'_> {
                 Ok(v) => s.relay_finish(v != Validity::Invalid).await.map(|()| v),
                 Err(e) => Err(e),
             }),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.node.lost()),
         };
         let node = self.node;
         node.settle(&mut self.guard, r)
