@@ -655,14 +655,24 @@ mod tests {
     /// it lacks every key (`CHECKPRESENT` → `FAILURE`), then answers `PUT`
     /// with `put_answer`.
     fn scripted_node(dir: &std::path::Path, uuid: &str, put_answer: &str) -> RemoteNode {
+        script_node(dir, uuid, &format!("PUT*) echo '{put_answer}' ;;"))
+    }
+
+    /// A node played by a shell script: `VERSION 4`, `BYPASS` and
+    /// `CHECKPRESENT` (`FAILURE`) answered, then the `case` arms given; every
+    /// line it reads is appended to `<dir>/lines-<uuid>`.
+    fn script_node(dir: &std::path::Path, uuid: &str, arms: &str) -> RemoteNode {
         use std::os::unix::fs::PermissionsExt;
         let script = dir.join(format!("shell-{uuid}"));
+        let lines = dir.join(format!("lines-{uuid}"));
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\necho \"AUTH-SUCCESS $5\"\nwhile read -r line; do\n  case \"$line\" in\n    \
-                 VERSION*) echo 'VERSION 4' ;;\n    BYPASS*) ;;\n    CHECKPRESENT*) echo FAILURE ;;\n    \
-                 PUT*) echo '{put_answer}' ;;\n    *) echo 'ERROR unexpected command' ;;\n  esac\ndone\n"
+                "#!/bin/sh\necho \"AUTH-SUCCESS $5\"\nwhile read -r line; do\n  echo \"$line\" >> '{}'\n  \
+                 case \"$line\" in\n    VERSION*) echo 'VERSION 4' ;;\n    BYPASS*) ;;\n    \
+                 CHECKPRESENT*) echo FAILURE ;;\n    {arms}\n    *) echo 'ERROR unexpected command' ;;\n  \
+                 esac\ndone\n",
+                lines.display()
             ),
         )
         .expect("script");
@@ -791,5 +801,90 @@ mod tests {
                 nodes[1].uuid
             )
         );
+    }
+
+    /// With routes, a PUT follows `plan_put`: the local nodes are written
+    /// here, and the next-hop gateway H (its "cluster via H" node) is sent
+    /// the BYPASS that leaves it only its own share (N4).
+    #[tokio::test]
+    async fn routed_put_sends_each_hop_its_bypass() {
+        use protocol::cluster::topology::{Cost as LinkCost, Entry, Link, Topology};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (g, nodes, cluster) = two_nodes(tmp.path());
+        let h = Uuid::parse("88888888-8888-4888-8888-888888888888").expect("uuid");
+        let n4 = "44444444-4444-4444-8444-444444444444";
+        let link = |to: &Uuid| Link {
+            to: to.clone(),
+            cost: LinkCost::from_hundredths(10000),
+            name: None,
+        };
+        let mut topology = Topology::new();
+        topology.insert(
+            g.uuid().clone(),
+            Entry {
+                clusters: vec![cluster.clone()],
+                nodes: nodes.iter().map(|n| link(&n.uuid)).collect(),
+                gateways: vec![link(&h)],
+            },
+        );
+        topology.insert(
+            h.clone(),
+            Entry {
+                clusters: vec![cluster.clone()],
+                nodes: vec![link(&Uuid::parse(n4).expect("uuid"))],
+                gateways: vec![link(g.uuid())],
+            },
+        );
+        let alive = [g.uuid().clone(), h.clone()].into_iter().collect();
+        let routes = topology.routes(g.uuid(), &cluster, &alive, &Default::default());
+        let via_h = script_node(
+            tmp.path(),
+            cluster.as_str(),
+            &format!(
+                "PUT*) echo 'PUT-FROM 0' ;;\n    DATA*) read -r bytes ;;\n    VALID) echo 'SUCCESS-PLUS {n4}' ;;"
+            ),
+        )
+        .via_gateway(h.clone());
+        let mut gw_nodes: Vec<GatewayNode> = nodes
+            .iter()
+            .cloned()
+            .map(|n| GatewayNode::Local(n, Cost::CHEAP))
+            .collect();
+        gw_nodes.push(GatewayNode::Remote(Box::new(via_h)));
+        let gw = Gateway {
+            cluster: cluster.clone(),
+            gateway: &g,
+            nodes: gw_nodes,
+            mode: ServeMode::ReadWrite,
+            auth: None,
+            routes: Some(routes),
+        };
+        let out = session(
+            &gw,
+            format!("VERSION 4\nPUT x {HELLO}\nDATA 6\nhello\nVALID\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!(
+                "AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 0\nSUCCESS-PLUS {} {} {n4}\n",
+                nodes[0].uuid, nodes[1].uuid
+            )
+        );
+        let key = Key::parse(HELLO).expect("key");
+        assert!(nodes.iter().all(|n| n.store.contains(&key)));
+        let lines = std::fs::read_to_string(tmp.path().join(format!("lines-{cluster}")))
+            .expect("the hop's lines");
+        assert!(
+            lines.contains(&format!(
+                "BYPASS {} {} {}\nPUT ",
+                nodes[0].uuid,
+                nodes[1].uuid,
+                g.uuid()
+            )),
+            "{lines}"
+        );
+        let log = location_log(&g, &key);
+        assert!(log.contains(n4), "{log}");
     }
 }

@@ -1,6 +1,8 @@
-//! Drives the sans-IO sessions of `protocol` over real byte streams and a real
-//! [`Store`]. Any `AsyncRead`/`AsyncWrite` pair works: a process's stdio
-//! (`annex-shell p2pstdio`), a child process's pipes (our client against
+//! Drives the sans-IO sessions of `protocol` over real byte streams: the
+//! server side over any [`Backend`] ([`serve_backend`]; a [`Store`], a
+//! cluster gateway, a special remote), and our client ([`ClientSession`]).
+//! Any `AsyncRead`/`AsyncWrite` pair works: a process's stdio (`annex-shell
+//! p2pstdio`), a child process's pipes (our client against
 //! `git-annex-shell`), or a libp2p stream.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -411,10 +413,7 @@ where
     /// Runs the current request to its `Done`, or (for [`Payload::Relay`]) to
     /// the next payload or verification request.
     async fn step(&mut self, mut payload: Payload<'_>) -> Result<Step> {
-        let io_err = |e: std::io::Error| Error::Io {
-            context: "p2p stream".into(),
-            source: e,
-        };
+        let io_err = stream_err;
         loop {
             while let Some(out) = self.client.poll_output() {
                 match out {
@@ -425,31 +424,7 @@ where
                         let Payload::Upload { file, progress } = &mut payload else {
                             return Err(Error::Protocol("unexpected payload request".into()));
                         };
-                        file.seek(SeekFrom::Start(offset))
-                            .context(|| "seeking content".into())?;
-                        let mut left = len;
-                        let mut done = offset;
-                        while left > 0 {
-                            let n = self
-                                .buf
-                                .len()
-                                .min(usize::try_from(left).unwrap_or(usize::MAX));
-                            let got = file
-                                .read(&mut self.buf[..n])
-                                .context(|| "reading content".into())?;
-                            if got == 0 {
-                                return Err(Error::Protocol(
-                                    "content shrank while being sent".into(),
-                                ));
-                            }
-                            self.writer
-                                .write_all(&self.buf[..got])
-                                .await
-                                .map_err(io_err)?;
-                            left -= got as u64;
-                            done += got as u64;
-                            progress(done);
-                        }
+                        self.upload(file, progress, offset, len).await?;
                         self.client.handle_payload_sent(true);
                     }
                     ClientOutput::ReceivePayload { len } => {
@@ -467,24 +442,7 @@ where
                         else {
                             return Err(Error::Protocol("unexpected payload".into()));
                         };
-                        let mut left = len;
-                        let mut complete = true;
-                        while left > 0 {
-                            let avail = self.reader.fill_buf().await.map_err(io_err)?;
-                            if avail.is_empty() {
-                                complete = false;
-                                break;
-                            }
-                            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                            use std::io::Write;
-                            file.write_all(&avail[..n])
-                                .context(|| "writing download".into())?;
-                            verifier.update(&avail[..n]);
-                            self.reader.consume(n);
-                            left -= n as u64;
-                            *done += n as u64;
-                            progress(*done);
-                        }
+                        let complete = self.download(file, verifier, progress, done, len).await?;
                         self.client.handle_payload_received(complete);
                     }
                     ClientOutput::VerifyGet { validity } => {
@@ -501,11 +459,11 @@ where
                     ClientOutput::Done(r) => {
                         self.writer.flush().await.map_err(io_err)?;
                         return r.map(Step::Done).map_err(|e| match e {
-                            RequestError::Closed => Error::Protocol("connection closed".into()),
-                            other => Error::Protocol(other.to_string()),
+                            RequestError::Closed => Error::Peer("connection closed".into()),
+                            other => Error::Peer(other.to_string()),
                         });
                     }
-                    ClientOutput::Close(why) => return Err(Error::Protocol(why)),
+                    ClientOutput::Close(why) => return Err(Error::Peer(why)),
                 }
             }
             self.writer.flush().await.map_err(io_err)?;
@@ -516,10 +474,73 @@ where
                 LineRead::Line => self.client.handle_line(&self.line),
                 LineRead::Eof => self.client.handle_eof(),
                 LineRead::TooLong => {
-                    return Err(Error::Protocol("over-long line from peer".into()));
+                    return Err(Error::Peer("over-long line from peer".into()));
                 }
             }
         }
+    }
+
+    /// Sends `len` bytes of `file` from `offset` as an upload's payload.
+    async fn upload(
+        &mut self,
+        file: &mut std::fs::File,
+        progress: &mut Progress<'_>,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        file.seek(SeekFrom::Start(offset))
+            .context(|| "seeking content".into())?;
+        let mut left = len;
+        let mut done = offset;
+        while left > 0 {
+            let n = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let got = file
+                .read(&mut self.buf[..n])
+                .context(|| "reading content".into())?;
+            if got == 0 {
+                return Err(Error::Protocol("content shrank while being sent".into()));
+            }
+            self.writer
+                .write_all(&self.buf[..got])
+                .await
+                .map_err(stream_err)?;
+            left -= got as u64;
+            done += got as u64;
+            progress(done);
+        }
+        Ok(())
+    }
+
+    /// Receives `len` payload bytes of a download into `file`, hashing them;
+    /// returns whether they all arrived.
+    async fn download(
+        &mut self,
+        file: &mut std::fs::File,
+        verifier: &mut Verifier,
+        progress: &mut Progress<'_>,
+        done: &mut u64,
+        len: u64,
+    ) -> Result<bool> {
+        use std::io::Write;
+        let mut left = len;
+        while left > 0 {
+            let avail = self.reader.fill_buf().await.map_err(stream_err)?;
+            if avail.is_empty() {
+                return Ok(false);
+            }
+            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            file.write_all(&avail[..n])
+                .context(|| "writing download".into())?;
+            verifier.update(&avail[..n]);
+            self.reader.consume(n);
+            left -= n as u64;
+            *done += n as u64;
+            progress(*done);
+        }
+        Ok(true)
     }
 
     /// For `git-annex-shell p2pstdio`: read the unprompted `AUTH-SUCCESS`.
@@ -822,13 +843,13 @@ where
             .context(|| "p2p stream".into())?
         {
             LineRead::Line => Message::parse(&self.line).map(Some).map_err(|_| {
-                Error::Protocol(format!(
+                Error::Peer(format!(
                     "unparsable line from peer: {:?}",
                     String::from_utf8_lossy(&self.line[..self.line.len().min(80)])
                 ))
             }),
             LineRead::Eof => Ok(None),
-            LineRead::TooLong => Err(Error::Protocol("over-long line from peer".into())),
+            LineRead::TooLong => Err(Error::Peer("over-long line from peer".into())),
         }
     }
 

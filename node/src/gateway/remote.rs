@@ -75,7 +75,7 @@ impl Conn {
     /// relay only reads when a reply is due.
     pub(crate) async fn reply(&mut self) -> Result<Message> {
         on_session!(self, s => s.read_message().await)?
-            .ok_or_else(|| Error::Protocol("the node closed the connection".into()))
+            .ok_or_else(|| Error::Peer("the node closed the connection".into()))
     }
 
     /// Copies `len` payload bytes from the node to `to`; returns how many.
@@ -263,7 +263,7 @@ impl RemoteNode {
                     .connect_offering(address, client.clone(), token, version)
                     .await?;
                 if uuid != self.uuid {
-                    return Err(Error::Protocol(format!(
+                    return Err(Error::Peer(format!(
                         "{address} answered as {uuid}, not {}",
                         self.uuid
                     )));
@@ -448,10 +448,10 @@ impl<'a> PutTarget<'a> {
         let key_node = self.node;
         let r: Result<Option<Vec<Uuid>>> = async {
             let Some(conn) = self.guard.as_mut() else {
-                return Err(Error::Protocol("no connection".into()));
+                return Err(key_node.lost());
             };
             if from > end {
-                return Err(Error::Protocol(format!(
+                return Err(Error::Peer(format!(
                     "node resumes at {from}, past the content's end {end}"
                 )));
             }
@@ -475,7 +475,12 @@ impl<'a> PutTarget<'a> {
                         }
                         return Ok(Some(o.also));
                     }
-                    None => return Err(Error::Protocol("upload abandoned".into())),
+                    None => {
+                        return Err(Error::Node {
+                            node: key_node.remote.clone(),
+                            reason: "upload abandoned".into(),
+                        });
+                    }
                 }
             }
         }
