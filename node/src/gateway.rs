@@ -887,4 +887,51 @@ mod tests {
         let log = location_log(&g, &key);
         assert!(log.contains(n4), "{log}");
     }
+
+    fn store_hello(store: &Store) -> Key {
+        let key = Key::parse(HELLO).expect("key");
+        let mut up = store.begin_upload(&key, 0).expect("upload");
+        up.write(b"hello\n").expect("write");
+        store.commit(up, Validity::Valid).expect("commit");
+        key
+    }
+
+    /// GET through the cursor: the cheaper node's damaged copy (the wrong
+    /// size) is passed over for the next holder, from the client's offset;
+    /// content no node has is `DATA 0` + `INVALID`.
+    #[tokio::test]
+    async fn get_passes_over_bad_copies() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (g, nodes, cluster) = two_nodes(tmp.path());
+        let key = store_hello(&nodes[0].store);
+        store_hello(&nodes[1].store);
+        let path = nodes[0].store.content_path(&key).expect("content");
+        let dir = path.parent().expect("dir").to_path_buf();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(&path, b"hell").expect("damage");
+        let gw = Gateway {
+            cluster: cluster.clone(),
+            gateway: &g,
+            nodes: vec![
+                GatewayNode::Local(nodes[0].clone(), Cost(50.0)),
+                GatewayNode::Local(nodes[1].clone(), Cost(100.0)),
+            ],
+            mode: ServeMode::ReadOnly,
+            auth: None,
+            routes: None,
+        };
+        let other =
+            "SHA256E-s26--808b73473846350b7de5ac8e0c3d12318d9da9fa5ad1e37d161b3dd640381043.txt";
+        let out = session(
+            &gw,
+            format!("VERSION 4\nGET 1 x {HELLO}\nSUCCESS\nGET 0 y {other}\nFAILURE\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!("AUTH-SUCCESS {cluster}\nVERSION 4\nDATA 5\nello\nVALID\nDATA 0\nINVALID\n")
+        );
+    }
 }

@@ -360,6 +360,7 @@ impl RemoteNode {
                 node: self,
                 guard: g,
                 from,
+                done: false,
             })),
             PutStart::AlreadyHave(plus) => Ok(PutBegin::AlreadyHave(plus)),
         }
@@ -387,6 +388,7 @@ impl RemoteNode {
                 Fetch {
                     node: self,
                     guard: g,
+                    done: false,
                 },
                 len,
             )
@@ -415,6 +417,18 @@ pub(super) struct PutTarget<'a> {
     node: &'a RemoteNode,
     guard: ShellGuard<'a>,
     from: u64,
+    /// The request ended cleanly: the connection can serve the next one.
+    done: bool,
+}
+
+/// A node left mid-request (the session ended, the upload was abandoned)
+/// cannot serve another: its connection is dropped.
+impl Drop for PutTarget<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.guard = None;
+        }
+    }
 }
 
 impl<'a> PutTarget<'a> {
@@ -486,7 +500,10 @@ impl<'a> PutTarget<'a> {
         }
         .await;
         match r {
-            Ok(stored) => stored,
+            Ok(stored) => {
+                self.done = true;
+                stored
+            }
             Err(e) => {
                 drop(feed);
                 tracing::info!("node {}: {e}", key_node.remote);
@@ -501,6 +518,17 @@ impl<'a> PutTarget<'a> {
 pub(super) struct Fetch<'a> {
     node: &'a RemoteNode,
     guard: ShellGuard<'a>,
+    /// The request ended (cleanly or not, the connection is settled).
+    done: bool,
+}
+
+/// A relayed `GET` given up mid-request drops the node's connection.
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.guard = None;
+        }
+    }
 }
 
 impl Fetch<'_> {
@@ -530,6 +558,7 @@ impl Fetch<'_> {
             None => Err(self.node.lost()),
         };
         let node = self.node;
+        self.done = true;
         node.settle(&mut self.guard, r)
     }
 
