@@ -10,7 +10,7 @@
 //! gathers facts, moves bytes and applies the answers.
 //!
 //! Local git-annex repositories are written directly through their
-//! [`Store`](crate::store::Store)s, with no `git-annex-shell` per node (git-annex
+//! [`Store`]s, with no `git-annex-shell` per node (git-annex
 //! starts one per node and connection). A PUT is hashed once here for every
 //! local node written from offset 0 ([`StreamCheck`](crate::store::StreamCheck));
 //! a node resuming a partial upload re-hashes its own prefix. Other kinds of
