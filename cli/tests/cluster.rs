@@ -325,7 +325,28 @@ impl Lab {
     /// Runs our binary as `git-annex-shell p2pstdio G <client> --uuid <uuid>`
     /// with `input` on stdin (then EOF).
     fn p2pstdio(&self, uuid: &str, input: &[u8]) -> (std::process::ExitStatus, String, String) {
+        self.p2pstdio_in_front(uuid, input, None)
+    }
+
+    /// [`Lab::p2pstdio`] with `first` in front of `PATH`.
+    fn p2pstdio_in_front(
+        &self,
+        uuid: &str,
+        input: &[u8],
+        first: Option<&Path>,
+    ) -> (std::process::ExitStatus, String, String) {
         let mut cmd = self.command(&self.shim, &self.root);
+        if let Some(dir) = first {
+            let mut path = dir.as_os_str().to_owned();
+            path.push(":");
+            path.push(
+                cmd.get_envs()
+                    .find(|(k, _)| *k == "PATH")
+                    .and_then(|(_, v)| v)
+                    .unwrap_or_default(),
+            );
+            cmd.env("PATH", path);
+        }
         cmd.args([
             "p2pstdio",
             self.g.to_str().expect("cluster test step"),
@@ -360,6 +381,45 @@ impl Lab {
         let status = child.wait().expect("cluster test step");
         (status, String::from_utf8_lossy(&out).into_owned(), err)
     }
+}
+
+/// A cluster session reads the gateway's git config once, whatever the
+/// number of nodes (it used to start a `git config` per key and node).
+#[test]
+fn a_cluster_session_runs_git_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let real = lab.run(&lab.root, "sh", &["-c", "command -v git"]);
+    let real = real.stdout.trim().to_owned();
+    let bin = lab.root.join("git-spy");
+    std::fs::create_dir_all(&bin).expect("cluster test step");
+    let log = lab.root.join("git-spy.log");
+    let spy = bin.join("git");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{real}' \"$@\"\n",
+            log.display()
+        ),
+    )
+    .expect("cluster test step");
+    std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o755))
+        .expect("cluster test step");
+    let known = "SHA256E-s3--2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae.txt";
+    let (status, out, err) = lab.p2pstdio_in_front(
+        &lab.cluster_uuid,
+        format!("VERSION 4\nCHECKPRESENT {known}\n").as_bytes(),
+        Some(&bin),
+    );
+    assert!(status.success(), "{out}\n{err}");
+    assert_eq!(
+        out,
+        format!("AUTH-SUCCESS {}\nVERSION 4\nFAILURE\n", lab.cluster_uuid)
+    );
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    let runs: Vec<&str> = runs.lines().collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].contains("config -z --list"), "{runs:?}");
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

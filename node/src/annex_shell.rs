@@ -247,13 +247,18 @@ async fn serve_p2pstdio(
     {
         // A gateway serves its clusters and the nodes it proxies (annex-spec §4.4).
         match crate::cluster::resolve(&store, want) {
-            Ok(Some(crate::cluster::Served::Cluster { uuid, nodes })) => {
+            Ok(Some(crate::cluster::Served::Cluster {
+                uuid,
+                nodes,
+                routes,
+            })) => {
                 let gateway = crate::gateway::Gateway {
                     cluster: uuid,
                     gateway: &store,
                     nodes,
                     mode,
                     auth: None,
+                    routes,
                 };
                 let (reader, writer) = stdio();
                 return gateway.serve(reader, writer).await;

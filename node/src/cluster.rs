@@ -4,7 +4,9 @@
 //! `updatecluster` writes `cluster.log` and `proxy.log` through the journal.
 //!
 //! Git config is read and written with `git config` itself: simple, and exactly
-//! git's own rules for quoting, includes and case.
+//! git's own rules for quoting, includes and case. What a session reads is
+//! read once, as a [`ConfigSnapshot`] (`git config -z --list`), and looked up
+//! there: one `git` process per session, not one per key and node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -369,6 +371,88 @@ pub fn config_regexp(dir: &Path, re: &str) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// A repository's whole git config, read once (`git config -z --list`, so
+/// with git's own includes, quoting and case rules) and looked up as `git
+/// config --get` would answer.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSnapshot {
+    /// Canonical keys (section and variable lower-cased, the subsection as
+    /// written) with their values, in git's order.
+    entries: Vec<(String, String)>,
+}
+
+impl ConfigSnapshot {
+    /// Reads the config of the repository at `dir`.
+    pub fn read(dir: &Path) -> Result<ConfigSnapshot> {
+        let out = git(dir)
+            .args(["config", "-z", "--list"])
+            .output()
+            .map_err(|e| Error::Git(format!("running git config: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Git(format!(
+                "git config --list: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(ConfigSnapshot::parse(&out.stdout))
+    }
+
+    /// Parses `git config -z --list` output: `key\nvalue\0`, or `key\0`
+    /// for a key without a value.
+    pub fn parse(out: &[u8]) -> ConfigSnapshot {
+        let entries = out
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let s = String::from_utf8_lossy(e);
+                match s.split_once('\n') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (s.into_owned(), String::new()),
+                }
+            })
+            .collect();
+        ConfigSnapshot { entries }
+    }
+
+    /// `git config --get KEY`: the last value, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let key = canonical_key(key);
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every (key, value) whose canonical key starts with `prefix` and ends
+    /// with `suffix` (as `git config --get-regexp '^PREFIX.*SUFFIX$'`).
+    pub fn matching(&self, prefix: &str, suffix: &str) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| {
+                k.len() >= prefix.len() + suffix.len()
+                    && k.starts_with(prefix)
+                    && k.ends_with(suffix)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// A key as git prints it: section and variable lower-cased, the
+/// subsection (between them) as written.
+fn canonical_key(key: &str) -> String {
+    match (key.find('.'), key.rfind('.')) {
+        (Some(first), Some(last)) if first < last => format!(
+            "{}{}{}",
+            key[..first].to_ascii_lowercase(),
+            &key[first..last],
+            key[last..].to_ascii_lowercase()
+        ),
+        _ => key.to_ascii_lowercase(),
+    }
+}
+
 /// `git config KEY`, if set.
 pub fn config_get(dir: &Path, key: &str) -> Result<Option<String>> {
     let out = git(dir)
@@ -435,48 +519,49 @@ pub fn init_cluster(repo_path: &Path, name: &str) -> Result<Uuid> {
 /// Remote name → how to reach it: a local path (relative urls are relative to
 /// the repository's top, as git-annex resolves them), with `annex-shell` set a
 /// program run on that path, or an ssh url.
-fn remote_access(top: &Path, remote: &str) -> Result<Option<Access>> {
-    if let Some(dir) = config_get(top, &format!("remote.{remote}.annex-directory"))? {
-        return Ok(Some(Access::Special(crate::special::Special::Directory(
+fn remote_access(config: &ConfigSnapshot, top: &Path, remote: &str) -> Option<Access> {
+    let get = |what: &str| {
+        config
+            .get(&format!("remote.{remote}.{what}"))
+            .map(str::to_owned)
+    };
+    if let Some(dir) = get("annex-directory") {
+        return Some(Access::Special(crate::special::Special::Directory(
             PathBuf::from(dir),
-        ))));
+        )));
     }
-    if let Some(t) = config_get(top, &format!("remote.{remote}.annex-externaltype"))? {
+    if let Some(t) = get("annex-externaltype") {
         // Its configuration is filled in from remote.log by `node_of_remote`.
-        return Ok(Some(Access::Special(crate::special::Special::External {
+        return Some(Access::Special(crate::special::Special::External {
             externaltype: t,
             config: BTreeMap::new(),
             git_dir: PathBuf::new(),
             remote: remote.to_owned(),
-        })));
+        }));
     }
-    let Some(url) = config_get(top, &format!("remote.{remote}.url"))? else {
-        return Ok(None);
-    };
+    let url = get("url")?;
     if let Some(addr) = url.strip_prefix(MESH_URL_PREFIX) {
-        return Ok(Some(Access::Mesh(addr.to_owned())));
+        return Some(Access::Mesh(addr.to_owned()));
     }
-    let shell = config_get(top, &format!("remote.{remote}.annex-shell"))?;
+    let shell = get("annex-shell");
     let local = url.strip_prefix("file://").unwrap_or(&url);
     if !(local.contains("://") || (local.contains(':') && !local.starts_with('/'))) {
         let path = top.join(local);
-        return Ok(Some(match shell {
+        return Some(match shell {
             Some(program) => Access::Shell(ShellCommand::Program {
                 program: PathBuf::from(program),
                 path,
             }),
             None => Access::Local(path),
-        }));
+        });
     }
-    let Some((host, port, path)) = parse_ssh_url(&url) else {
-        return Ok(None);
-    };
-    Ok(Some(Access::Shell(ShellCommand::Ssh {
+    let (host, port, path) = parse_ssh_url(&url)?;
+    Some(Access::Shell(ShellCommand::Ssh {
         host,
         port,
         shell: shell.unwrap_or_else(|| "git-annex-shell".into()),
         path,
-    })))
+    }))
 }
 
 /// The clusters named in the gateway's git config, with their nodes as the git
@@ -488,11 +573,16 @@ pub fn configured(repo: &Repo) -> Result<Vec<Cluster>> {
 
 /// [`configured`], and the nodes it had to skip, with why.
 pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String>)> {
+    Ok(configured_in(repo, &ConfigSnapshot::read(&repo.top)?))
+}
+
+/// [`configured_with_problems`] from a config already read.
+pub fn configured_in(repo: &Repo, config: &ConfigSnapshot) -> (Vec<Cluster>, Vec<String>) {
     let mut problems = Vec::new();
     let mut clusters = Vec::new();
-    let names = config_regexp(&repo.top, r"^annex\.cluster\.")?;
-    let members = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-node$")?;
-    let gateway_remotes = config_regexp(&repo.top, r"^remote\..*\.annex-cluster-gateway$")?;
+    let names = config.matching("annex.cluster.", "");
+    let members = config.matching("remote.", ".annex-cluster-node");
+    let gateway_remotes = config.matching("remote.", ".annex-cluster-gateway");
     for (key, value) in names {
         let Some(name) = key.strip_prefix("annex.cluster.") else {
             continue;
@@ -511,7 +601,7 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
             else {
                 continue;
             };
-            match node_of_remote(repo, remote) {
+            match node_of_remote(repo, config, remote) {
                 Ok(Some(n)) => nodes.push(n),
                 Ok(None) => problems.push(format!(
                     "cluster node {remote} is not a repository annexmesh can reach (skipped)"
@@ -530,7 +620,7 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
             else {
                 continue;
             };
-            match node_of_remote(repo, remote) {
+            match node_of_remote(repo, config, remote) {
                 Ok(Some(
                     g @ Node {
                         access: Access::Shell(_) | Access::Mesh(_),
@@ -550,12 +640,17 @@ pub fn configured_with_problems(repo: &Repo) -> Result<(Vec<Cluster>, Vec<String
             gateways,
         });
     }
-    Ok((clusters, problems))
+    (clusters, problems)
 }
 
-fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
-    let Some(access) = remote_access(&repo.top, remote)? else {
+fn node_of_remote(repo: &Repo, config: &ConfigSnapshot, remote: &str) -> Result<Option<Node>> {
+    let Some(access) = remote_access(config, &repo.top, remote) else {
         return Ok(None);
+    };
+    let known_uuid = || {
+        config
+            .get(&format!("remote.{remote}.annex-uuid"))
+            .and_then(|u| Uuid::parse(u.trim()).ok())
     };
     let (uuid, access) = match access {
         Access::Local(path) => {
@@ -570,8 +665,7 @@ fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
             )
         }
         Access::Special(special) => {
-            let uuid = config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?
-                .and_then(|u| Uuid::parse(u.trim()).ok())
+            let uuid = known_uuid()
                 .ok_or_else(|| Error::Usage(format!("special remote {remote} has no uuid")))?;
             let special = match special {
                 crate::special::Special::External {
@@ -597,16 +691,13 @@ fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
         }
         Access::Mesh(addr) => {
             // Learnt by `updatecluster` (see [`learn_mesh_uuids`]).
-            let uuid = config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?
-                .and_then(|u| Uuid::parse(u.trim()).ok())
+            let uuid = known_uuid()
                 .ok_or_else(|| Error::Usage(format!("mesh node {remote}: uuid not known yet")))?;
             (uuid, Access::Mesh(addr))
         }
         Access::Shell(shell) => {
             // As git-annex: the uuid it learnt, else ask the node's shell.
-            let known = config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?
-                .and_then(|u| Uuid::parse(u.trim()).ok());
-            let uuid = match known {
+            let uuid = match known_uuid() {
                 Some(u) => u,
                 None => shell_uuid(&shell)?,
             };
@@ -614,7 +705,8 @@ fn node_of_remote(repo: &Repo, remote: &str) -> Result<Option<Node>> {
         }
     };
     // As git-annex's `remoteCost`: the configured cost when it parses.
-    let cost = config_get(&repo.top, &format!("remote.{remote}.annex-cost"))?
+    let cost = config
+        .get(&format!("remote.{remote}.annex-cost"))
         .and_then(|c| c.trim().parse::<f64>().ok())
         .filter(|c| c.is_finite())
         .map(Cost)
@@ -700,7 +792,8 @@ pub fn add_mesh_node(
 /// its description) so git-annex and the gateway reach it like any other.
 /// `None` when it is neither.
 pub fn remote_for_member(repo: &Repo, who: &str) -> Result<Option<String>> {
-    if remote_access(&repo.top, who)?.is_some() {
+    let config = ConfigSnapshot::read(&repo.top)?;
+    if remote_access(&config, &repo.top, who).is_some() {
         return Ok(Some(who.to_owned()));
     }
     let Some(m) = crate::members::find(&repo.git_dir, who)? else {
@@ -753,7 +846,8 @@ pub fn extend_cluster(repo_path: &Path, remote: &str, name: &str) -> Result<Uuid
     let repo = Repo::open(repo_path)?;
     // REMOTE may be a mesh member named from gossip: no git remote, no fetch.
     let remote = &remote_for_member(&repo, remote)?.unwrap_or_else(|| remote.to_owned());
-    let gateway = match node_of_remote(&repo, remote)? {
+    let config = ConfigSnapshot::read(&repo.top)?;
+    let gateway = match node_of_remote(&repo, &config, remote)? {
         Some(
             g @ Node {
                 access: Access::Shell(_) | Access::Mesh(_),
@@ -826,14 +920,15 @@ pub async fn learn_mesh_uuids(repo_path: &Path) -> Result<Vec<String>> {
 /// [`learn_mesh_uuids`] for the named remotes (those that are mesh remotes).
 pub async fn learn_mesh_uuids_of(repo_path: &Path, remotes: &[String]) -> Result<Vec<String>> {
     let repo = Repo::open(repo_path)?;
+    let config = ConfigSnapshot::read(&repo.top)?;
     let mut problems = Vec::new();
     let mut endpoint = None;
     for remote in remotes {
         let remote = remote.as_str();
-        let Some(Access::Mesh(addr)) = remote_access(&repo.top, remote)? else {
+        let Some(Access::Mesh(addr)) = remote_access(&config, &repo.top, remote) else {
             continue;
         };
-        if config_get(&repo.top, &format!("remote.{remote}.annex-uuid"))?.is_some() {
+        if config.get(&format!("remote.{remote}.annex-uuid")).is_some() {
             continue;
         }
         let address = match crate::net::PeerAddress::parse(&addr) {
@@ -1069,6 +1164,10 @@ pub enum Served {
     Cluster {
         uuid: Uuid,
         nodes: Vec<crate::gateway::GatewayNode>,
+        /// The routes from this gateway over the cluster's topology, once
+        /// learnt from gossip; `None` serves the configured nodes as they are
+        /// (see [`crate::gateway::Gateway::routes`]).
+        routes: Option<protocol::cluster::Routes>,
     },
     /// One node, proxied (any kind: see [`crate::proxy`]).
     Node(Box<crate::gateway::GatewayNode>),
@@ -1148,7 +1247,8 @@ fn open_node(n: &Node) -> Option<NodeStore> {
 /// node or has `annex-proxy` set). `None` when it serves no such repository.
 pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     let repo = gateway.repo();
-    let clusters = configured(repo)?;
+    let config = ConfigSnapshot::read(&repo.top)?;
+    let (clusters, _) = configured_in(repo, &config);
     if let Some(c) = clusters.iter().find(|c| c.uuid.as_str() == want) {
         let mut nodes: Vec<crate::gateway::GatewayNode> = c
             .nodes
@@ -1163,9 +1263,19 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
                 )));
             }
         }
+        // Routes over the gossiped topology, once this gateway has a line:
+        // a PUT then reaches every node once, whatever the gateway graph.
+        let routes = match crate::topology::routes(gateway, &c.uuid) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!("routes of {}: {e}", c.name);
+                None
+            }
+        };
         return Ok(Some(Served::Cluster {
             uuid: c.uuid.clone(),
             nodes,
+            routes,
         }));
     }
     let mut catalog = protocol::logs::catalog::Catalog::new();
@@ -1194,12 +1304,13 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
     let is_node = clusters
         .iter()
         .any(|c| c.nodes.iter().any(|n| &n.remote == remote));
-    let proxy_on = config_get(&repo.top, &format!("remote.{remote}.annex-proxy"))?
+    let proxy_on = config
+        .get(&format!("remote.{remote}.annex-proxy"))
         .is_some_and(|v| v == "true");
     if !is_node && !proxy_on {
         return Ok(None);
     }
-    let Some(node) = node_of_remote(repo, remote)? else {
+    let Some(node) = node_of_remote(repo, &config, remote)? else {
         return Ok(None);
     };
     if node.uuid.as_str() != want {
@@ -1211,6 +1322,35 @@ pub fn resolve(gateway: &Store, want: &str) -> Result<Option<Served>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_snapshot_answers_as_git_config() {
+        let c = ConfigSnapshot::parse(
+            b"core.bare\nfalse\0annex.cluster.mycluster\nac52\0remote.N1.url\n../N1\0\
+              remote.N1.annex-cluster-node\nmycluster\0remote.N1.url\n../N1b\0core.flag\0",
+        );
+        assert_eq!(
+            c.get("remote.N1.url"),
+            Some("../N1b"),
+            "the last value wins"
+        );
+        assert_eq!(
+            c.get("REMOTE.N1.URL"),
+            Some("../N1b"),
+            "section and variable ignore case"
+        );
+        assert_eq!(c.get("remote.n1.url"), None, "the subsection does not");
+        assert_eq!(c.get("core.flag"), Some(""));
+        assert_eq!(c.get("core.nothing"), None);
+        assert_eq!(
+            c.matching("remote.", ".annex-cluster-node"),
+            [(
+                "remote.N1.annex-cluster-node".to_owned(),
+                "mycluster".to_owned()
+            )]
+        );
+        assert_eq!(c.matching("annex.cluster.", "").len(), 1);
+    }
 
     #[test]
     fn names() {

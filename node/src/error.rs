@@ -19,6 +19,14 @@ pub enum Error {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer broke the protocol: an over-long or unparsable line, a reply
+    /// out of turn, its stream ending mid-request. The session with it ends.
+    #[error("peer broke the protocol: {0}")]
+    Peer(String),
+    /// A node a gateway (or proxy) reaches failed; the gateway leaves it out
+    /// of the operation.
+    #[error("node {node}: {reason}")]
+    Node { node: String, reason: String },
     #[error("{0}")]
     Usage(String),
 }

@@ -6,6 +6,7 @@
 
 pub mod annex_shell;
 pub mod auth;
+pub mod backend;
 pub mod branch;
 pub mod busy;
 pub mod clock;

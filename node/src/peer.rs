@@ -262,13 +262,18 @@ async fn serve_stream(
         if n > 0 && target != store.uuid().as_str() {
             let access = shared.rules.for_peer(peer);
             match crate::cluster::resolve(store, target) {
-                Ok(Some(crate::cluster::Served::Cluster { uuid, nodes })) => {
+                Ok(Some(crate::cluster::Served::Cluster {
+                    uuid,
+                    nodes,
+                    routes,
+                })) => {
                     let gateway = crate::gateway::Gateway {
                         cluster: uuid,
                         gateway: store,
                         nodes,
                         mode: protocol::server::ServeMode::ReadOnly,
                         auth: Some(&access),
+                        routes,
                     };
                     return gateway.serve(reader, writer).await;
                 }

@@ -8,32 +8,34 @@
 //!   process (no `git-annex-shell` per node);
 //! - a git-annex repository behind `git-annex-shell p2pstdio`, or an annexmesh
 //!   peer on the mesh: a message-level relay. The client and the node speak the
-//!   same protocol version end to end (the node is offered the client's);
+//!   same protocol version end to end (the node is offered the client's;
+//!   `AUTH` is answered by the server machine first, as in every session);
 //!   requests go to the node as they are, and replies and `DATA` come back as
 //!   they are, so `LOCKCONTENT` really locks on the node. After a `SUCCESS` to a
 //!   `PUT`, or to a `REMOVE`, the gateway records the change in its own
 //!   journal, as git-annex's gateway does;
-//! - a special remote: the protocol's server machine in front of the remote.
+//! - a special remote: the one server driver ([`crate::session::serve_backend`])
+//!   with the remote as its [`Backend`].
 //!   As in git-annex, `LOCKCONTENT` is `FAILURE`, an upload starts at 0 (no
 //!   resume), is received into a spool file, hashed as it arrives and stored
 //!   only if it verifies; a download is fetched into a spool file and sent from
 //!   there (the client verifies it).
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
-
 use protocol::logs::presence::Status;
 use protocol::message::{MAX_VERSION, Message, Version};
 use protocol::server::{
     APPEND_ONLY_ERROR, CloseReason, GitAccess, PutStart, READ_ONLY_ERROR, ServeMode, Server,
-    ServerConfig, ServerOutput, Start,
+    ServerConfig, Start, Validity,
 };
-use protocol::{Key, Uuid};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use protocol::{AssociatedFile, Key, Uuid};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
+use crate::backend::{Backend, Done, PayloadReader, PayloadWriter, Sent};
 use crate::error::{Error, Result};
-use crate::gateway::{Conn, GatewayNode, Io, RemoteNode, authenticate, io_err};
-use crate::session::{Authenticator, IO_BUFFER, LineRead, ServeContext, read_line, serve};
+use crate::gateway::{Conn, GatewayNode, RemoteNode, Spool};
+use crate::session::{
+    Authenticator, IO_BUFFER, LineRead, ServeContext, authenticate, read_line, serve, serve_backend,
+};
 use crate::special::SpecialNode;
 use crate::store::{Store, StreamCheck};
 
@@ -52,19 +54,18 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    let start = match auth {
-        None => Start::Preauthenticated { mode },
-        Some(_) => Start::RequireAuth,
-    };
+    let server = Server::new(ServerConfig {
+        uuid: node.uuid().clone(),
+        start: match auth {
+            None => Start::Preauthenticated { mode },
+            Some(_) => Start::RequireAuth,
+        },
+        git: GitAccess::Proxied,
+        max_version: i64::from(MAX_VERSION),
+    });
+    let ctx = ServeContext { auth, git: None };
     match node {
         GatewayNode::Local(n, _) => {
-            let server = Server::new(ServerConfig {
-                uuid: n.uuid.clone(),
-                start,
-                git: GitAccess::Refused,
-                max_version: i64::from(MAX_VERSION),
-            });
-            let ctx = ServeContext { auth, git: None };
             let mut store = n.store.clone();
             store.set_observer(std::sync::Arc::new(Recorder {
                 gateway: gateway.journal().clone(),
@@ -73,23 +74,24 @@ where
             serve(server, reader, writer, &store, &ctx).await
         }
         GatewayNode::Special(s) => {
-            let server = Server::new(ServerConfig {
-                uuid: s.uuid.clone(),
-                start,
-                git: GitAccess::Refused,
-                max_version: i64::from(MAX_VERSION),
-            });
-            serve_special(server, &s, gateway, auth, reader, writer).await
+            let mut backend = SpecialBackend::new(&s, gateway);
+            serve_backend(server, reader, writer, &mut backend, &ctx).await
         }
         GatewayNode::Remote(r) => {
             let mut io = Io::new(reader, writer);
-            let reason = Relay {
-                node: &r,
-                gateway,
-                io: &mut io,
-            }
-            .run(mode, auth)
-            .await;
+            let reason = match authenticate(server, &mut io.reader, &mut io.writer, auth).await {
+                Ok(Ok(mode)) => {
+                    Relay {
+                        node: &r,
+                        gateway,
+                        io: &mut io,
+                    }
+                    .run(mode)
+                    .await
+                }
+                Ok(Err(reason)) => Ok(reason),
+                Err(e) => Err(e),
+            };
             let _ = io.writer.flush().await;
             let _ = io.writer.shutdown().await;
             reason
@@ -123,6 +125,13 @@ impl crate::store::StoreObserver for Recorder {
     }
 }
 
+/// The client's side of a relayed session.
+struct Io<R, W> {
+    reader: BufReader<R>,
+    writer: BufWriter<W>,
+    line: Vec<u8>,
+}
+
 /// What the client sent next.
 enum Next {
     Message(Message),
@@ -132,19 +141,42 @@ enum Next {
     Broken(String),
 }
 
-/// The client's next message, as [`Next`].
-async fn next<R, W>(io: &mut Io<R, W>) -> Result<Next>
-where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
-{
-    Ok(match io.next().await {
-        Ok(Some(Some(m))) => Next::Message(m),
-        Ok(Some(None)) => Next::Unparsable,
-        Ok(None) => Next::Eof,
-        Err(Error::Protocol(why)) => Next::Broken(why),
-        Err(e) => return Err(e),
-    })
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Io<R, W> {
+    fn new(reader: R, writer: W) -> Self {
+        Io {
+            reader: BufReader::with_capacity(IO_BUFFER, reader),
+            writer: BufWriter::with_capacity(IO_BUFFER, writer),
+            line: Vec::with_capacity(256),
+        }
+    }
+
+    async fn send(&mut self, m: &Message) -> Result<()> {
+        self.writer
+            .write_all(&m.to_line())
+            .await
+            .map_err(stream_err)
+    }
+
+    /// Flushes what was written, then reads the client's next message.
+    async fn next(&mut self) -> Result<Next> {
+        self.writer.flush().await.map_err(stream_err)?;
+        Ok(match read_line(&mut self.reader, &mut self.line).await {
+            Ok(LineRead::Line) => match Message::parse(&self.line) {
+                Ok(m) => Next::Message(m),
+                Err(_) => Next::Unparsable,
+            },
+            Ok(LineRead::Eof) => Next::Eof,
+            Ok(LineRead::TooLong) => Next::Broken("over-long line".into()),
+            Err(e) => return Err(stream_err(e)),
+        })
+    }
+}
+
+fn stream_err(e: std::io::Error) -> Error {
+    Error::Io {
+        context: "p2p stream".into(),
+        source: e,
+    }
 }
 
 /// How long a relayed node may take to exit once its session is over.
@@ -158,25 +190,9 @@ struct Relay<'a, R, W> {
 }
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> {
-    async fn run(
-        &mut self,
-        mode: ServeMode,
-        auth: Option<&dyn Authenticator>,
-    ) -> Result<CloseReason> {
-        let mode = match auth {
-            None => {
-                self.io
-                    .send(&Message::AuthSuccess(self.node.uuid.clone()))
-                    .await?;
-                mode
-            }
-            Some(auth) => match authenticate(self.io, auth, &self.node.uuid).await? {
-                Ok(mode) => mode,
-                Err(reason) => return Ok(reason),
-            },
-        };
+    async fn run(&mut self, mode: ServeMode) -> Result<CloseReason> {
         // The client's VERSION decides what the node is offered.
-        let first = next(self.io).await?;
+        let first = self.io.next().await?;
         let offer = match &first {
             Next::Message(Message::Version(v)) => Some((*v).clamp(0, i64::from(MAX_VERSION))),
             _ => None,
@@ -185,12 +201,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             Ok(c) => c,
             Err(e) => {
                 tracing::info!("proxying to node {}: {e}", self.node.remote);
-                self.io
-                    .send(&Message::Error(format!(
-                        "cannot reach repository {}",
-                        self.node.remote
-                    )))
-                    .await?;
+                let refusal = format!("cannot reach repository {}", self.node.remote);
+                self.io.send(&Message::Error(refusal)).await?;
                 return Ok(CloseReason::ProtocolError(format!(
                     "node {} unreachable: {e}",
                     self.node.remote
@@ -225,7 +237,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         loop {
             let next = match pending.take() {
                 Some(n) => n,
-                None => next(self.io).await?,
+                None => self.io.next().await?,
             };
             let msg = match next {
                 Next::Message(m) => m,
@@ -295,91 +307,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 }
                 Ok(None)
             }
-            M::Put(file, key) => {
-                conn.send(&M::Put(file, key.clone())).await?;
-                let reply = conn.reply().await?;
-                self.io.send(&reply).await?;
-                if !matches!(reply, M::PutFrom(_)) {
-                    return Ok(None);
-                }
-                match next(self.io).await? {
-                    Next::Message(M::Data(len)) => {
-                        conn.send(&M::Data(len)).await?;
-                        let sent = conn.payload_from(&mut self.io.reader, len).await?;
-                        if sent < len {
-                            return Ok(Some(CloseReason::ProtocolError("short DATA".into())));
-                        }
-                        if version >= 1 {
-                            match next(self.io).await? {
-                                Next::Message(v @ (M::Valid | M::Invalid)) => conn.send(&v).await?,
-                                Next::Eof => return Ok(Some(CloseReason::Eof)),
-                                _ => {
-                                    return Ok(Some(CloseReason::ProtocolError(
-                                        "expected VALID or INVALID".into(),
-                                    )));
-                                }
-                            }
-                        }
-                    }
-                    Next::Message(M::DataPresent) if version >= 4 => {
-                        conn.send(&M::DataPresent).await?
-                    }
-                    Next::Eof => return Ok(Some(CloseReason::Eof)),
-                    _ => {
-                        return Ok(Some(CloseReason::ProtocolError("expected DATA".into())));
-                    }
-                }
-                let result = conn.reply().await?;
-                self.io.send(&result).await?;
-                match &result {
-                    M::Success => self.record(&key, Vec::new(), Status::Present),
-                    M::SuccessPlus(also) => self.record(&key, also.clone(), Status::Present),
-                    _ => {}
-                }
-                Ok(None)
-            }
-            M::Get(offset, file, key) => {
-                conn.send(&M::Get(offset, file, key)).await?;
-                let reply = conn.reply().await?;
-                self.io.send(&reply).await?;
-                let M::Data(len) = reply else {
-                    return Ok(None);
-                };
-                let sent = conn.payload_to(&mut self.io.writer, len).await?;
-                if sent < len {
-                    // No in-band abort: the client sees the stream end.
-                    return Err(Error::Protocol("the node's DATA came up short".into()));
-                }
-                if version >= 1 {
-                    let v = conn.reply().await?;
-                    self.io.send(&v).await?;
-                }
-                match next(self.io).await? {
-                    Next::Message(m) => conn.send(&m).await?,
-                    Next::Eof => return Ok(Some(CloseReason::Eof)),
-                    Next::Unparsable | Next::Broken(_) => {
-                        return Ok(Some(CloseReason::ProtocolError(
-                            "expected SUCCESS or FAILURE".into(),
-                        )));
-                    }
-                }
-                Ok(None)
-            }
+            M::Put(file, key) => self.relay_put(conn, version, file, key).await,
+            M::Get(offset, file, key) => self.relay_get(conn, version, offset, file, key).await,
             M::Remove(ref key) | M::RemoveBefore(_, ref key) => {
                 let key = key.clone();
-                conn.send(&msg).await?;
-                let reply = conn.reply().await?;
-                self.io.send(&reply).await?;
-                match &reply {
-                    M::Success => self.record(&key, Vec::new(), Status::Absent),
-                    M::SuccessPlus(also) => self.record(&key, also.clone(), Status::Absent),
-                    // Only the listed repositories changed.
-                    M::FailurePlus(also) if !also.is_empty() => {
-                        self.record_only(&key, also, Status::Absent)
-                    }
-                    _ => {}
-                }
-                Ok(None)
+                self.relay_remove(conn, &msg, &key).await
             }
             // One request, one reply: CHECKPRESENT, LOCKCONTENT, GETTIMESTAMP,
             // and anything the node will refuse itself.
@@ -392,60 +324,132 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         }
     }
 
+    async fn relay_put(
+        &mut self,
+        conn: &mut Conn,
+        version: Version,
+        file: AssociatedFile,
+        key: Key,
+    ) -> Result<Option<CloseReason>> {
+        use Message as M;
+        conn.send(&M::Put(file, key.clone())).await?;
+        let reply = conn.reply().await?;
+        self.io.send(&reply).await?;
+        if !matches!(reply, M::PutFrom(_)) {
+            return Ok(None);
+        }
+        match self.io.next().await? {
+            Next::Message(M::Data(len)) => {
+                conn.send(&M::Data(len)).await?;
+                let sent = conn.payload_from(&mut self.io.reader, len).await?;
+                if sent < len {
+                    return Ok(Some(CloseReason::ProtocolError("short DATA".into())));
+                }
+                if version >= 1 {
+                    match self.io.next().await? {
+                        Next::Message(v @ (M::Valid | M::Invalid)) => conn.send(&v).await?,
+                        Next::Eof => return Ok(Some(CloseReason::Eof)),
+                        _ => {
+                            return Ok(Some(CloseReason::ProtocolError(
+                                "expected VALID or INVALID".into(),
+                            )));
+                        }
+                    }
+                }
+            }
+            Next::Message(M::DataPresent) if version >= 4 => conn.send(&M::DataPresent).await?,
+            Next::Eof => return Ok(Some(CloseReason::Eof)),
+            _ => return Ok(Some(CloseReason::ProtocolError("expected DATA".into()))),
+        }
+        let result = conn.reply().await?;
+        self.io.send(&result).await?;
+        match &result {
+            M::Success => self.record(&key, Vec::new(), Status::Present),
+            M::SuccessPlus(also) => self.record(&key, also.clone(), Status::Present),
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    async fn relay_get(
+        &mut self,
+        conn: &mut Conn,
+        version: Version,
+        offset: u64,
+        file: AssociatedFile,
+        key: Key,
+    ) -> Result<Option<CloseReason>> {
+        use Message as M;
+        conn.send(&M::Get(offset, file, key)).await?;
+        let reply = conn.reply().await?;
+        self.io.send(&reply).await?;
+        let M::Data(len) = reply else {
+            return Ok(None);
+        };
+        let sent = conn.payload_to(&mut self.io.writer, len).await?;
+        if sent < len {
+            // No in-band abort: the client sees the stream end.
+            return Err(Error::Node {
+                node: self.node.remote.clone(),
+                reason: "its DATA came up short".into(),
+            });
+        }
+        if version >= 1 {
+            let v = conn.reply().await?;
+            self.io.send(&v).await?;
+        }
+        match self.io.next().await? {
+            Next::Message(m) => conn.send(&m).await?,
+            Next::Eof => return Ok(Some(CloseReason::Eof)),
+            Next::Unparsable | Next::Broken(_) => {
+                return Ok(Some(CloseReason::ProtocolError(
+                    "expected SUCCESS or FAILURE".into(),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn relay_remove(
+        &mut self,
+        conn: &mut Conn,
+        msg: &Message,
+        key: &Key,
+    ) -> Result<Option<CloseReason>> {
+        use Message as M;
+        conn.send(msg).await?;
+        let reply = conn.reply().await?;
+        self.io.send(&reply).await?;
+        match &reply {
+            M::Success => self.record(key, Vec::new(), Status::Absent),
+            M::SuccessPlus(also) => self.record(key, also.clone(), Status::Absent),
+            // Only the listed repositories changed.
+            M::FailurePlus(also) if !also.is_empty() => {
+                record(self.gateway, key, also, Status::Absent)
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
     /// Records the node (and `also`) in the gateway's journal.
     fn record(&self, key: &Key, mut also: Vec<Uuid>, status: Status) {
         also.retain(|u| u != &self.node.uuid);
         also.push(self.node.uuid.clone());
-        self.record_only(key, &also, status);
+        record(self.gateway, key, &also, status);
     }
+}
 
-    fn record_only(&self, key: &Key, uuids: &[Uuid], status: Status) {
-        if let Err(e) = self
-            .gateway
-            .journal()
-            .record_presence_many(key, uuids, status)
-        {
-            tracing::info!("cannot record location of {key}: {e}");
-        }
+/// Records `uuids` for `key` in the gateway's journal.
+fn record(gateway: &Store, key: &Key, uuids: &[Uuid], status: Status) {
+    if let Err(e) = gateway.journal().record_presence_many(key, uuids, status) {
+        tracing::info!("cannot record location of {key}: {e}");
     }
 }
 
 /// A fresh spool path under the gateway's `annex/tmp/annexmesh-proxy`.
-fn spool_path(gateway: &Store, key: &Key, what: &str) -> PathBuf {
+fn spool_path(gateway: &Store, key: &Key, what: &str) -> std::path::PathBuf {
     crate::gateway::spool_path_in(gateway, "annexmesh-proxy", key, what)
-}
-
-/// A spool file, removed when dropped.
-struct Spool {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl Spool {
-    fn create(path: PathBuf) -> Result<Spool> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-                context: format!("creating {}", dir.display()),
-                source: e,
-            })?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::Io {
-                context: format!("creating {}", path.display()),
-                source: e,
-            })?;
-        Ok(Spool { path, file })
-    }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// An upload to a special remote in progress.
@@ -455,219 +459,232 @@ struct SpecialUpload {
     check: StreamCheck,
 }
 
-/// Runs the protocol's server machine in front of a special remote (git-annex's
-/// `proxySpecialRemote`).
-async fn serve_special<R, W>(
-    mut server: Server,
-    node: &SpecialNode,
-    gateway: &Store,
-    auth: Option<&dyn Authenticator>,
-    reader: R,
-    writer: W,
-) -> Result<CloseReason>
-where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
-{
-    let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
-    let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
-    let mut line = Vec::with_capacity(256);
-    let mut upload: Option<SpecialUpload> = None;
-    let mut download: Option<Spool> = None;
-    let mut buf = vec![0u8; IO_BUFFER];
-    let logged = |what: &str, key: &Key, e: &Error| {
-        tracing::info!("special remote {}: {what} {key}: {e}", node.remote);
-    };
-    loop {
-        while let Some(out) = server.poll_output() {
-            match out {
-                ServerOutput::Send(m) => writer.write_all(&m.to_line()).await.map_err(io_err)?,
-                ServerOutput::CheckAuth { uuid, token } => {
-                    server.handle_auth(auth.and_then(|a| a.check(uuid.as_ref(), &token)))
-                }
-                ServerOutput::CheckPresent { key } => {
-                    server.handle_present(node.contains(&key).map_err(|e| {
-                        logged("checking", &key, &e);
-                        e.to_string()
-                    }))
-                }
-                ServerOutput::Lock { .. } => server.handle_locked(false),
-                ServerOutput::Unlock { .. } => {}
-                ServerOutput::Remove { key, before } => {
-                    // No clock on a special remote: a passed deadline refuses.
-                    let late = before.is_some_and(|d| crate::clock::monotonic_seconds() >= d);
-                    let r = if late { Ok(false) } else { node.remove(&key) };
-                    if matches!(r, Ok(true)) {
-                        record(gateway, &key, &node.uuid, Status::Absent);
+/// A special remote as the backend of a session (git-annex's
+/// `proxySpecialRemote`): `LOCKCONTENT` is `FAILURE`, an upload starts at 0
+/// (no resume) and is spooled, hashed as it arrives and stored only if it
+/// verifies; a download is fetched into a spool file and sent from there.
+struct SpecialBackend<'a> {
+    node: &'a SpecialNode,
+    gateway: &'a Store,
+    upload: Option<SpecialUpload>,
+    download: Option<Spool>,
+    buf: Vec<u8>,
+}
+
+impl<'a> SpecialBackend<'a> {
+    fn new(node: &'a SpecialNode, gateway: &'a Store) -> SpecialBackend<'a> {
+        SpecialBackend {
+            node,
+            gateway,
+            upload: None,
+            download: None,
+            buf: Vec::new(),
+        }
+    }
+
+    fn logged(&self, what: &str, key: &Key, e: &Error) {
+        tracing::info!("special remote {}: {what} {key}: {e}", self.node.remote);
+    }
+
+    fn record(&self, key: &Key, status: Status) {
+        record(
+            self.gateway,
+            key,
+            std::slice::from_ref(&self.node.uuid),
+            status,
+        );
+    }
+
+    /// Verifies the spooled upload and hands it to the remote.
+    fn store(&mut self, key: &Key, validity: Validity) -> bool {
+        let Some(u) = self.upload.take().filter(|u| &u.key == key) else {
+            return false;
+        };
+        match u.check.finish() {
+            Ok(c) if c.verdict().accepted_given(validity) => {
+                match self.node.store(key, &u.spool.path) {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        self.logged("storing", key, &e);
+                        false
                     }
-                    server.handle_removed(r.map_err(|e| {
-                        logged("removing", &key, &e);
-                        format!("proxied special remote reports: {e}")
-                    }))
-                }
-                ServerOutput::GetTimestamp => {
-                    server.handle_timestamp(crate::clock::monotonic_seconds())
-                }
-                ServerOutput::PreparePut { key, .. } => {
-                    let start = match node.contains(&key) {
-                        Ok(true) => PutStart::AlreadyHave,
-                        _ => PutStart::From(0),
-                    };
-                    server.handle_put_start(start);
-                }
-                ServerOutput::ReceivePayload { key, len, .. } => {
-                    let mut up = match Spool::create(spool_path(gateway, &key, "put")) {
-                        Ok(spool) => Some(SpecialUpload {
-                            check: StreamCheck::new(&key),
-                            key: key.clone(),
-                            spool,
-                        }),
-                        Err(e) => {
-                            logged("spooling", &key, &e);
-                            None
-                        }
-                    };
-                    let mut left = len;
-                    while left > 0 {
-                        let avail = reader.fill_buf().await.map_err(io_err)?;
-                        if avail.is_empty() {
-                            break;
-                        }
-                        let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                        if let Some(u) = up.as_mut() {
-                            let wrote = u
-                                .spool
-                                .file
-                                .write_all(&avail[..n])
-                                .map_err(|e| Error::Io {
-                                    context: "writing spool".into(),
-                                    source: e,
-                                })
-                                .and_then(|()| u.check.update(&avail[..n]));
-                            if let Err(e) = wrote {
-                                logged("spooling", &key, &e);
-                                up = None;
-                            }
-                        }
-                        reader.consume(n);
-                        left -= n as u64;
-                    }
-                    upload = up;
-                    server.handle_payload_received(left == 0);
-                }
-                ServerOutput::CommitPut { key, validity } => {
-                    let ok = match upload.take() {
-                        Some(u) if u.key == key => match u.check.finish() {
-                            Ok(c) if c.verdict().accepted_given(validity) => {
-                                match node.store(&key, &u.spool.path) {
-                                    Ok(stored) => stored,
-                                    Err(e) => {
-                                        logged("storing", &key, &e);
-                                        false
-                                    }
-                                }
-                            }
-                            Ok(_) => {
-                                tracing::info!("refused bad content for {key}");
-                                false
-                            }
-                            Err(e) => {
-                                logged("hashing", &key, &e);
-                                false
-                            }
-                        },
-                        _ => false,
-                    };
-                    if ok {
-                        record(gateway, &key, &node.uuid, Status::Present);
-                    }
-                    server.handle_stored(ok);
-                }
-                ServerOutput::ConfirmPresent { key } => {
-                    let ok = matches!(node.contains(&key), Ok(true));
-                    if ok {
-                        record(gateway, &key, &node.uuid, Status::Present);
-                    }
-                    server.handle_stored(ok)
-                }
-                ServerOutput::ContentSize { key } => {
-                    download = None;
-                    let fetched = Spool::create(spool_path(gateway, &key, "get")).and_then(|s| {
-                        // The remote writes its own file at the path.
-                        let _ = std::fs::remove_file(&s.path);
-                        Ok((node.retrieve(&key, &s.path)?, s))
-                    });
-                    let size = match fetched {
-                        Ok((true, mut s)) => match std::fs::File::open(&s.path) {
-                            Ok(f) => {
-                                let len = f.metadata().map(|m| m.len()).ok();
-                                s.file = f;
-                                download = Some(s);
-                                len
-                            }
-                            Err(e) => {
-                                tracing::info!("reading fetched {key}: {e}");
-                                None
-                            }
-                        },
-                        Ok((false, _)) => None,
-                        Err(e) => {
-                            logged("retrieving", &key, &e);
-                            None
-                        }
-                    };
-                    server.handle_content_size(size)
-                }
-                ServerOutput::SendPayload { key, offset, len } => {
-                    let Some(mut s) = download.take() else {
-                        return Err(Error::Protocol(format!("{key} was not fetched")));
-                    };
-                    s.file
-                        .seek(SeekFrom::Start(offset))
-                        .map_err(|e| Error::Io {
-                            context: "seeking spool".into(),
-                            source: e,
-                        })?;
-                    let mut left = len;
-                    while left > 0 {
-                        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                        let got = s.file.read(&mut buf[..n]).map_err(|e| Error::Io {
-                            context: "reading spool".into(),
-                            source: e,
-                        })?;
-                        if got == 0 {
-                            return Err(Error::Protocol(format!("{key} shrank while sent")));
-                        }
-                        writer.write_all(&buf[..got]).await.map_err(io_err)?;
-                        left -= got as u64;
-                    }
-                    server.handle_payload_sent(true);
-                }
-                // GitAccess::Refused: the machine never asks for these.
-                ServerOutput::Connect { .. } => {}
-                ServerOutput::WaitRefChange => server.handle_changed(Vec::new()),
-                ServerOutput::Close(reason) => {
-                    let _ = writer.flush().await;
-                    let _ = writer.shutdown().await;
-                    return Ok(reason);
                 }
             }
+            Ok(_) => {
+                tracing::info!("refused bad content for {key}");
+                false
+            }
+            Err(e) => {
+                self.logged("hashing", key, &e);
+                false
+            }
         }
-        writer.flush().await.map_err(io_err)?;
-        match read_line(&mut reader, &mut line).await {
-            Ok(LineRead::Line) => server.handle_line(&line),
-            Ok(LineRead::Eof) => server.handle_eof(),
-            Ok(LineRead::TooLong) => server.handle_protocol_error("protocol error"),
-            Err(e) => server.handle_protocol_error(&e.to_string()),
+    }
+
+    /// `TRANSFER RETRIEVE` into a spool: its size.
+    fn fetch(&mut self, key: &Key) -> Option<u64> {
+        self.download = None;
+        let fetched = Spool::create(spool_path(self.gateway, key, "get")).and_then(|s| {
+            // The remote writes its own file at the path.
+            let _ = std::fs::remove_file(&s.path);
+            Ok((self.node.retrieve(key, &s.path)?, s))
+        });
+        match fetched {
+            Ok((true, mut s)) => match std::fs::File::open(&s.path) {
+                Ok(f) => {
+                    let len = f.metadata().map(|m| m.len()).ok();
+                    s.file = f;
+                    self.download = Some(s);
+                    len
+                }
+                Err(e) => {
+                    tracing::info!("reading fetched {key}: {e}");
+                    None
+                }
+            },
+            Ok((false, _)) => None,
+            Err(e) => {
+                self.logged("retrieving", key, &e);
+                None
+            }
         }
     }
 }
 
-fn record(gateway: &Store, key: &Key, uuid: &Uuid, status: Status) {
-    if let Err(e) = gateway
-        .journal()
-        .record_presence_many(key, std::slice::from_ref(uuid), status)
-    {
-        tracing::info!("cannot record location of {key}: {e}");
+impl Backend for SpecialBackend<'_> {
+    async fn check_present(&mut self, key: &Key) -> Result<bool, String> {
+        self.node.contains(key).map_err(|e| {
+            self.logged("checking", key, &e);
+            e.to_string()
+        })
+    }
+
+    async fn lock(&mut self, _key: &Key) -> bool {
+        false
+    }
+
+    async fn unlock(&mut self, _connection_lost: bool) {}
+
+    async fn remove(&mut self, key: &Key, before: Option<i64>) -> Result<Done, String> {
+        // No clock on a special remote: a passed deadline refuses.
+        let late = before.is_some_and(|d| crate::clock::monotonic_seconds() >= d);
+        let r = if late {
+            Ok(false)
+        } else {
+            self.node.remove(key)
+        };
+        match r {
+            Ok(ok) => {
+                if ok {
+                    self.record(key, Status::Absent);
+                }
+                Ok(Done::plain(ok))
+            }
+            Err(e) => {
+                self.logged("removing", key, &e);
+                Err(format!("proxied special remote reports: {e}"))
+            }
+        }
+    }
+
+    async fn timestamp(&mut self) -> i64 {
+        crate::clock::monotonic_seconds()
+    }
+
+    async fn prepare_put(&mut self, key: &Key, _file: &AssociatedFile) -> PutStart {
+        match self.node.contains(key) {
+            Ok(true) => PutStart::AlreadyHave(Vec::new()),
+            _ => PutStart::From(0),
+        }
+    }
+
+    async fn abandon_put(&mut self, _key: &Key) {}
+
+    async fn receive_payload<Rd: PayloadReader>(
+        &mut self,
+        reader: &mut Rd,
+        key: &Key,
+        _offset: u64,
+        len: u64,
+    ) -> bool {
+        let mut up = match Spool::create(spool_path(self.gateway, key, "put")) {
+            Ok(spool) => Some(SpecialUpload {
+                check: StreamCheck::new(key),
+                key: key.clone(),
+                spool,
+            }),
+            Err(e) => {
+                self.logged("spooling", key, &e);
+                None
+            }
+        };
+        let remote = &self.node.remote;
+        let complete = crate::backend::consume_payload(reader, len, |chunk| {
+            use std::io::Write;
+            if let Some(u) = up.as_mut() {
+                let wrote = u
+                    .spool
+                    .file
+                    .write_all(chunk)
+                    .map_err(|e| Error::Io {
+                        context: "writing spool".into(),
+                        source: e,
+                    })
+                    .and_then(|()| u.check.update(chunk));
+                if let Err(e) = wrote {
+                    tracing::info!("special remote {remote}: spooling {key}: {e}");
+                    up = None;
+                }
+            }
+        })
+        .await;
+        self.upload = up;
+        complete
+    }
+
+    async fn commit(&mut self, key: &Key, validity: Validity) -> Done {
+        let ok = self.store(key, validity);
+        if ok {
+            self.record(key, Status::Present);
+        }
+        Done::plain(ok)
+    }
+
+    async fn confirm_present(&mut self, key: &Key) -> Done {
+        let ok = matches!(self.node.contains(key), Ok(true));
+        if ok {
+            self.record(key, Status::Present);
+        }
+        Done::plain(ok)
+    }
+
+    async fn content_size(&mut self, key: &Key, _offset: u64) -> Option<u64> {
+        self.fetch(key)
+    }
+
+    async fn send_payload<Wr: PayloadWriter>(
+        &mut self,
+        writer: &mut Wr,
+        key: &Key,
+        offset: u64,
+        len: u64,
+    ) -> Result<Sent> {
+        let Some(s) = self.download.take() else {
+            return Ok(Sent::Broken(format!("{key} was not fetched")));
+        };
+        let Ok(file) = s.file.try_clone() else {
+            return Ok(Sent::Broken(format!("{key}: spool unreadable")));
+        };
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; IO_BUFFER];
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // The client verifies what it gets; the spool is not rechecked.
+        match crate::backend::send_file(writer, (file, size), key, offset, len, &mut self.buf)
+            .await?
+        {
+            Sent::Complete { .. } => Ok(Sent::Complete { valid: true }),
+            broken => Ok(broken),
+        }
     }
 }

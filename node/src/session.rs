@@ -1,10 +1,14 @@
-//! Drives the sans-IO sessions of `protocol` over real byte streams and a real
-//! [`Store`]. Any `AsyncRead`/`AsyncWrite` pair works: a process's stdio
-//! (`annex-shell p2pstdio`), a child process's pipes (our client against
+//! Drives the sans-IO sessions of `protocol` over real byte streams: the
+//! server side over any [`Backend`] ([`serve_backend`]; a [`Store`], a
+//! cluster gateway, a special remote), and our client ([`ClientSession`]).
+//! Any `AsyncRead`/`AsyncWrite` pair works: a process's stdio (`annex-shell
+//! p2pstdio`), a child process's pipes (our client against
 //! `git-annex-shell`), or a libp2p stream.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use crate::backend::{Backend, Sent, StoreBackend};
 
 use protocol::client::{Client, ClientOutput, Reply, RequestError};
 use protocol::message::{MAX_LINE, Message, Version};
@@ -14,7 +18,7 @@ use protocol::{AssociatedFile, AuthToken, Key, Uuid};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::{ContentLock, Store, Stored, Upload};
+use crate::store::Store;
 
 /// Size of the read and write buffers of a session, and of payload chunks.
 pub const IO_BUFFER: usize = 1 << 20;
@@ -113,11 +117,10 @@ where
     }
 }
 
-/// Runs a server session to its end. Returns why it ended; I/O errors on the
-/// stream end it too, and are returned as errors. A failure of the store is
-/// answered on the wire (`ERROR`/`FAILURE`) and never loses stored content.
+/// Runs a server session over one repository's [`Store`] to its end (see
+/// [`serve_backend`]).
 pub async fn serve<R, W>(
-    mut server: Server,
+    server: Server,
     reader: R,
     writer: W,
     store: &Store,
@@ -127,211 +130,187 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    let mut backend = StoreBackend::new(store);
+    serve_backend(server, reader, writer, &mut backend, ctx).await
+}
+
+/// Runs a server session to its end: the machine's requests are performed
+/// on `backend`. Returns why it ended; I/O errors on the stream end it too,
+/// and are returned as errors. A failure of the backend is answered on the
+/// wire (`ERROR`/`FAILURE`) and never loses stored content; content that
+/// cannot be sent in full ends the session ([`Sent::Broken`]).
+pub async fn serve_backend<R, W, B>(
+    mut server: Server,
+    reader: R,
+    writer: W,
+    backend: &mut B,
+    ctx: &ServeContext<'_>,
+) -> Result<CloseReason>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    B: Backend,
+{
     let mut io = Stream {
         reader: BufReader::with_capacity(IO_BUFFER, reader),
         writer: BufWriter::with_capacity(IO_BUFFER, writer),
     };
     let mut line = Vec::with_capacity(256);
-    let mut lock: Option<ContentLock> = None;
-    let mut upload: Option<Upload> = None;
-    let mut payload = vec![0u8; IO_BUFFER];
-    let stream_err = |e: std::io::Error| Error::Io {
+    loop {
+        while let Some(out) = server.poll_output() {
+            if let Some(reason) = perform(&mut server, out, &mut io, backend, ctx).await? {
+                let _ = io.writer.flush().await;
+                let _ = io.writer.shutdown().await;
+                return Ok(reason);
+            }
+        }
+        io.writer.flush().await.map_err(stream_err)?;
+        next_line(&mut server, &mut io.reader, &mut line).await;
+    }
+}
+
+fn stream_err(e: std::io::Error) -> Error {
+    Error::Io {
         context: "p2p stream".into(),
         source: e,
-    };
+    }
+}
+
+/// Reads the client's next line into the machine (or its end, or why the
+/// stream broke).
+async fn next_line<R: AsyncRead + Unpin>(
+    server: &mut Server,
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) {
+    match read_line(reader, line).await {
+        Ok(LineRead::Line) => server.handle_line(line),
+        Ok(LineRead::Eof) => server.handle_eof(),
+        Ok(LineRead::TooLong) => server.handle_protocol_error("protocol error"),
+        Err(e) => server.handle_protocol_error(&e.to_string()),
+    }
+}
+
+/// Performs one of the machine's outputs and answers it. `Some` ends the
+/// session.
+async fn perform<R, W, B>(
+    server: &mut Server,
+    out: ServerOutput,
+    io: &mut Stream<R, W>,
+    backend: &mut B,
+    ctx: &ServeContext<'_>,
+) -> Result<Option<CloseReason>>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    B: Backend,
+{
+    match out {
+        ServerOutput::Send(m) => io
+            .writer
+            .write_all(&m.to_line())
+            .await
+            .map_err(stream_err)?,
+        ServerOutput::CheckAuth { uuid, token } => {
+            server.handle_auth(ctx.auth.and_then(|a| a.check(uuid.as_ref(), &token)))
+        }
+        ServerOutput::CheckPresent { key } => {
+            server.handle_present(backend.check_present(&key).await)
+        }
+        ServerOutput::Bypass(uuids) => backend.bypass(uuids).await,
+        ServerOutput::Lock { key } => server.handle_locked(backend.lock(&key).await),
+        ServerOutput::Unlock { connection_lost } => backend.unlock(connection_lost).await,
+        ServerOutput::Remove { key, before } => match backend.remove(&key, before).await {
+            Ok(done) => server.handle_removed_plus(Ok(done.ok), done.also),
+            Err(e) => server.handle_removed(Err(e)),
+        },
+        ServerOutput::GetTimestamp => server.handle_timestamp(backend.timestamp().await),
+        ServerOutput::PreparePut { key, file } => {
+            server.handle_put_start(backend.prepare_put(&key, &file).await)
+        }
+        ServerOutput::AbandonPut { key } => backend.abandon_put(&key).await,
+        ServerOutput::ReceivePayload { key, offset, len } => {
+            let complete = backend
+                .receive_payload(&mut io.reader, &key, offset, len)
+                .await;
+            server.handle_payload_received(complete);
+        }
+        ServerOutput::CommitPut { key, validity } => {
+            let done = backend.commit(&key, validity).await;
+            server.handle_stored_plus(done.ok, done.also);
+        }
+        ServerOutput::ConfirmPresent { key } => {
+            let done = backend.confirm_present(&key).await;
+            server.handle_stored_plus(done.ok, done.also);
+        }
+        ServerOutput::ContentSize { key, offset } => {
+            server.handle_content_size(backend.content_size(&key, offset).await)
+        }
+        ServerOutput::SendPayload { key, offset, len } => {
+            match backend
+                .send_payload(&mut io.writer, &key, offset, len)
+                .await?
+            {
+                Sent::Complete { valid } => server.handle_payload_sent(valid),
+                Sent::Broken(why) => {
+                    tracing::info!("sending {key}: {why}");
+                    server.handle_protocol_error(&why);
+                }
+            }
+        }
+        ServerOutput::Connect { service } => match ctx.git {
+            Some(git) => {
+                io.writer.flush().await.map_err(stream_err)?;
+                git.relay(service, io).await?;
+            }
+            None => {
+                let refusal = Message::Error("git is not served here".into()).to_line();
+                let _ = io.writer.write_all(&refusal).await;
+            }
+        },
+        // Only transports with a GitService reach this; without ref watching
+        // the honest answer is that nothing changed yet.
+        ServerOutput::WaitRefChange => server.handle_changed(Vec::new()),
+        ServerOutput::Close(reason) => return Ok(Some(reason)),
+    }
+    Ok(None)
+}
+
+/// Drives `server` only until the client is authenticated (at once when it
+/// was started preauthenticated), for a relay that serves the rest of the
+/// session itself: the machine answers `AUTH` as in any session. Returns the
+/// mode granted, or why the session ended first.
+pub(crate) async fn authenticate<R, W>(
+    mut server: Server,
+    reader: &mut BufReader<R>,
+    writer: &mut BufWriter<W>,
+    auth: Option<&dyn Authenticator>,
+) -> Result<std::result::Result<ServeMode, CloseReason>>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut line = Vec::with_capacity(256);
     loop {
         while let Some(out) = server.poll_output() {
             match out {
                 ServerOutput::Send(m) => {
-                    let bytes = m.to_line();
-                    io.writer.write_all(&bytes).await.map_err(stream_err)?;
+                    writer.write_all(&m.to_line()).await.map_err(stream_err)?
                 }
                 ServerOutput::CheckAuth { uuid, token } => {
-                    let grant = ctx.auth.and_then(|a| a.check(uuid.as_ref(), &token));
-                    server.handle_auth(grant);
+                    server.handle_auth(auth.and_then(|a| a.check(uuid.as_ref(), &token)))
                 }
-                ServerOutput::CheckPresent { key } => {
-                    server.handle_present(Ok(store.contains(&key)))
-                }
-                ServerOutput::Lock { key } => match store.lock_shared(&key) {
-                    Ok(Some(l)) => {
-                        lock = Some(l);
-                        server.handle_locked(true);
-                    }
-                    Ok(None) => server.handle_locked(false),
-                    Err(e) => {
-                        tracing::warn!("lock {key}: {e}");
-                        server.handle_locked(false);
-                    }
-                },
-                ServerOutput::Unlock { connection_lost } => {
-                    if let Some(l) = lock.take()
-                        && connection_lost
-                        && let Err(e) = store.retain_lock(l.key())
-                    {
-                        tracing::warn!("cannot retain lock on {}: {e}", l.key());
-                    }
-                }
-                ServerOutput::Remove { key, before } => {
-                    let r = store.remove(&key, before).map_err(|e| e.to_string());
-                    if let Err(e) = &r {
-                        tracing::warn!("remove {key}: {e}");
-                    }
-                    server.handle_removed(r);
-                }
-                ServerOutput::GetTimestamp => {
-                    server.handle_timestamp(crate::clock::monotonic_seconds())
-                }
-                ServerOutput::PreparePut { key, .. } => {
-                    let start = if store.contains(&key) {
-                        protocol::server::PutStart::AlreadyHave
-                    } else {
-                        protocol::server::PutStart::From(store.partial_size(&key))
-                    };
-                    server.handle_put_start(start);
-                }
-                ServerOutput::ReceivePayload { key, offset, len } => {
-                    let (complete, up) =
-                        receive_payload(&mut io.reader, store, &key, offset, len, &mut payload)
-                            .await?;
-                    upload = up;
-                    server.handle_payload_received(complete);
-                }
-                ServerOutput::CommitPut { key, validity } => {
-                    let ok = match upload.take() {
-                        Some(up) if up.key() == &key => match store.commit(up, validity) {
-                            Ok(Stored::Stored) => true,
-                            Ok(other) => {
-                                tracing::info!("refused content for {key}: {other:?}");
-                                false
-                            }
-                            Err(e) => {
-                                tracing::warn!("storing {key}: {e}");
-                                false
-                            }
-                        },
-                        _ => false,
-                    };
-                    server.handle_stored(ok);
-                }
-                ServerOutput::ConfirmPresent { key } => {
-                    server.handle_stored(store.confirm_present(&key))
-                }
-                ServerOutput::ContentSize { key } => {
-                    server.handle_content_size(store.content_size(&key))
-                }
-                ServerOutput::SendPayload { key, offset, len } => {
-                    let valid =
-                        send_payload(&mut io.writer, store, &key, offset, len, &mut payload)
-                            .await?;
-                    server.handle_payload_sent(valid);
-                }
-                ServerOutput::Connect { service } => match ctx.git {
-                    Some(git) => {
-                        io.writer.flush().await.map_err(stream_err)?;
-                        git.relay(service, &mut io).await?;
-                    }
-                    None => {
-                        let _ = io
-                            .writer
-                            .write_all(&Message::Error("git is not served here".into()).to_line())
-                            .await;
-                    }
-                },
-                ServerOutput::WaitRefChange => {
-                    // Only transports with a GitService reach this; without ref
-                    // watching the honest answer is that nothing changed yet.
-                    server.handle_changed(Vec::new())
-                }
-                ServerOutput::Close(reason) => {
-                    let _ = io.writer.flush().await;
-                    let _ = io.writer.shutdown().await;
-                    return Ok(reason);
-                }
+                ServerOutput::Close(reason) => return Ok(Err(reason)),
+                // Nothing else is asked before authentication.
+                _ => {}
             }
         }
-        io.writer.flush().await.map_err(stream_err)?;
-        match read_line(&mut io.reader, &mut line).await {
-            Ok(LineRead::Line) => server.handle_line(&line),
-            Ok(LineRead::Eof) => server.handle_eof(),
-            Ok(LineRead::TooLong) => server.handle_protocol_error("protocol error"),
-            Err(e) => server.handle_protocol_error(&e.to_string()),
+        if server.is_authenticated() {
+            return Ok(Ok(server.mode()));
         }
+        writer.flush().await.map_err(stream_err)?;
+        next_line(&mut server, reader, &mut line).await;
     }
-}
-
-/// Reads exactly `len` payload bytes into the key's partial file. Returns whether
-/// all arrived, and the open upload (unless the store failed, in which case the
-/// bytes are still consumed so the stream stays in step, and nothing is kept).
-async fn receive_payload<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    store: &Store,
-    key: &Key,
-    offset: u64,
-    len: u64,
-    _scratch: &mut [u8],
-) -> Result<(bool, Option<Upload>)> {
-    let mut upload = match store.begin_upload(key, offset) {
-        Ok(u) => Some(u),
-        Err(e) => {
-            tracing::warn!("cannot store {key}: {e}");
-            None
-        }
-    };
-    let mut left = len;
-    while left > 0 {
-        let avail = match reader.fill_buf().await {
-            Ok(a) => a,
-            Err(_) => return Ok((false, upload)),
-        };
-        if avail.is_empty() {
-            return Ok((false, upload));
-        }
-        let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        if let Some(up) = &mut upload
-            && let Err(e) = up.write(&avail[..n])
-        {
-            tracing::warn!("cannot store {key}: {e}");
-            upload = None;
-        }
-        reader.consume(n);
-        left -= n as u64;
-    }
-    Ok((true, upload))
-}
-
-/// Writes `len` bytes of content from `offset`. Returns whether the content was
-/// stable while read; errors (and so closes the connection) if it came up short.
-async fn send_payload<W: AsyncWrite + Unpin>(
-    writer: &mut BufWriter<W>,
-    store: &Store,
-    key: &Key,
-    offset: u64,
-    len: u64,
-    buf: &mut [u8],
-) -> Result<bool> {
-    let Some((mut file, size_before)) = store.open_content(key)? else {
-        return Err(Error::Protocol(format!("{key} vanished while being sent")));
-    };
-    file.seek(SeekFrom::Start(offset))
-        .context(|| format!("seeking in content of {key}"))?;
-    let mut left = len;
-    while left > 0 {
-        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let got = file
-            .read(&mut buf[..n])
-            .context(|| format!("reading {key}"))?;
-        if got == 0 {
-            return Err(Error::Protocol(format!("{key} shrank while being sent")));
-        }
-        writer
-            .write_all(&buf[..got])
-            .await
-            .context(|| "p2p stream".into())?;
-        left -= got as u64;
-    }
-    let size_after = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok(size_after == size_before)
 }
 
 /// Progress reports for transfers: total bytes done so far.
@@ -434,10 +413,7 @@ where
     /// Runs the current request to its `Done`, or (for [`Payload::Relay`]) to
     /// the next payload or verification request.
     async fn step(&mut self, mut payload: Payload<'_>) -> Result<Step> {
-        let io_err = |e: std::io::Error| Error::Io {
-            context: "p2p stream".into(),
-            source: e,
-        };
+        let io_err = stream_err;
         loop {
             while let Some(out) = self.client.poll_output() {
                 match out {
@@ -448,31 +424,7 @@ where
                         let Payload::Upload { file, progress } = &mut payload else {
                             return Err(Error::Protocol("unexpected payload request".into()));
                         };
-                        file.seek(SeekFrom::Start(offset))
-                            .context(|| "seeking content".into())?;
-                        let mut left = len;
-                        let mut done = offset;
-                        while left > 0 {
-                            let n = self
-                                .buf
-                                .len()
-                                .min(usize::try_from(left).unwrap_or(usize::MAX));
-                            let got = file
-                                .read(&mut self.buf[..n])
-                                .context(|| "reading content".into())?;
-                            if got == 0 {
-                                return Err(Error::Protocol(
-                                    "content shrank while being sent".into(),
-                                ));
-                            }
-                            self.writer
-                                .write_all(&self.buf[..got])
-                                .await
-                                .map_err(io_err)?;
-                            left -= got as u64;
-                            done += got as u64;
-                            progress(done);
-                        }
+                        self.upload(file, progress, offset, len).await?;
                         self.client.handle_payload_sent(true);
                     }
                     ClientOutput::ReceivePayload { len } => {
@@ -490,24 +442,7 @@ where
                         else {
                             return Err(Error::Protocol("unexpected payload".into()));
                         };
-                        let mut left = len;
-                        let mut complete = true;
-                        while left > 0 {
-                            let avail = self.reader.fill_buf().await.map_err(io_err)?;
-                            if avail.is_empty() {
-                                complete = false;
-                                break;
-                            }
-                            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                            use std::io::Write;
-                            file.write_all(&avail[..n])
-                                .context(|| "writing download".into())?;
-                            verifier.update(&avail[..n]);
-                            self.reader.consume(n);
-                            left -= n as u64;
-                            *done += n as u64;
-                            progress(*done);
-                        }
+                        let complete = self.download(file, verifier, progress, done, len).await?;
                         self.client.handle_payload_received(complete);
                     }
                     ClientOutput::VerifyGet { validity } => {
@@ -524,11 +459,11 @@ where
                     ClientOutput::Done(r) => {
                         self.writer.flush().await.map_err(io_err)?;
                         return r.map(Step::Done).map_err(|e| match e {
-                            RequestError::Closed => Error::Protocol("connection closed".into()),
-                            other => Error::Protocol(other.to_string()),
+                            RequestError::Closed => Error::Peer("connection closed".into()),
+                            other => Error::Peer(other.to_string()),
                         });
                     }
-                    ClientOutput::Close(why) => return Err(Error::Protocol(why)),
+                    ClientOutput::Close(why) => return Err(Error::Peer(why)),
                 }
             }
             self.writer.flush().await.map_err(io_err)?;
@@ -539,10 +474,73 @@ where
                 LineRead::Line => self.client.handle_line(&self.line),
                 LineRead::Eof => self.client.handle_eof(),
                 LineRead::TooLong => {
-                    return Err(Error::Protocol("over-long line from peer".into()));
+                    return Err(Error::Peer("over-long line from peer".into()));
                 }
             }
         }
+    }
+
+    /// Sends `len` bytes of `file` from `offset` as an upload's payload.
+    async fn upload(
+        &mut self,
+        file: &mut std::fs::File,
+        progress: &mut Progress<'_>,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        file.seek(SeekFrom::Start(offset))
+            .context(|| "seeking content".into())?;
+        let mut left = len;
+        let mut done = offset;
+        while left > 0 {
+            let n = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let got = file
+                .read(&mut self.buf[..n])
+                .context(|| "reading content".into())?;
+            if got == 0 {
+                return Err(Error::Protocol("content shrank while being sent".into()));
+            }
+            self.writer
+                .write_all(&self.buf[..got])
+                .await
+                .map_err(stream_err)?;
+            left -= got as u64;
+            done += got as u64;
+            progress(done);
+        }
+        Ok(())
+    }
+
+    /// Receives `len` payload bytes of a download into `file`, hashing them;
+    /// returns whether they all arrived.
+    async fn download(
+        &mut self,
+        file: &mut std::fs::File,
+        verifier: &mut Verifier,
+        progress: &mut Progress<'_>,
+        done: &mut u64,
+        len: u64,
+    ) -> Result<bool> {
+        use std::io::Write;
+        let mut left = len;
+        while left > 0 {
+            let avail = self.reader.fill_buf().await.map_err(stream_err)?;
+            if avail.is_empty() {
+                return Ok(false);
+            }
+            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            file.write_all(&avail[..n])
+                .context(|| "writing download".into())?;
+            verifier.update(&avail[..n]);
+            self.reader.consume(n);
+            left -= n as u64;
+            *done += n as u64;
+            progress(*done);
+        }
+        Ok(true)
     }
 
     /// For `git-annex-shell p2pstdio`: read the unprompted `AUTH-SUCCESS`.
@@ -845,13 +843,13 @@ where
             .context(|| "p2p stream".into())?
         {
             LineRead::Line => Message::parse(&self.line).map(Some).map_err(|_| {
-                Error::Protocol(format!(
+                Error::Peer(format!(
                     "unparsable line from peer: {:?}",
                     String::from_utf8_lossy(&self.line[..self.line.len().min(80)])
                 ))
             }),
             LineRead::Eof => Ok(None),
-            LineRead::TooLong => Err(Error::Protocol("over-long line from peer".into())),
+            LineRead::TooLong => Err(Error::Peer("over-long line from peer".into())),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct MemoryDriver {
     pub store: MemoryStore,
     pub sent: Vec<u8>,
     pub closed: Option<CloseReason>,
+    /// The last `BYPASS` the client sent.
+    pub bypass: Vec<Uuid>,
 }
 
 impl MemoryDriver {
@@ -45,6 +47,7 @@ impl MemoryDriver {
             store,
             sent: Vec::new(),
             closed: None,
+            bypass: Vec::new(),
         }
     }
 
@@ -90,6 +93,8 @@ impl MemoryDriver {
                     self.server.handle_locked(ok);
                 }
                 ServerOutput::Unlock { .. } => self.store.locked = None,
+                ServerOutput::Bypass(uuids) => self.bypass = uuids,
+                ServerOutput::AbandonPut { .. } => {}
                 ServerOutput::Remove { key, before } => {
                     let ok = if self.store.locked.as_ref() == Some(&key)
                         || before.is_some_and(|b| self.store.now >= b)
@@ -104,7 +109,7 @@ impl MemoryDriver {
                 ServerOutput::GetTimestamp => self.server.handle_timestamp(self.store.now),
                 ServerOutput::PreparePut { key, .. } => {
                     let start = if self.store.objects.contains_key(&key) {
-                        PutStart::AlreadyHave
+                        PutStart::AlreadyHave(Vec::new())
                     } else {
                         let have = self.store.partial.get(&key).map_or(0, Vec::len);
                         PutStart::From(have as u64)
@@ -134,7 +139,7 @@ impl MemoryDriver {
                     let ok = self.store.objects.contains_key(&key);
                     self.server.handle_stored(ok);
                 }
-                ServerOutput::ContentSize { key } => {
+                ServerOutput::ContentSize { key, .. } => {
                     let size = self.store.objects.get(&key).map(|d| d.len() as u64);
                     self.server.handle_content_size(size);
                 }

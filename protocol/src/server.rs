@@ -14,11 +14,23 @@
 //!    the matching `handle_*` method *before* polling again (`CheckPresent` →
 //!    [`Server::handle_present`], and so on; each variant's doc names its answer).
 //!    [`ServerOutput::ReceivePayload`] and [`ServerOutput::SendPayload`] are the
-//!    raw `DATA` bytes, which never pass through the machine.
+//!    raw `DATA` bytes, which never pass through the machine. A few outputs
+//!    need no answer: `Send`, [`ServerOutput::Unlock`],
+//!    [`ServerOutput::Bypass`], [`ServerOutput::AbandonPut`] and `Close`.
 //! 2. When `poll_output` returns `None`: stop if [`Server::is_closed`]; otherwise
 //!    read one line (at most [`crate::message::MAX_LINE`] bytes) and pass it to
 //!    [`Server::handle_line`], or call [`Server::handle_eof`] at end of input. An
-//!    over-long line is a protocol error: call [`Server::handle_eof`] and close.
+//!    over-long line is a protocol error: call [`Server::handle_protocol_error`].
+//!
+//! # Backends with several repositories (a cluster gateway)
+//!
+//! The same machine serves a cluster: `BYPASS` comes out as
+//! [`ServerOutput::Bypass`], and the answers to `PUT`, `DATA`/`DATA-PRESENT`
+//! and `REMOVE` can name other repositories
+//! ([`PutStart::AlreadyHave`], [`Server::handle_stored_plus`],
+//! [`Server::handle_removed_plus`]): the machine sends them as
+//! `ALREADY-HAVE-PLUS`/`SUCCESS-PLUS`/`FAILURE-PLUS` to a client at v2+ (the
+//! plain form below v2, or with an empty list).
 
 use std::collections::VecDeque;
 
@@ -56,6 +68,11 @@ pub enum GitAccess {
     /// As `git-annex-shell p2pstdio` 10.20261026: both end the session without a
     /// reply ("relaying to git not supported on this connection").
     Refused,
+    /// As git-annex's proxies and cluster gateways: `CONNECT` as [`Refused`],
+    /// `NOTIFYCHANGE` a protocol error (`ERROR protocol error`, then the end).
+    ///
+    /// [`Refused`]: GitAccess::Refused
+    Proxied,
 }
 
 #[derive(Debug, Clone)]
@@ -72,9 +89,11 @@ pub struct ServerConfig {
 pub const MAX_AUTH_ATTEMPTS: u32 = 8;
 
 /// Where to start an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutStart {
-    AlreadyHave,
+    /// The content is here; a gateway lists the repositories that have it
+    /// (`ALREADY-HAVE-PLUS` at v2+), others pass an empty list.
+    AlreadyHave(Vec<Uuid>),
     /// Bytes `[0, offset)` are already in the partial file.
     From(u64),
 }
@@ -109,6 +128,9 @@ pub enum ServerOutput {
     },
     /// Is the whole content present? Answer with [`Server::handle_present`].
     CheckPresent { key: Key },
+    /// `BYPASS`: repositories (gateways) the client asks the server not to
+    /// reach on its behalf. No answer; only a gateway has a use for it.
+    Bypass(Vec<Uuid>),
     /// Lock the content against removal. Answer with [`Server::handle_locked`].
     Lock { key: Key },
     /// Release the lock taken by the last successful `Lock`. `connection_lost`
@@ -122,6 +144,9 @@ pub enum ServerOutput {
     /// Is the content here, or how much of it is in the partial file? Answer with
     /// [`Server::handle_put_start`].
     PreparePut { key: Key, file: AssociatedFile },
+    /// The client answered `PUT-FROM` with something other than `DATA`: drop
+    /// what `PreparePut` set up (a gateway's node connections). No answer.
+    AbandonPut { key: Key },
     /// Read exactly `len` raw bytes from the connection and append them to the
     /// key's partial file, which must then hold `offset` bytes before them. Answer
     /// with [`Server::handle_payload_received`].
@@ -133,11 +158,15 @@ pub enum ServerOutput {
     /// `DATA-PRESENT`: the client stored the content out of band; check it is there
     /// and record it. Answer with [`Server::handle_stored`].
     ConfirmPresent { key: Key },
-    /// How big is the content? Answer with [`Server::handle_content_size`].
-    ContentSize { key: Key },
-    /// Write `len` bytes of the content starting at `offset`. If the content cannot
-    /// give that many bytes the driver must close the connection (there is no
-    /// in-band abort). Answer with [`Server::handle_payload_sent`].
+    /// How big is the content? The client asked for it from `offset` (a
+    /// backend that fetches the content from elsewhere starts there). Answer
+    /// with [`Server::handle_content_size`].
+    ContentSize { key: Key, offset: u64 },
+    /// Write `len` bytes of the content starting at `offset` (`len` may be 0:
+    /// this always follows a `Some` size, so a backend can end what
+    /// `ContentSize` opened). If the content cannot give that many bytes the
+    /// driver must close the connection (there is no in-band abort): call
+    /// [`Server::handle_protocol_error`]. Answer with [`Server::handle_payload_sent`].
     SendPayload { key: Key, offset: u64, len: u64 },
     /// Relay a git service over `DATA` frames until it exits, then the session ends.
     Connect { service: Service },
@@ -191,6 +220,7 @@ enum Pending {
 pub struct Server {
     config: ServerConfig,
     mode: ServeMode,
+    authenticated: bool,
     version: Version,
     client: Option<Uuid>,
     state: State,
@@ -200,6 +230,7 @@ pub struct Server {
 impl Server {
     pub fn new(config: ServerConfig) -> Server {
         let mut out = VecDeque::new();
+        let authenticated = matches!(config.start, Start::Preauthenticated { .. });
         let (state, mode) = match config.start {
             Start::Preauthenticated { mode } => {
                 out.push_back(ServerOutput::Send(Message::AuthSuccess(
@@ -212,6 +243,7 @@ impl Server {
         Server {
             config,
             mode,
+            authenticated,
             version: 0,
             client: None,
             state,
@@ -240,6 +272,13 @@ impl Server {
 
     pub fn mode(&self) -> ServeMode {
         self.mode
+    }
+
+    /// Whether the client is authenticated (at once when preauthenticated):
+    /// a relay that serves the rest of the session itself stops driving the
+    /// machine here.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     fn send(&mut self, m: Message) {
@@ -294,6 +333,7 @@ impl Server {
                 }
                 _ => {
                     self.state = State::Ready;
+                    self.out.push_back(ServerOutput::AbandonPut { key });
                     self.send(Message::Error("expected DATA".into()));
                 }
             },
@@ -383,7 +423,7 @@ impl Server {
                 self.version = v;
                 self.send(M::Version(v));
             }
-            M::Bypass(_) => {}
+            M::Bypass(uuids) => self.out.push_back(ServerOutput::Bypass(uuids)),
             M::CheckPresent(key) => {
                 self.request(Pending::Present, ServerOutput::CheckPresent { key })
             }
@@ -406,7 +446,7 @@ impl Server {
                     key: key.clone(),
                     offset,
                 },
-                ServerOutput::ContentSize { key },
+                ServerOutput::ContentSize { key, offset },
             ),
             M::Connect(service) => {
                 // git-annex checks the mode before anything else (p2p-16): a push
@@ -414,7 +454,7 @@ impl Server {
                 if service == Service::ReceivePack && self.mode != ServeMode::ReadWrite {
                     self.send(M::Error(READ_ONLY_ERROR.into()));
                     self.close(CloseReason::AfterConnect);
-                } else if self.config.git == GitAccess::Refused {
+                } else if self.config.git != GitAccess::Served {
                     self.close(CloseReason::Unsupported(
                         "relaying to git not supported on this connection",
                     ));
@@ -425,15 +465,16 @@ impl Server {
                         .push_back(ServerOutput::Close(CloseReason::AfterConnect));
                 }
             }
-            M::NotifyChange => {
-                if self.config.git == GitAccess::Refused {
-                    self.close(CloseReason::Unsupported(
-                        "NOTIFYCHANGE unsupported on this connection",
-                    ));
-                } else {
-                    self.request(Pending::Changed, ServerOutput::WaitRefChange);
+            M::NotifyChange => match self.config.git {
+                GitAccess::Served => self.request(Pending::Changed, ServerOutput::WaitRefChange),
+                GitAccess::Refused => self.close(CloseReason::Unsupported(
+                    "NOTIFYCHANGE unsupported on this connection",
+                )),
+                GitAccess::Proxied => {
+                    self.send(M::Error("protocol error".into()));
+                    self.close(CloseReason::ProtocolError("NOTIFYCHANGE".into()));
                 }
-            }
+            },
             _ => self.send(M::Error("unexpected command".into())),
         }
     }
@@ -466,6 +507,7 @@ impl Server {
         match grant {
             Some(mode) => {
                 self.mode = mode;
+                self.authenticated = true;
                 self.client = uuid;
                 self.send(Message::AuthSuccess(self.config.uuid.clone()));
             }
@@ -503,12 +545,28 @@ impl Server {
 
     /// Answer to [`ServerOutput::Remove`]: `Ok(false)` is `FAILURE`, `Err` `ERROR`.
     pub fn handle_removed(&mut self, removed: Result<bool, String>) {
+        self.handle_removed_plus(removed, Vec::new())
+    }
+
+    /// [`Server::handle_removed`] for a gateway: `also` are the repositories
+    /// that did remove it (`SUCCESS-PLUS`/`FAILURE-PLUS` at v2+).
+    pub fn handle_removed_plus(&mut self, removed: Result<bool, String>, also: Vec<Uuid>) {
         if let Some(Pending::Remove) = self.take_pending() {
             match removed {
-                Ok(ok) => self.success(ok),
+                Ok(ok) => self.success_plus(ok, also),
                 Err(e) => self.send(Message::Error(e)),
             }
         }
+    }
+
+    /// `SUCCESS`/`FAILURE`, as `-PLUS` with `also` at v2+ when it is not empty.
+    fn success_plus(&mut self, ok: bool, also: Vec<Uuid>) {
+        let plain = if ok {
+            Message::Success
+        } else {
+            Message::Failure
+        };
+        self.send(crate::cluster::reply::plus_or(self.version, plain, also));
     }
 
     /// Answer to [`ServerOutput::GetTimestamp`].
@@ -522,7 +580,11 @@ impl Server {
     pub fn handle_put_start(&mut self, start: PutStart) {
         if let Some(Pending::PutStart { key }) = self.take_pending() {
             match start {
-                PutStart::AlreadyHave => self.send(Message::AlreadyHave),
+                PutStart::AlreadyHave(also) => self.send(crate::cluster::reply::plus_or(
+                    self.version,
+                    Message::AlreadyHave,
+                    also,
+                )),
                 PutStart::From(offset) => {
                     self.send(Message::PutFrom(offset));
                     self.state = State::AwaitData { key, offset };
@@ -556,8 +618,14 @@ impl Server {
 
     /// Answer to [`ServerOutput::CommitPut`] and [`ServerOutput::ConfirmPresent`].
     pub fn handle_stored(&mut self, stored: bool) {
+        self.handle_stored_plus(stored, Vec::new())
+    }
+
+    /// [`Server::handle_stored`] for a gateway: `also` are the repositories
+    /// that have the content now (`SUCCESS-PLUS`/`FAILURE-PLUS` at v2+).
+    pub fn handle_stored_plus(&mut self, stored: bool, also: Vec<Uuid>) {
         if let Some(Pending::Stored) = self.take_pending() {
-            self.success(stored);
+            self.success_plus(stored, also);
         }
     }
 
@@ -577,14 +645,10 @@ impl Server {
             Some(total) => {
                 let len = total.saturating_sub(offset);
                 self.send(Message::Data(len));
-                if len == 0 {
-                    self.payload_sent(true);
-                } else {
-                    self.request(
-                        Pending::PayloadSent,
-                        ServerOutput::SendPayload { key, offset, len },
-                    );
-                }
+                self.request(
+                    Pending::PayloadSent,
+                    ServerOutput::SendPayload { key, offset, len },
+                );
             }
         }
     }

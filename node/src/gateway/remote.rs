@@ -75,7 +75,7 @@ impl Conn {
     /// relay only reads when a reply is due.
     pub(crate) async fn reply(&mut self) -> Result<Message> {
         on_session!(self, s => s.read_message().await)?
-            .ok_or_else(|| Error::Protocol("the node closed the connection".into()))
+            .ok_or_else(|| Error::Peer("the node closed the connection".into()))
     }
 
     /// Copies `len` payload bytes from the node to `to`; returns how many.
@@ -263,7 +263,7 @@ impl RemoteNode {
                     .connect_offering(address, client.clone(), token, version)
                     .await?;
                 if uuid != self.uuid {
-                    return Err(Error::Protocol(format!(
+                    return Err(Error::Peer(format!(
                         "{address} answered as {uuid}, not {}",
                         self.uuid
                     )));
@@ -273,6 +273,14 @@ impl RemoteNode {
                     _endpoint: endpoint,
                 })
             }
+        }
+    }
+
+    /// The error for a connection that is gone.
+    fn lost(&self) -> Error {
+        Error::Node {
+            node: self.remote.clone(),
+            reason: "no connection".into(),
         }
     }
 
@@ -288,7 +296,7 @@ impl RemoteNode {
         let mut g = self.connection(client).await?;
         let r = match g.as_mut() {
             Some(c) => on_session!(c, s => s.check_present(key).await),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.lost()),
         };
         self.settle(&mut g, r)
     }
@@ -319,29 +327,42 @@ impl RemoteNode {
                     }
                 }
             }),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.lost()),
         };
         self.settle(&mut g, r)
     }
 
     /// Starts a streamed `PUT` of `key`: the node's own offset, or the
-    /// uuids that already have it (the node and its `-PLUS` ones).
-    pub(super) async fn put_start(&self, client: &Uuid, key: &Key) -> Result<PutBegin<'_>> {
+    /// other uuids that already have it (its `-PLUS` ones). With `bypass`
+    /// (a next-hop gateway's share of a planned PUT), that `BYPASS` is sent
+    /// first (version 2+), replacing the one sent on connecting.
+    pub(super) async fn put_start(
+        &self,
+        client: &Uuid,
+        key: &Key,
+        bypass: Option<Vec<Uuid>>,
+    ) -> Result<PutBegin<'_>> {
         let mut g = self.connection(client).await?;
         let r = match g.as_mut() {
-            Some(c) => on_session!(c, s => s.put_stream_start(key, AssociatedFile::none()).await),
-            None => Err(Error::Protocol("no connection".into())),
+            Some(c) => {
+                let bypass = bypass.filter(|_| c.version() >= 2);
+                on_session!(c, s => async {
+                    if let Some(b) = bypass {
+                        s.bypass(b).await?;
+                    }
+                    s.put_stream_start(key, AssociatedFile::none()).await
+                }.await)
+            }
+            None => Err(self.lost()),
         };
         match self.settle(&mut g, r)? {
             PutStart::From(from) => Ok(PutBegin::From(PutTarget {
                 node: self,
                 guard: g,
                 from,
+                done: false,
             })),
-            PutStart::AlreadyHave(mut plus) => {
-                plus.insert(0, self.uuid.clone());
-                Ok(PutBegin::AlreadyHave(plus))
-            }
+            PutStart::AlreadyHave(plus) => Ok(PutBegin::AlreadyHave(plus)),
         }
     }
 
@@ -360,13 +381,14 @@ impl RemoteNode {
                 Ok(false) => Ok(None),
                 Err(e) => Err(e),
             }),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.lost()),
         };
         Ok(self.settle(&mut g, r)?.map(|len| {
             (
                 Fetch {
                     node: self,
                     guard: g,
+                    done: false,
                 },
                 len,
             )
@@ -395,6 +417,18 @@ pub(super) struct PutTarget<'a> {
     node: &'a RemoteNode,
     guard: ShellGuard<'a>,
     from: u64,
+    /// The request ended cleanly: the connection can serve the next one.
+    done: bool,
+}
+
+/// A node left mid-request (the session ended, the upload was abandoned)
+/// cannot serve another: its connection is dropped.
+impl Drop for PutTarget<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.guard = None;
+        }
+    }
 }
 
 impl<'a> PutTarget<'a> {
@@ -414,8 +448,8 @@ impl<'a> PutTarget<'a> {
 
     /// Sends the node `DATA (end - from)`, then the stream's bytes at and
     /// after `from` as they come through `feed`, then `VALID`/`INVALID`.
-    /// Returns the uuids now holding the content (the node, and its `-PLUS`
-    /// ones), or `None` if it failed or refused. A closed `feed` without
+    /// Returns the other uuids now holding the content (its `-PLUS` ones),
+    /// or `None` if it failed or refused. A closed `feed` without
     /// [`Feed::End`] (the client's data was short) drops the connection; so
     /// does any failure, which closes `feed` and so takes the node out of the
     /// operation without holding up the others.
@@ -428,10 +462,10 @@ impl<'a> PutTarget<'a> {
         let key_node = self.node;
         let r: Result<Option<Vec<Uuid>>> = async {
             let Some(conn) = self.guard.as_mut() else {
-                return Err(Error::Protocol("no connection".into()));
+                return Err(key_node.lost());
             };
             if from > end {
-                return Err(Error::Protocol(format!(
+                return Err(Error::Peer(format!(
                     "node resumes at {from}, past the content's end {end}"
                 )));
             }
@@ -453,17 +487,23 @@ impl<'a> PutTarget<'a> {
                             tracing::info!("node {} refused the content", key_node.remote);
                             return Ok(None);
                         }
-                        let mut all = vec![key_node.uuid.clone()];
-                        all.extend(o.also);
-                        return Ok(Some(all));
+                        return Ok(Some(o.also));
                     }
-                    None => return Err(Error::Protocol("upload abandoned".into())),
+                    None => {
+                        return Err(Error::Node {
+                            node: key_node.remote.clone(),
+                            reason: "upload abandoned".into(),
+                        });
+                    }
                 }
             }
         }
         .await;
         match r {
-            Ok(stored) => stored,
+            Ok(stored) => {
+                self.done = true;
+                stored
+            }
             Err(e) => {
                 drop(feed);
                 tracing::info!("node {}: {e}", key_node.remote);
@@ -478,6 +518,17 @@ impl<'a> PutTarget<'a> {
 pub(super) struct Fetch<'a> {
     node: &'a RemoteNode,
     guard: ShellGuard<'a>,
+    /// The request ended (cleanly or not, the connection is settled).
+    done: bool,
+}
+
+/// A relayed `GET` given up mid-request drops the node's connection.
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.guard = None;
+        }
+    }
 }
 
 impl Fetch<'_> {
@@ -486,7 +537,7 @@ impl Fetch<'_> {
     pub(super) async fn chunk(&mut self, max: u64) -> Result<&[u8]> {
         match self.guard.as_mut() {
             Some(c) => on_session!(c, s => s.relay_chunk(max).await),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.node.lost()),
         }
     }
 
@@ -504,9 +555,10 @@ impl Fetch<'_> {
                 Ok(v) => s.relay_finish(v != Validity::Invalid).await.map(|()| v),
                 Err(e) => Err(e),
             }),
-            None => Err(Error::Protocol("no connection".into())),
+            None => Err(self.node.lost()),
         };
         let node = self.node;
+        self.done = true;
         node.settle(&mut self.guard, r)
     }
 

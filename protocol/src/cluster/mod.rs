@@ -27,6 +27,6 @@ pub mod reply;
 pub mod topology;
 
 pub use get::{GetCursor, GetStep, Holder};
-pub use plan::{Hop, LocalTarget, Plan, PutFacts, plan_put, put_from};
+pub use plan::{Hop, LocalTarget, Plan, PutFacts, direct_targets, plan_put, put_from};
 pub use reply::{Outcome, Report, Reporter};
 pub use topology::{Cost, Entry, Link, Route, Routes, TOPOLOGY_LOG, Topology};

@@ -182,6 +182,20 @@ pub fn plan_put(f: &PutFacts<'_>) -> Plan {
     plan
 }
 
+/// The targets of a `PUT` without routes (the gateway's own nodes, each
+/// "cluster via another gateway" counted as one node): of the candidates
+/// lacking the key, those whose preferred content wants it (`wanted[i]`),
+/// else every candidate (git-annex's `proxyPUT` fallback, annex-spec §4.6
+/// step 1). Returns the chosen indices and whether it fell back.
+pub fn direct_targets(wanted: &[bool]) -> (Vec<usize>, bool) {
+    let chosen: Vec<usize> = (0..wanted.len()).filter(|&i| wanted[i]).collect();
+    if chosen.is_empty() {
+        ((0..wanted.len()).collect(), true)
+    } else {
+        (chosen, false)
+    }
+}
+
 /// `PUT-FROM`: the smallest of the targets' offsets (local partials, remote
 /// nodes' and hops' own `PUT-FROM`, 0 for targets written from the start);
 /// 0 with no target.

@@ -103,6 +103,15 @@ pub struct Reply {
     pub record: Vec<Uuid>,
 }
 
+impl Reply {
+    /// Whether the reply is `SUCCESS[-PLUS]` (a driver handing the outcome to
+    /// `protocol::server::Server`, which shapes the message itself, passes
+    /// this and [`Reply::record`]).
+    pub fn ok(&self) -> bool {
+        matches!(self.message, Message::Success | Message::SuccessPlus(_))
+    }
+}
+
 /// `plain` (`SUCCESS`, `FAILURE` or `ALREADY-HAVE`) as its `-PLUS` form with
 /// `uuids` for a v2+ client, when there are any.
 pub fn plus_or(version: Version, plain: Message, uuids: Vec<Uuid>) -> Message {
@@ -279,6 +288,16 @@ mod tests {
         let r = put_reply(2, &[Report::hop(u("gw"), Outcome::Failed(us(&["n9", CU])))]);
         assert_eq!(r.message, Message::FailurePlus(us(&["n9"])));
         assert_eq!(r.record, us(&["n9"]));
+    }
+
+    #[test]
+    fn ok_is_success() {
+        let stored = put_reply(4, &[Report::node(u("n1"), Outcome::Stored(vec![]))]);
+        assert!(stored.ok());
+        assert_eq!(stored.record, us(&["n1"]));
+        assert!(put_reply(1, &[Report::node(u("n1"), Outcome::Stored(vec![]))]).ok());
+        assert!(!put_reply(4, &[Report::node(u("n1"), Outcome::AlreadyHad(vec![]))]).ok());
+        assert!(!remove_reply(4, &[]).ok());
     }
 
     #[test]

@@ -258,3 +258,192 @@ fn auth_required_before_anything() {
     // Authenticated sessions treat AUTH as unexpected, never as a retry.
     assert!(!s.is_closed());
 }
+
+#[test]
+fn bypass_goes_to_the_driver() {
+    let (sent, d) = session(
+        ServeMode::ReadWrite,
+        with_hello(),
+        "VERSION 2\nBYPASS 11111111-1111-4111-8111-111111111111 22222222-2222-4222-8222-222222222222\n",
+    );
+    assert_eq!(sent, format!("{AUTH}VERSION 2\n"));
+    let got: Vec<&str> = d.bypass.iter().map(Uuid::as_str).collect();
+    assert_eq!(
+        got,
+        [
+            "11111111-1111-4111-8111-111111111111",
+            "22222222-2222-4222-8222-222222222222"
+        ]
+    );
+}
+
+/// A server driven by hand, as a gateway's driver does.
+fn gateway_server(version: &[u8]) -> Server {
+    let mut s = Server::new(ServerConfig {
+        uuid: Uuid::parse("ac525812-b24e-81d5-ad3f-c2acde9c9b05").unwrap(),
+        start: Start::Preauthenticated {
+            mode: ServeMode::ReadWrite,
+        },
+        git: GitAccess::Proxied,
+        max_version: 4,
+    });
+    assert!(s.is_authenticated());
+    s.handle_line(version);
+    while s.poll_output().is_some() {}
+    s
+}
+
+fn uuids(list: &[&str]) -> Vec<Uuid> {
+    list.iter().map(|u| Uuid::parse(u).unwrap()).collect()
+}
+
+fn drain(s: &mut Server) -> Vec<ServerOutput> {
+    std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+#[test]
+fn plus_answers_at_v2_and_plain_below() {
+    let n = uuids(&[
+        "11111111-1111-4111-8111-111111111111",
+        "22222222-2222-4222-8222-222222222222",
+    ]);
+    for (version, plus) in [(&b"VERSION 4"[..], true), (&b"VERSION 1"[..], false)] {
+        let mut s = gateway_server(version);
+        // PUT answered ALREADY-HAVE with holders.
+        s.handle_line(format!("PUT x {HELLO}").as_bytes());
+        assert!(matches!(
+            drain(&mut s)[..],
+            [ServerOutput::PreparePut { .. }]
+        ));
+        s.handle_put_start(PutStart::AlreadyHave(n.clone()));
+        let want = if plus {
+            Message::AlreadyHavePlus(n.clone())
+        } else {
+            Message::AlreadyHave
+        };
+        assert_eq!(drain(&mut s), [ServerOutput::Send(want)]);
+        // PUT stored on the nodes.
+        s.handle_line(format!("PUT x {WORLD}").as_bytes());
+        drain(&mut s);
+        s.handle_put_start(PutStart::From(0));
+        assert_eq!(drain(&mut s), [ServerOutput::Send(Message::PutFrom(0))]);
+        s.handle_line(b"DATA 26");
+        drain(&mut s);
+        s.handle_payload_received(true);
+        s.handle_line(b"VALID");
+        assert!(matches!(
+            drain(&mut s)[..],
+            [ServerOutput::CommitPut {
+                validity: Validity::Valid,
+                ..
+            }]
+        ));
+        s.handle_stored_plus(true, n.clone());
+        let want = if plus {
+            Message::SuccessPlus(n.clone())
+        } else {
+            Message::Success
+        };
+        assert_eq!(drain(&mut s), [ServerOutput::Send(want)]);
+        // REMOVE that removed from some nodes only.
+        s.handle_line(format!("REMOVE {HELLO}").as_bytes());
+        drain(&mut s);
+        s.handle_removed_plus(Ok(false), n[..1].to_vec());
+        let want = if plus {
+            Message::FailurePlus(n[..1].to_vec())
+        } else {
+            Message::Failure
+        };
+        assert_eq!(drain(&mut s), [ServerOutput::Send(want)]);
+        // An empty list is the plain answer.
+        s.handle_line(format!("REMOVE {HELLO}").as_bytes());
+        drain(&mut s);
+        s.handle_removed_plus(Ok(true), Vec::new());
+        assert_eq!(drain(&mut s), [ServerOutput::Send(Message::Success)]);
+    }
+}
+
+#[test]
+fn no_data_after_put_from_abandons_the_put() {
+    let mut s = gateway_server(b"VERSION 4");
+    s.handle_line(format!("PUT x {WORLD}").as_bytes());
+    drain(&mut s);
+    s.handle_put_start(PutStart::From(3));
+    drain(&mut s);
+    s.handle_line(b"CHECKPRESENT x");
+    assert_eq!(
+        drain(&mut s),
+        [
+            ServerOutput::AbandonPut {
+                key: Key::parse(WORLD).unwrap()
+            },
+            ServerOutput::Send(Message::Error("expected DATA".into()))
+        ]
+    );
+}
+
+#[test]
+fn get_always_asks_for_the_payload_with_the_offset() {
+    let mut s = gateway_server(b"VERSION 4");
+    s.handle_line(format!("GET 6 x {HELLO}").as_bytes());
+    let key = Key::parse(HELLO).unwrap();
+    assert_eq!(
+        drain(&mut s),
+        [ServerOutput::ContentSize {
+            key: key.clone(),
+            offset: 6
+        }]
+    );
+    s.handle_content_size(Some(6));
+    assert_eq!(
+        drain(&mut s),
+        [
+            ServerOutput::Send(Message::Data(0)),
+            ServerOutput::SendPayload {
+                key,
+                offset: 6,
+                len: 0
+            }
+        ]
+    );
+    s.handle_payload_sent(true);
+    assert_eq!(drain(&mut s), [ServerOutput::Send(Message::Valid)]);
+}
+
+#[test]
+fn proxied_git_access() {
+    let mut s = gateway_server(b"VERSION 4");
+    s.handle_line(b"NOTIFYCHANGE");
+    assert_eq!(
+        drain(&mut s),
+        [
+            ServerOutput::Send(Message::Error("protocol error".into())),
+            ServerOutput::Close(CloseReason::ProtocolError("NOTIFYCHANGE".into()))
+        ]
+    );
+    let mut s = gateway_server(b"VERSION 4");
+    s.handle_line(b"CONNECT git-upload-pack");
+    assert!(matches!(
+        drain(&mut s)[..],
+        [ServerOutput::Close(CloseReason::Unsupported(_))]
+    ));
+}
+
+#[test]
+fn authentication_is_visible_to_relays() {
+    let mut s = Server::new(ServerConfig {
+        uuid: Uuid::parse("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb").unwrap(),
+        start: Start::RequireAuth,
+        git: GitAccess::Proxied,
+        max_version: 4,
+    });
+    assert!(!s.is_authenticated());
+    s.handle_line(b"AUTH aaaa t");
+    drain(&mut s);
+    s.handle_auth(None);
+    assert!(!s.is_authenticated());
+    s.handle_line(b"AUTH aaaa t");
+    drain(&mut s);
+    s.handle_auth(Some(ServeMode::ReadOnly));
+    assert!(s.is_authenticated());
+}

@@ -59,7 +59,7 @@ async fn exactly_once(shape: Shape, gateways: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_put_reaches_every_node_once_on_a_line() {
-    exactly_once(Shape::Line, 3).await;
+    exactly_once(Shape::Line, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -98,4 +98,13 @@ async fn partitioned_halves_serve_their_own_nodes_then_converge() {
         .await
         .unwrap();
     }
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_reaches_every_node_once_on_a_ring() {
+    exactly_once(Shape::Ring, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_reaches_every_node_once_on_a_full_mesh() {
+    exactly_once(Shape::FullMesh, 5).await;
 }

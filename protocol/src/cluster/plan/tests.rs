@@ -615,3 +615,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn direct_targets_are_the_wanted_else_all() {
+    assert_eq!(
+        direct_targets(&[false, true, false, true]),
+        (vec![1, 3], false)
+    );
+    assert_eq!(direct_targets(&[false, false]), (vec![0, 1], true));
+    assert_eq!(direct_targets(&[]), (vec![], true));
+}
