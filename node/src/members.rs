@@ -384,6 +384,9 @@ mod tests;
 /// How long a join exchange may take before the stream is dropped.
 const JOIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Where the join server hands the files a join changed (path, content).
+pub type Spread = Box<dyn Fn(&str, &[u8]) + Send + Sync>;
+
 /// What the join server needs.
 pub struct JoinServer {
     pub invites: Invites,
@@ -392,11 +395,11 @@ pub struct JoinServer {
     pub uuid: String,
     /// Hands the membership files a join changed to gossip (the daemon's
     /// metadata service), so members hear of the newcomer at once.
-    pub spread: Box<dyn Fn(&str, &[u8]) + Send + Sync>,
+    pub spread: Spread,
 }
 
 /// Serves `/annexmesh/join/1`: one exchange at a time, each within
-/// [`JOIN_DEADLINE`].
+/// ten seconds.
 pub async fn serve_joins(server: JoinServer, mut incoming: libp2p_stream::IncomingStreams) {
     use futures::StreamExt;
     let server = std::sync::Arc::new(server);
