@@ -1449,6 +1449,16 @@ fn stock_client_over_libp2p_to_the_cluster() {
             200_000
         );
     }
+    // CONNECT on the cluster's address reaches G's own repository (issue 9):
+    // a fetch brings G's git-annex branch, and with it the cluster and what
+    // G proxies (the nodes' uuids are named there as G names them).
+    run(&["git", "fetch", "-q", "GC"], &client);
+    let whereis = run(&["git", "annex", "whereis", "f.bin"], &client);
+    assert!(whereis.contains("-- cluster mycluster"), "{whereis}");
+    let proxy = run(&["git", "show", "git-annex:proxy.log"], &client);
+    for (i, u) in lab.node_uuids.iter().enumerate() {
+        assert!(proxy.contains(&format!("{u}:N{}", i + 1)), "{proxy}");
+    }
     run(&["git", "annex", "drop", "--force", "f.bin"], &client);
     run(&["git", "annex", "get", "--from", "GC", "f.bin"], &client);
     run(

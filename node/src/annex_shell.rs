@@ -265,7 +265,8 @@ async fn serve_p2pstdio(
             }
             Ok(Some(crate::cluster::Served::Node(node))) => {
                 let (reader, writer) = stdio();
-                return crate::proxy::serve_node(*node, &store, mode, None, reader, writer).await;
+                return crate::proxy::serve_node(*node, &store, mode, None, None, reader, writer)
+                    .await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("reading cluster configuration: {e}"),

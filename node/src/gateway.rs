@@ -190,8 +190,26 @@ pub struct Gateway<'a> {
 }
 
 impl Gateway<'_> {
-    /// Serves one session to its end.
+    /// Serves one session to its end; `CONNECT` is refused as
+    /// `git-annex-shell p2pstdio` refuses it.
     pub async fn serve<R, W>(&self, reader: R, writer: W) -> Result<CloseReason>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.serve_with_git(reader, writer, None).await
+    }
+
+    /// [`Gateway::serve`], with `CONNECT` reaching the gateway's own git
+    /// repository through `git` (as git-annex serves a proxied remote's git
+    /// from the gateway), so a client of the cluster over libp2p can `git
+    /// fetch` the gateway's branches and learn the nodes.
+    pub async fn serve_with_git<R, W>(
+        &self,
+        reader: R,
+        writer: W,
+        git: Option<&dyn crate::session::GitService>,
+    ) -> Result<CloseReason>
     where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
@@ -203,12 +221,16 @@ impl Gateway<'_> {
         let server = Server::new(ServerConfig {
             uuid: self.cluster.clone(),
             start,
-            git: GitAccess::Proxied,
+            git: if git.is_some() {
+                GitAccess::Served
+            } else {
+                GitAccess::Proxied
+            },
             max_version: i64::from(MAX_VERSION),
         });
         let ctx = ServeContext {
             auth: self.auth,
-            git: None,
+            git,
         };
         let mut session = backend::GatewaySession::new(self);
         crate::session::serve_backend(server, reader, writer, &mut session, &ctx).await

@@ -261,6 +261,12 @@ async fn serve_stream(
         let target = line.trim_end().strip_prefix("TARGET ").unwrap_or("");
         if n > 0 && target != store.uuid().as_str() {
             let access = shared.rules.for_peer(peer);
+            let relay = GitRelay {
+                git_dir: store.repo().git_dir.clone(),
+            };
+            let git: Option<&dyn crate::session::GitService> = shared
+                .serve_git
+                .then_some(&relay as &dyn crate::session::GitService);
             match crate::cluster::resolve(store, target) {
                 Ok(Some(crate::cluster::Served::Cluster {
                     uuid,
@@ -275,7 +281,7 @@ async fn serve_stream(
                         auth: Some(&access),
                         routes,
                     };
-                    return gateway.serve(reader, writer).await;
+                    return gateway.serve_with_git(reader, writer, git).await;
                 }
                 Ok(Some(crate::cluster::Served::Node(node))) => {
                     return crate::proxy::serve_node(
@@ -283,6 +289,7 @@ async fn serve_stream(
                         store,
                         protocol::server::ServeMode::ReadOnly,
                         Some(&access),
+                        git,
                         reader,
                         writer,
                     )

@@ -47,6 +47,7 @@ pub async fn serve_node<R, W>(
     gateway: &Store,
     mode: ServeMode,
     auth: Option<&dyn Authenticator>,
+    git: Option<&dyn crate::session::GitService>,
     reader: R,
     writer: W,
 ) -> Result<CloseReason>
@@ -60,10 +61,16 @@ where
             None => Start::Preauthenticated { mode },
             Some(_) => Start::RequireAuth,
         },
-        git: GitAccess::Proxied,
+        // `CONNECT` reaches the gateway's own repository where `git` is
+        // given (a daemon serving git), as git-annex's proxies do.
+        git: if git.is_some() {
+            GitAccess::Served
+        } else {
+            GitAccess::Proxied
+        },
         max_version: i64::from(MAX_VERSION),
     });
-    let ctx = ServeContext { auth, git: None };
+    let ctx = ServeContext { auth, git };
     match node {
         GatewayNode::Local(n, _) => {
             let mut store = n.store.clone();
