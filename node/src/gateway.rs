@@ -309,11 +309,7 @@ impl Gateway<'_> {
         if uuids.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .gateway
-            .journal()
-            .record_presence_many(key, &uuids, status)
-        {
+        if let Err(e) = self.gateway.record_presence_many(key, &uuids, status) {
             tracing::info!("cannot record location of {key}: {e}");
         }
     }

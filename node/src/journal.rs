@@ -8,13 +8,12 @@ use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use protocol::Key;
 use protocol::logs::presence::{self, Status};
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::group::Committer;
 
 /// fcntl locks do not exclude threads of one process from each other; this does.
 static IN_PROCESS: Mutex<()> = Mutex::new(());
@@ -297,7 +296,7 @@ impl Prepared {
             written.iter().map(|_| Ok(())).collect()
         } else {
             let files: Vec<&std::fs::File> = written.iter().map(|w| &w.file).collect();
-            crate::store::group::sync_many(&files, false)
+            crate::fs::sync_many(&files, false)
         };
         let mut dirs: std::collections::BTreeMap<PathBuf, Vec<usize>> = Default::default();
         for (w, synced) in written.into_iter().zip(synced) {
@@ -332,7 +331,7 @@ impl Prepared {
             .iter()
             .filter_map(|(_, _, h)| h.as_ref().ok())
             .collect();
-        let mut synced = crate::store::group::sync_many(&open, true).into_iter();
+        let mut synced = crate::fs::sync_many(&open, true).into_iter();
         for (dir, who, h) in &handles {
             let r = match h {
                 Ok(_) => synced.next().unwrap_or(Ok(())),
@@ -366,9 +365,6 @@ pub struct Journal {
     dir: PathBuf,
     lock: PathBuf,
     tmp: PathBuf,
-    /// Location-log records are group-committed with this file system's
-    /// other writes (`store::group`).
-    committer: Arc<Committer>,
 }
 
 impl Journal {
@@ -379,18 +375,12 @@ impl Journal {
             dir: annex.join("journal"),
             lock: annex.join("journal.lck"),
             tmp: annex.join("othertmp"),
-            committer: crate::store::group::for_path(git_dir),
         }
     }
 
-    pub(crate) fn committer(&self) -> &Arc<Committer> {
-        &self.committer
-    }
-
-    /// Gives this journal a committer of its own (tests that count batches).
-    #[cfg(test)]
-    pub(crate) fn set_committer(&mut self, committer: Arc<Committer>) {
-        self.committer = committer;
+    /// The repository's git directory.
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
     }
 
     /// A change to `branch_path` for [`modify_many`].
@@ -441,26 +431,14 @@ impl Journal {
         let lock = JournalLock::take(&self.lock)?;
         let old = self.read(branch_path)?;
         let new = change(&old);
-        crate::store::write_atomic_via(&self.tmp, &self.file_for(branch_path), &new)?;
+        crate::fs::write_atomic_via(&self.tmp, &self.file_for(branch_path), &new)?;
         note_written(&self.git_dir);
         drop(lock);
         Ok(new)
     }
 
-    /// Records that repository `uuid` now has (or lacks) `key`'s content.
-    /// Returns the location log's new content. Concurrent records share their
-    /// lock take and fsyncs (group commit).
-    pub fn record_presence(
-        &self,
-        key: &Key,
-        uuid: &protocol::Uuid,
-        status: Status,
-    ) -> Result<Vec<u8>> {
-        self.committer
-            .commit_change(self.presence_change(key, uuid, status))
-    }
-
-    /// The change [`Journal::record_presence`] makes.
+    /// The change that records that repository `uuid` now has (or lacks)
+    /// `key`'s content (applied by the group committer, `store::group`).
     pub(crate) fn presence_change(
         &self,
         key: &Key,
@@ -474,23 +452,22 @@ impl Journal {
         })
     }
 
-    /// [`Journal::record_presence`] for several repositories in one write.
-    pub fn record_presence_many(
+    /// [`Journal::presence_change`] for several repositories in one write.
+    pub(crate) fn presence_change_many(
         &self,
         key: &Key,
         uuids: &[protocol::Uuid],
         status: Status,
-    ) -> Result<Vec<u8>> {
+    ) -> Change {
         let now = log_clock_now();
         let uuids = uuids.to_vec();
-        let change = self.change(presence::location_log_path(key), move |old| {
+        self.change(presence::location_log_path(key), move |old| {
             let mut content = old.to_vec();
             for u in &uuids {
                 content = presence::record(&content, u.as_str(), status, now);
             }
             content
-        });
-        self.committer.commit_change(change)
+        })
     }
 
     /// Repositories the location log says have `key`.

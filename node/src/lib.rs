@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod fs;
 pub mod gateway;
 pub mod git;
 pub mod health;

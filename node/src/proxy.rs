@@ -449,7 +449,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
 
 /// Records `uuids` for `key` in the gateway's journal.
 fn record(gateway: &Store, key: &Key, uuids: &[Uuid], status: Status) {
-    if let Err(e) = gateway.journal().record_presence_many(key, uuids, status) {
+    if let Err(e) = gateway.record_presence_many(key, uuids, status) {
         tracing::info!("cannot record location of {key}: {e}");
     }
 }

@@ -13,7 +13,7 @@
 //!   for [`LOCK_RETENTION`] through a small marker file, as git-annex does.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,6 +52,9 @@ pub struct Store {
     objects: PathBuf,
     tmp: PathBuf,
     retention: PathBuf,
+    /// Commits this store's objects and records with the other writes of its
+    /// file system (`group`).
+    committer: std::sync::Arc<group::Committer>,
     /// Uploads begun through this handle and its clones (for metrics, and
     /// the simulations that count the PUTs each node receives).
     uploads: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -76,6 +79,7 @@ impl Store {
             tmp: annex.join("tmp"),
             retention: annex.join("annexmesh").join("lock-retention"),
             uploads: Default::default(),
+            committer: group::for_path(&repo.git_dir),
             repo,
         }
     }
@@ -104,7 +108,7 @@ impl Store {
     /// Every change to the store records its location-log line, as git-annex
     /// does. A failure to record is reported but loses no content.
     fn record(&self, key: &Key, status: Status) {
-        match self.journal.record_presence(key, &self.repo.uuid, status) {
+        match self.record_presence(key, &self.repo.uuid, status) {
             Ok(content) => {
                 if let Some(observer) = &self.observer {
                     observer.changed(&presence::location_log_path(key), &content);
@@ -119,8 +123,32 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn isolate_committer(&mut self) -> std::sync::Arc<group::Committer> {
         let c = std::sync::Arc::new(group::Committer::default());
-        self.journal.set_committer(c.clone());
+        self.committer = c.clone();
         c
+    }
+
+    /// Records that repository `uuid` now has (or lacks) `key`'s content, in
+    /// this store's journal. Returns the location log's new content.
+    /// Concurrent records share their lock take and fsyncs (group commit).
+    pub fn record_presence(
+        &self,
+        key: &Key,
+        uuid: &protocol::Uuid,
+        status: Status,
+    ) -> Result<Vec<u8>> {
+        self.committer
+            .commit_change(self.journal.presence_change(key, uuid, status))
+    }
+
+    /// [`Store::record_presence`] for several repositories in one write.
+    pub fn record_presence_many(
+        &self,
+        key: &Key,
+        uuids: &[protocol::Uuid],
+        status: Status,
+    ) -> Result<Vec<u8>> {
+        self.committer
+            .commit_change(self.journal.presence_change_many(key, uuids, status))
     }
 
     /// Tells `observer` about every branch file this store changes (the mesh's
@@ -320,7 +348,7 @@ impl Store {
         let record = self
             .journal
             .presence_change(&key, &self.repo.uuid, Status::Present);
-        let outcome = self.journal.committer().commit_object(group::ObjectJob {
+        let outcome = self.committer.commit_object(group::ObjectJob {
             file,
             tmp: path,
             dest,
@@ -662,35 +690,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .context(|| format!("fsync {}", dir.display()))
 }
 
-/// Writes a small file atomically: temp file in the same directory, fsync, rename,
-/// fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_via(path.parent().unwrap_or(Path::new(".")), path, bytes)
-}
-
-/// Like [`write_atomic`], with the temp file in `tmp_dir` (same file system), for
-/// directories whose every file means something (git-annex's journal).
-pub fn write_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = tmp_dir.join(format!(".{name}.tmp{}-{n}", std::process::id()));
-    let result = (|| -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.context(|| format!("writing {}", path.display()))
-}
+pub use crate::fs::{write_atomic, write_atomic_via};
 
 pub(crate) mod group;
 

@@ -361,7 +361,6 @@ fn five_thousand_journal_entries_make_one_commit() {
     for i in 0..5000u32 {
         let key = key_of(format!("content {i}").as_bytes());
         store
-            .journal()
             .record_presence(&key, store.uuid(), Status::Present)
             .unwrap();
         keys.push(key);
@@ -448,7 +447,6 @@ fn forty_thousand_keys_in_one_commit() {
     for i in 0..100u32 {
         let key = key_of(format!("more {i}").as_bytes());
         store
-            .journal()
             .record_presence(&key, store.uuid(), Status::Present)
             .unwrap();
     }
@@ -461,7 +459,6 @@ fn forty_thousand_keys_in_one_commit() {
     )
     .unwrap();
     store
-        .journal()
         .record_presence(&drop_key, store.uuid(), Status::Absent)
         .unwrap();
     let start = Instant::now();
@@ -511,12 +508,13 @@ fn union_merge_loses_no_line_either_way() {
         uuid_based::record(old, &uuid_b, "mesh", now)
     })
     .unwrap();
-    j.record_presence(
-        &k1,
-        &protocol::Uuid::parse(&uuid_x).unwrap(),
-        Status::Present,
-    )
-    .unwrap();
+    store
+        .record_presence(
+            &k1,
+            &protocol::Uuid::parse(&uuid_x).unwrap(),
+            Status::Present,
+        )
+        .unwrap();
     let ours = branch::read(&gd).unwrap();
     branch::commit(&gd, "annexmesh: ours").unwrap().unwrap();
 
@@ -755,10 +753,7 @@ fn concurrent_journal_writes_survive_commits() {
             let mut keys = Vec::new();
             for i in 0..600u32 {
                 let key = key_of(format!("busy {i}").as_bytes());
-                store
-                    .journal()
-                    .record_presence(&key, &uuid, Status::Present)
-                    .unwrap();
+                store.record_presence(&key, &uuid, Status::Present).unwrap();
                 // The same file, over and over: the likeliest to race.
                 store
                     .journal()

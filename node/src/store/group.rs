@@ -346,32 +346,7 @@ fn commit_batch(batch: Vec<(u64, Job)>, fail_sync: Option<&str>) -> Vec<(u64, Ou
     out.into_iter().collect()
 }
 
-/// Makes `files` durable (their data, and the metadata needed to read it;
-/// all of it with `full`), each result in order. Several files on one file
-/// system take one `syncfs` (one disk cache flush for all); a lone file, or a
-/// failed `syncfs`, takes its own `fdatasync`/`fsync`, which also tells
-/// which file failed.
-pub(crate) fn sync_many(files: &[&File], full: bool) -> Vec<std::io::Result<()>> {
-    let one = |f: &File| if full { f.sync_all() } else { f.sync_data() };
-    if files.len() < 2 {
-        return files.iter().map(|f| one(f)).collect();
-    }
-    let mut by_dev: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-    for (i, f) in files.iter().enumerate() {
-        let dev = f.metadata().map_or(u64::MAX, |m| m.dev());
-        by_dev.entry(dev).or_default().push(i);
-    }
-    let mut results: Vec<std::io::Result<()>> = files.iter().map(|_| Ok(())).collect();
-    for idx in by_dev.values() {
-        let whole = idx.len() >= 2 && crate::sys::syncfs(files[idx[0]]).is_ok();
-        if !whole {
-            for &i in idx {
-                results[i] = one(files[i]);
-            }
-        }
-    }
-    results
-}
+pub(crate) use crate::fs::sync_many;
 
 /// Moves one durable temp file into place; returns the directories whose
 /// entries changed (the key directory, and the parent of each one created).
