@@ -50,8 +50,6 @@ use crate::logs::{presence, uuid_based};
 use crate::preferred::{Context, Expr, Facts};
 use crate::uuid::Uuid;
 
-use super::repair::{Needs, Placement};
-
 /// The per-cluster policy log.
 pub const REPLICATION_LOG: &str = "annexmesh/replication.log";
 
@@ -230,6 +228,54 @@ pub fn record_cluster(content: &[u8], cluster: &Uuid, rule: &Rule, now: i64) -> 
 pub fn record_override(content: &[u8], cluster: &Uuid, rule: Option<&Rule>, now: i64) -> Vec<u8> {
     let value = rule.map(Rule::value).unwrap_or_default();
     record_map(content, cluster.as_str(), &value, now)
+}
+
+/// What the policy and preferred content say of one key. `wanting[i]` and
+/// `required[i]` are about `nodes[i]` of [`Placement::needs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    pub effective: Effective,
+    pub wanting: Vec<bool>,
+    pub required: Vec<bool>,
+}
+
+impl Default for Needs {
+    fn default() -> Needs {
+        Needs {
+            effective: resolve(Default::default(), 1, 1),
+            wanting: Vec::new(),
+            required: Vec::new(),
+        }
+    }
+}
+
+impl Needs {
+    /// Sized for `n` nodes, nobody wanting or requiring, the numbers of
+    /// an empty rule with numcopies 1.
+    pub fn reset(&mut self, n: usize) {
+        self.effective = Needs::default().effective;
+        self.wanting.clear();
+        self.wanting.resize(n, false);
+        self.required.clear();
+        self.required.resize(n, false);
+    }
+}
+
+/// The caller's knowledge of policy and preferred content
+/// ([`PreferredPlacement`] reads them from the branch).
+pub trait Placement {
+    /// Fills `out` (already [`Needs::reset`] to `nodes.len()`) for `key`,
+    /// which the location log says `holders` have.
+    fn needs(&self, key: &Key, holders: &[&Uuid], nodes: &[Uuid], out: &mut Needs);
+}
+
+impl<F> Placement for F
+where
+    F: Fn(&Key, &[&Uuid], &[Uuid], &mut Needs),
+{
+    fn needs(&self, key: &Key, holders: &[&Uuid], nodes: &[Uuid], out: &mut Needs) {
+        self(key, holders, nodes, out)
+    }
 }
 
 /// The policy as read from the branch: clusters' rules and keys' overrides.

@@ -14,6 +14,9 @@
 //! Received changes are written to the repository's `git-annex` branch in
 //! batches by [`Persist`].
 
+pub mod health;
+pub mod keeper;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

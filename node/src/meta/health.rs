@@ -82,7 +82,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 
 /// This repository's `annex.diskreserve`.
 pub fn diskreserve(repo: &crate::Repo) -> u64 {
-    crate::cluster::config_get(&repo.top, "annex.diskreserve")
+    crate::repo::gitconfig::config_get(&repo.top, "annex.diskreserve")
         .ok()
         .flatten()
         .and_then(|v| parse_size(&v))

@@ -1,6 +1,9 @@
 //! File-system helpers below every store and journal: atomic writes (temp
 //! file, fsync, rename, fsync the directory) and syncing many files at once.
 
+pub mod clock;
+pub mod sys;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};

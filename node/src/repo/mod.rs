@@ -2,6 +2,15 @@
 //! bare) or a bare annexmesh repository, which has the same layout as a bare
 //! git-annex repository so that stock git-annex can use it too.
 
+pub mod branch;
+pub mod busy;
+pub mod config;
+pub mod gitconfig;
+pub mod init;
+pub mod journal;
+pub mod store;
+pub mod watch;
+
 use std::path::{Path, PathBuf};
 
 use protocol::Uuid;

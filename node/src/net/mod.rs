@@ -6,6 +6,10 @@
 //! The annex P2P protocol runs as the stream protocol [`P2P_PROTOCOL`]: one
 //! stream is one P2P connection, byte for byte what git-annex sends over ssh.
 
+pub mod auth;
+pub mod members;
+pub mod remote;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -20,8 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
 
-/// Size of the read and write buffers of a session, and of payload chunks.
-pub const IO_BUFFER: usize = 1 << 20;
+pub use crate::backend::IO_BUFFER;
 
 /// One line read from a peer.
 pub(crate) enum LineRead {

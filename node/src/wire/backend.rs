@@ -15,8 +15,10 @@ use protocol::{AssociatedFile, Key, Uuid};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{IoContext, Result};
-use crate::session::IO_BUFFER;
 use crate::store::{ContentLock, Store, Stored, Upload};
+
+/// Size of the read and write buffers of a session, and of payload chunks.
+pub const IO_BUFFER: usize = 1 << 20;
 
 /// The answer to a `REMOVE`, or to a `PUT`'s `DATA`/`DATA-PRESENT`: whether
 /// it succeeded, and the other repositories it changed (a gateway's nodes,
