@@ -149,6 +149,7 @@ impl ClusterSim {
             let addr = sim.addr(&names[b])?;
             sim.net(&names[a])?.dial(&addr).await?;
         }
+        keep_gateways_connected(sim, &names, &metas)?;
         let c = ClusterSim {
             cluster,
             gateways: names,
@@ -240,4 +241,58 @@ async fn watch(watcher: node::watch::Watcher, meta: std::sync::Weak<Meta>) {
             }
         }
     }
+}
+
+/// The gateways are members of one mesh, as daemons joined by invitations
+/// are: each gateway's membership and addresses logs list every gateway,
+/// and a member keeper (`node::keeper`) keeps it connected to the others
+/// and records who it reaches, which routing takes as liveness (a gateway
+/// it cannot reach is routed around).
+fn keep_gateways_connected(
+    sim: &Sim,
+    names: &[String],
+    metas: &BTreeMap<String, Arc<Meta>>,
+) -> Result<()> {
+    use protocol::logs::catalog::record_map;
+    use protocol::logs::members::{Entry, MEMBERS_LOG};
+    use protocol::logs::view::ADDRESSES_LOG;
+    let mut members_log = Vec::new();
+    let mut addresses_log = Vec::new();
+    for g in names {
+        let entry = Entry::Member {
+            uuid: sim.uuid(g)?.to_string(),
+            role: protocol::server::ServeMode::ReadWrite,
+        };
+        members_log = record_map(
+            &members_log,
+            &sim.peer_id(g)?.to_string(),
+            &entry.value(),
+            1,
+        );
+        addresses_log = record_map(
+            &addresses_log,
+            sim.uuid(g)?.as_str(),
+            &sim.addr(g)?.to_string(),
+            1,
+        );
+    }
+    let lines = String::from_utf8_lossy(&members_log).into_owned();
+    for g in names {
+        let meta = &metas[g];
+        meta.record_local(MEMBERS_LOG, &members_log);
+        meta.record_local(ADDRESSES_LOG, &addresses_log);
+        let members = Arc::new(node::members::Members::new(
+            sim.peer_id(g)?,
+            Default::default(),
+        ));
+        members.update(lines.lines());
+        let store = sim.store(g)?;
+        tokio::spawn(node::keeper::keep(
+            sim.net(g)?,
+            members,
+            Arc::downgrade(meta),
+            node::config::state_dir(store.repo()),
+        ));
+    }
+    Ok(())
 }

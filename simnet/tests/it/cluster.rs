@@ -108,3 +108,40 @@ async fn a_put_reaches_every_node_once_on_a_ring() {
 async fn a_put_reaches_every_node_once_on_a_full_mesh() {
     exactly_once(Shape::FullMesh, 5).await;
 }
+
+/// A gateway crashes: the others route around it (here, the ring's other
+/// way), and a PUT still reaches every node that can be reached, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_gateway_is_routed_around() {
+    let (mut sim, c) = build(Shape::Ring, 4).await;
+    let g2n0 = sim.uuid("g2n0").unwrap();
+    let g1 = sim.uuid("g1").unwrap();
+    let g3 = sim.uuid("g3").unwrap();
+    let hops = |sim: &Sim| {
+        node::topology::routes(&sim.store("g0").unwrap(), &c.cluster)
+            .unwrap()
+            .and_then(|r| r.get(&g2n0).map(|r| r.hops.clone()))
+    };
+    let before = hops(&sim).unwrap();
+    // Crash whichever neighbour g0 goes through to reach g2.
+    let (down, other) = if before.first() == Some(&g1) {
+        ("g1", &g3)
+    } else {
+        ("g3", &g1)
+    };
+    sim.crash(down).await.unwrap();
+    simnet::wait_until("g0 to route around the crashed gateway", LIMIT, || {
+        hops(&sim).is_some_and(|h| h.first() == Some(other))
+    })
+    .await
+    .unwrap();
+    let before = c.uploads(&sim).unwrap();
+    let key = put_through(&mut sim, &c, "g0").await;
+    let after = c.uploads(&sim).unwrap();
+    let cut_off = format!("{down}n0");
+    for n in c.all_nodes() {
+        let want = u64::from(n != cut_off);
+        assert_eq!(after[&n] - before[&n], want, "PUTs to {n}");
+        assert_eq!(sim.store(&n).unwrap().contains(&key), n != cut_off, "{n}");
+    }
+}
