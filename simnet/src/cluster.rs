@@ -279,14 +279,18 @@ fn keep_gateways_connected(
     let lines = String::from_utf8_lossy(&members_log).into_owned();
     for g in names {
         let meta = &metas[g];
-        meta.record_local(MEMBERS_LOG, &members_log);
-        meta.record_local(ADDRESSES_LOG, &addresses_log);
+        let store = sim.store(g)?;
+        for (path, content) in [(MEMBERS_LOG, &members_log), (ADDRESSES_LOG, &addresses_log)] {
+            let merged = store.journal().modify(path, |old| {
+                node::branch::merge_file(path, &[old, content.as_slice()])
+            })?;
+            meta.record_local(path, &merged);
+        }
         let members = Arc::new(node::members::Members::new(
             sim.peer_id(g)?,
             Default::default(),
         ));
         members.update(lines.lines());
-        let store = sim.store(g)?;
         tokio::spawn(node::keeper::keep(
             sim.net(g)?,
             members,
