@@ -167,6 +167,40 @@ impl ClusterSim {
         Ok(c)
     }
 
+    /// Adds mesh node `name` to gateway `g` (a new peer, a remote of `g`) and
+    /// runs `updatecluster` there.
+    pub async fn add_node(&mut self, sim: &mut Sim, g: &str, name: &str) -> Result<Uuid> {
+        sim.add_peer(name).await?;
+        let dir = sim.store(g)?.repo().git_dir.clone();
+        let addr = sim.addr(name)?;
+        let uuid = sim.uuid(name)?;
+        git_config(
+            &dir,
+            &format!("remote.{name}.url"),
+            &format!("p2p-annex::libp2p:{addr}"),
+        )?;
+        git_config(&dir, &format!("remote.{name}.annex-uuid"), uuid.as_str())?;
+        git_config(&dir, &format!("remote.{name}.annex-cluster-node"), "c")?;
+        if let Some(list) = self.nodes.get_mut(g) {
+            list.push(name.to_owned());
+        }
+        self.update(sim, g).await?;
+        Ok(uuid)
+    }
+
+    /// Whether gateway `g` routes to `node` now.
+    pub fn routes_to(&self, sim: &Sim, g: &str, node: &Uuid) -> Result<bool> {
+        Ok(node::topology::routes(&sim.store(g)?, &self.cluster)?
+            .is_some_and(|r| r.get(node).is_some()))
+    }
+
+    /// Whether gateway `g`'s routes avoid gateway `via` (and still reach
+    /// something).
+    pub fn routes_avoid(&self, sim: &Sim, g: &str, via: &Uuid) -> Result<bool> {
+        Ok(node::topology::routes(&sim.store(g)?, &self.cluster)?
+            .is_some_and(|r| r.iter().all(|route| !route.hops.contains(via))))
+    }
+
     /// `updatecluster` on gateway `g`, and its changes gossiped.
     pub async fn update(&self, sim: &Sim, g: &str) -> Result<()> {
         let store = sim.store(g)?;
