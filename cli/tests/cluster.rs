@@ -322,6 +322,21 @@ impl Lab {
         (daemon, with_target, path)
     }
 
+    /// Runs `args` in `dir` with `path` as PATH (our libp2p helper first)
+    /// and `addr` as `$ADDR`; its stdout, or a panic with its output.
+    fn run_p2p(&self, dir: &Path, args: &[&str], path: &std::ffi::OsStr, addr: &str) -> String {
+        let mut c = self.command(Path::new(args[0]), dir);
+        c.args(&args[1..]).env("PATH", path).env("ADDR", addr);
+        let f = support::run_with_timeout(&mut c, TIMEOUT);
+        assert!(
+            f.status.success(),
+            "{args:?} failed:\n{}\n{}",
+            f.stdout,
+            f.stderr
+        );
+        f.stdout
+    }
+
     /// Runs our binary as `git-annex-shell p2pstdio G <client> --uuid <uuid>`
     /// with `input` on stdin (then EOF).
     fn p2pstdio(&self, uuid: &str, input: &[u8]) -> (std::process::ExitStatus, String, String) {
@@ -1403,20 +1418,7 @@ fn stock_client_over_libp2p_to_the_cluster() {
     lab.annexmesh(&lab.g, &["updatecluster"]).ok();
     let (mut daemon, with_target, path) = lab.cluster_over_p2p_annex();
     let client = lab.root.join("P");
-    let run = |args: &[&str], dir: &Path| {
-        let mut c = lab.command(Path::new(args[0]), dir);
-        c.args(&args[1..])
-            .env("PATH", &path)
-            .env("ADDR", &with_target);
-        let f = support::run_with_timeout(&mut c, TIMEOUT);
-        assert!(
-            f.status.success(),
-            "{args:?} failed:\n{}\n{}",
-            f.stdout,
-            f.stderr
-        );
-        f.stdout
-    };
+    let run = |args: &[&str], dir: &Path| lab.run_p2p(dir, args, &path, &with_target);
     run(&["git", "init", "-q", "P"], &lab.root);
     run(&["git", "annex", "init", "-q", "P"], &client);
     run(

@@ -81,14 +81,7 @@ fn annexmesh(args: &[&str], cwd: &Path) -> std::process::Output {
 }
 
 fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = annexmesh(args, cwd);
-    assert!(
-        out.status.success(),
-        "annexmesh {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::succeeded(annexmesh(args, cwd), &format!("annexmesh {args:?}"))
 }
 
 fn object_path(repo: &Path, key: &str) -> PathBuf {

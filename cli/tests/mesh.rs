@@ -44,14 +44,10 @@ impl Mesh {
     }
 
     fn ok(&self, name: &str, args: &[&str]) -> String {
-        let out = self.run(name, args);
-        assert!(
-            out.status.success(),
-            "annexmesh --repo {name} {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        support::succeeded(
+            self.run(name, args),
+            &format!("annexmesh --repo {name} {args:?}"),
+        )
     }
 
     fn init(&self, name: &str) -> String {

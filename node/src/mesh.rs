@@ -95,33 +95,7 @@ impl Mesh {
             record_map(old, &uuid, &addrs.join(" "), log_clock_now())
         })?;
         meta.record_local(ADDRESSES_LOG, &content);
-        let commit_dir = git_dir.clone();
-        let nudge = crate::session::COMMITTER
-            .get_or_init(|| Arc::new(tokio::sync::Notify::new()))
-            .clone();
-        let committer = tokio::spawn(async move {
-            let mut every = tokio::time::interval(JOURNAL_COMMIT_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    () = nudge.notified() => {
-                        // Sessions ending together share the commit.
-                        tokio::time::sleep(SESSION_COMMIT_DELAY).await;
-                    }
-                }
-                let dir = commit_dir.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    // Every journal this process wrote (a gateway's local
-                    // nodes too), and its own repository's whoever wrote it.
-                    crate::branch::commit_written("annexmesh: record changes")?;
-                    crate::branch::commit(&dir, "annexmesh: record changes")
-                })
-                .await;
-                if let Ok(Err(e)) = r {
-                    tracing::warn!("committing the journal: {e}");
-                }
-            }
-        });
+        let committer = spawn_committer(git_dir.clone());
         let reconfigure = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch(watcher, Arc::downgrade(&meta), reconfigure.clone()));
         let mut tasks = vec![tokio::spawn(follow_topology(
@@ -130,43 +104,10 @@ impl Mesh {
         ))];
         let mut health = None;
         if let Some(members) = members {
-            health = Some(
-                crate::health::Health::start(
-                    peer.net.clone(),
-                    peer.store.clone(),
-                    members.clone(),
-                    monitor,
-                )
-                .await?,
-            );
-            let joins = peer
-                .net
-                .control()
-                .accept(crate::members::JOIN_PROTOCOL)
-                .map_err(|e| crate::error::Error::Protocol(format!("join protocol: {e}")))?;
-            tasks.push(tokio::spawn(crate::members::serve_joins(
-                crate::members::JoinServer {
-                    invites: crate::members::Invites::new(&state_dir),
-                    journal: peer.store.journal().clone(),
-                    me: peer.net.peer_id(),
-                    uuid: peer.store.uuid().to_string(),
-                    spread: {
-                        let meta = Arc::downgrade(&meta);
-                        Box::new(move |path: &str, content: &[u8]| {
-                            if let Some(m) = meta.upgrade() {
-                                m.record_local(path, content);
-                            }
-                        })
-                    },
-                },
-                joins,
-            )));
-            tasks.push(tokio::spawn(crate::keeper::keep(
-                peer.net.clone(),
-                members,
-                Arc::downgrade(&meta),
-                state_dir,
-            )));
+            let (h, more) =
+                start_member_services(&peer, &meta, members, state_dir, monitor).await?;
+            health = Some(h);
+            tasks.extend(more);
         }
         Ok(Mesh {
             peer,
@@ -203,8 +144,10 @@ impl Mesh {
 }
 
 /// Gossips every change to the repository's metadata that did not come
-/// through this daemon's own store: polls the journal and the branch.
-async fn watch(
+/// through this daemon's own store: polls the journal and the branch, and
+/// wakes `reconfigure` when the topology's files change. Ends when `meta`
+/// is gone. (The simulations run it for their gateways too.)
+pub async fn watch(
     watcher: crate::watch::Watcher,
     meta: std::sync::Weak<Meta>,
     reconfigure: Arc<tokio::sync::Notify>,
@@ -259,4 +202,82 @@ async fn follow_topology(top: PathBuf, changed: Arc<tokio::sync::Notify>) {
             Err(e) => tracing::warn!("following the topology: {e}"),
         }
     }
+}
+
+/// The journal committer: every [`JOURNAL_COMMIT_INTERVAL`], and soon after
+/// a session ends ([`crate::session::record_state`] nudges it).
+fn spawn_committer(commit_dir: PathBuf) -> tokio::task::JoinHandle<()> {
+    let nudge = crate::session::COMMITTER
+        .get_or_init(|| Arc::new(tokio::sync::Notify::new()))
+        .clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(JOURNAL_COMMIT_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = nudge.notified() => {
+                    // Sessions ending together share the commit.
+                    tokio::time::sleep(SESSION_COMMIT_DELAY).await;
+                }
+            }
+            let dir = commit_dir.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                // Every journal this process wrote (a gateway's local
+                // nodes too), and its own repository's whoever wrote it.
+                crate::branch::commit_written("annexmesh: record changes")?;
+                crate::branch::commit(&dir, "annexmesh: record changes")
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!("committing the journal: {e}");
+            }
+        }
+    })
+}
+
+/// What a daemon with members runs: heartbeats and the monitor, the join
+/// server, and the member keeper.
+async fn start_member_services(
+    peer: &Peer,
+    meta: &Arc<Meta>,
+    members: Arc<crate::members::Members>,
+    state_dir: PathBuf,
+    monitor: protocol::replication::MonitorConfig,
+) -> Result<(Arc<crate::health::Health>, Vec<tokio::task::JoinHandle<()>>)> {
+    let health = crate::health::Health::start(
+        peer.net.clone(),
+        peer.store.clone(),
+        members.clone(),
+        monitor,
+    )
+    .await?;
+    let joins = peer
+        .net
+        .control()
+        .accept(crate::members::JOIN_PROTOCOL)
+        .map_err(|e| crate::error::Error::Protocol(format!("join protocol: {e}")))?;
+    let joiner = tokio::spawn(crate::members::serve_joins(
+        crate::members::JoinServer {
+            invites: crate::members::Invites::new(&state_dir),
+            journal: peer.store.journal().clone(),
+            me: peer.net.peer_id(),
+            uuid: peer.store.uuid().to_string(),
+            spread: {
+                let meta = Arc::downgrade(meta);
+                Box::new(move |path: &str, content: &[u8]| {
+                    if let Some(m) = meta.upgrade() {
+                        m.record_local(path, content);
+                    }
+                })
+            },
+        },
+        joins,
+    ));
+    let keeper = tokio::spawn(crate::keeper::keep(
+        peer.net.clone(),
+        members,
+        Arc::downgrade(meta),
+        state_dir,
+    ));
+    Ok((health, vec![joiner, keeper]))
 }

@@ -142,7 +142,11 @@ impl ClusterSim {
             // As a daemon does: what the gateway's sessions write to its
             // journal is gossiped.
             let watcher = node::watch::Watcher::new(&sim.store(g)?.repo().git_dir)?;
-            tokio::spawn(watch(watcher, Arc::downgrade(&meta)));
+            tokio::spawn(node::mesh::watch(
+                watcher,
+                Arc::downgrade(&meta),
+                Arc::new(tokio::sync::Notify::new()),
+            ));
             metas.insert(g.clone(), meta);
         }
         for &(a, b) in &links {
@@ -254,26 +258,6 @@ impl ClusterSim {
             .into_iter()
             .map(|n| Ok((n.clone(), sim.store(&n)?.uploads_begun())))
             .collect()
-    }
-}
-
-/// Polls a gateway's journal and branch and gossips what changed, as
-/// `annexmesh daemon` does, until its metadata service is gone.
-async fn watch(watcher: node::watch::Watcher, meta: std::sync::Weak<Meta>) {
-    let watcher = Arc::new(std::sync::Mutex::new(watcher));
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let w = watcher.clone();
-        let changes = tokio::task::spawn_blocking(move || {
-            w.lock().unwrap_or_else(|p| p.into_inner()).changes()
-        })
-        .await;
-        let Some(meta) = meta.upgrade() else { return };
-        if let Ok(Ok(files)) = changes {
-            for (path, content) in files {
-                meta.record_local(&path, &content);
-            }
-        }
     }
 }
 

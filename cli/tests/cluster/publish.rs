@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CLUSTER, Lab, TIMEOUT, support};
+use super::{CLUSTER, Lab, TIMEOUT};
 
 impl Lab {
     /// G's master takes C's commits, as when the dataset is cloned onto the
@@ -192,17 +192,7 @@ fn a_second_clone_sees_what_came_over_libp2p() {
     lab.publish_master();
     let (mut daemon, with_target, path) = lab.cluster_over_p2p_annex();
     let run = |args: &[&str]| {
-        let mut c = lab.command(Path::new(args[0]), &lab.c);
-        c.args(&args[1..])
-            .env("PATH", &path)
-            .env("ADDR", &with_target);
-        let f = support::run_with_timeout(&mut c, TIMEOUT);
-        assert!(
-            f.status.success(),
-            "{args:?} failed:\n{}\n{}",
-            f.stdout,
-            f.stderr
-        );
+        lab.run_p2p(&lab.c, args, &path, &with_target);
     };
     run(&[
         "sh",

@@ -403,3 +403,15 @@ pub fn wait_for_branch_line(git_dir: &Path, file: &str, text: &str, timeout: std
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// A finished command's stdout; a panic naming `what`, with its output, if
+/// it failed.
+pub fn succeeded(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -25,6 +25,8 @@ pub const HEALTH_TOPIC: &str = "annexmesh/health/1";
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the monitor looks for silent members.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the state file is rewritten for metrics alone.
+const STATE_REFRESH: Duration = Duration::from_secs(10);
 /// Largest heartbeat accepted.
 const MAX_BEAT: usize = 1024;
 /// git-annex's default `annex.diskreserve`.
@@ -282,6 +284,8 @@ async fn listen(
 async fn tick(health: Weak<Health>, members: Arc<Members>) {
     let mut every = tokio::time::interval(TICK);
     let mut written = String::new();
+    let mut states = Vec::new();
+    let mut last_write = Instant::now();
     loop {
         every.tick().await;
         let Some(h) = health.upgrade() else { return };
@@ -298,13 +302,28 @@ async fn tick(health: Weak<Health>, members: Arc<Members>) {
             }
         }
         let text = h.render();
-        if text != written {
+        // Free space moves all the time: rewritten (and synced) at once when
+        // a member's state or the alerts change, else at most every
+        // STATE_REFRESH.
+        let now_states: Vec<String> = text.lines().map(state_part).collect();
+        let due = now_states != states || last_write.elapsed() >= STATE_REFRESH;
+        if text != written && due {
             if let Err(e) = write_state(&h.state_file, &text) {
                 tracing::debug!("writing the health state: {e}");
             }
             written = text;
+            states = now_states;
+            last_write = Instant::now();
         }
     }
+}
+
+/// A state-file line without its metrics: a node's uuid and state, or an alert.
+fn state_part(line: &str) -> String {
+    line.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn write_state(path: &Path, text: &str) -> crate::Result<()> {
