@@ -96,9 +96,15 @@ pub async fn run(
             sync_interval: std::time::Duration::from_secs(5),
             ..MetaOptions::default()
         },
-        protocol::replication::MonitorConfig {
-            suspect_after_ms,
-            ..protocol::replication::MonitorConfig::default()
+        node::mesh::Services {
+            monitor: protocol::replication::MonitorConfig {
+                suspect_after_ms,
+                ..protocol::replication::MonitorConfig::default()
+            },
+            branch_sync: std::env::current_exe()
+                .ok()
+                .map(node::cluster::heads::Helper),
+            relay: true,
         },
     )
     .await?;

@@ -178,6 +178,16 @@ enum Command {
     /// Cluster nodes beyond local repositories.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// git's `ext::` transport to a peer's repository over the mesh (used by
+    /// the gateways' branch sync): `CONNECT SERVICE` to ADDRESS, relaying
+    /// stdin and stdout, through the repository's daemon when one runs.
+    #[command(name = "git-connect", hide = true)]
+    GitConnect {
+        #[arg(long, value_name = "DIR")]
+        git_dir: PathBuf,
+        service: String,
+        address: String,
+    },
     /// Stand in for git-annex-shell (configlist, p2pstdio), with its arguments.
     #[command(name = "annex-shell", disable_help_flag = true)]
     AnnexShell {
@@ -294,6 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whereis { key, json } => query::whereis(&repo, &key, json),
         Command::Info { peer, json } => query::info(&repo, peer.as_deref(), json),
+        Command::GitConnect {
+            git_dir,
+            service,
+            address,
+        } => runtime.block_on(mesh::git_connect(&git_dir, &service, &address)),
         Command::Initcluster { name } => cluster::initcluster(&repo, &name),
         Command::Updatecluster => runtime.block_on(cluster::updatecluster(&repo)),
         Command::Extendcluster { remote, name } => {

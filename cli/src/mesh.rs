@@ -188,3 +188,31 @@ pub fn leave(path: &Path) -> anyhow::Result<ExitCode> {
     println!("left the mesh ({peer})");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `annexmesh git-connect --git-dir DIR SERVICE ADDRESS`: git's `ext::`
+/// transport over the mesh. Dials as the repository (its identity, its
+/// uuid, no token: a member's grant), through its daemon when one runs.
+pub async fn git_connect(git_dir: &Path, service: &str, address: &str) -> anyhow::Result<ExitCode> {
+    let repo = open(git_dir)?;
+    let state = state_dir(&repo);
+    let key = load_or_create_identity(&state)?;
+    let address = node::net::PeerAddress::parse(address)?;
+    let service = match service {
+        "git-upload-pack" => protocol::Service::UploadPack,
+        "git-receive-pack" => protocol::Service::ReceivePack,
+        other => bail!("unknown git service {other:?}"),
+    };
+    let dialer = node::remote::Dialer::for_repo(&state, &key)?;
+    let stream = dialer.open(&address).await?;
+    let token = protocol::AuthToken::parse("").context("empty token")?;
+    let code = node::git::connect_service(
+        stream,
+        &repo.uuid,
+        &token,
+        service,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+    )
+    .await?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}

@@ -1953,8 +1953,21 @@ fn gateways_on_the_mesh() {
         .ok();
     assert_eq!(std::fs::read(object(&lab.nodes[3])).expect("on N4"), data);
     assert!(!object(&lab.nodes[4]).exists());
-    // Every session G served reached H over G's daemon's one connection
-    // (issue 9, item 4): H saw G connect once, not once per session.
+    // Stock git-annex over ssh: each copy is an annex-shell process on G's
+    // host, which reaches H through G's daemon (its relay socket), not over
+    // a swarm and connection of its own.
+    let lab = lab.with_client();
+    lab.annex_c(&["copy", "--to", &format!("G-{CLUSTER}")]).ok();
+    for file in ["hello.txt", "onemeg.bin"] {
+        let key = lab.key_of(file);
+        assert!(
+            lab.node_has(3, &key, None),
+            "{file} did not reach H's node N4"
+        );
+    }
+    // Every session G served, its daemon's and annex-shell's, reached H over
+    // G's daemon's one connection (issue 9, item 4): H saw G connect once,
+    // not once per session.
     assert_eq!(
         connects_from(&h_daemon, &g_peer) - setup_connects,
         1,

@@ -344,3 +344,122 @@ fn members_are_monitored_and_policies_spread() {
             .success()
     );
 }
+
+/// Runs git in `dir` (with an identity for commits); returns its stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    support::succeeded(out, &format!("git {args:?} in {}", dir.display()))
+}
+
+/// The commit `name` is at in the repository `git_dir`, if any.
+fn rev(git_dir: &Path, name: &str) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["rev-parse", "-q", "--verify", name])
+        .output()
+        .expect("git rev-parse");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Waits (bounded) until `name` in `git_dir` is at `sha`.
+fn wait_rev(git_dir: &Path, name: &str, sha: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = rev(git_dir, name);
+        if now.as_deref() == Some(sha) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} in {} is at {now:?}, never at {sha}",
+            git_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The gateways of a cluster keep their git branches in step over the mesh
+/// (issue 9, item 3; git-annex documents that "a branch pushed to one gateway
+/// will not be able to be pulled from another"): a branch pushed to G is
+/// pulled from H, and the other way; branches only move forward, so when the
+/// two have diverged each keeps its own and holds the other's beside it.
+#[test]
+fn branches_pushed_to_one_gateway_are_pulled_from_another() {
+    let m = Mesh::new();
+    m.init("G");
+    m.init("H");
+    let (_dg, _) = m.daemon("G");
+    let (dh, _) = m.daemon("H");
+    m.ok("H", &["join", &m.invite("G")]);
+    m.ok("G", &["initcluster", "c"]);
+    m.ok("G", &["updatecluster"]);
+    m.wait_for_line("H", "proxy.log", ":c");
+    m.wait_for_peer("H", "-- G [");
+    m.ok("H", &["extendcluster", "G", "c"]);
+    m.ok("H", &["updatecluster"]);
+    let (g, h) = (m.repo("G"), m.repo("H"));
+    let (g_uuid, h_uuid) = (git_config(&g, "annex.uuid"), git_config(&h, "annex.uuid"));
+
+    // A user pushes to G; another clones H and has it.
+    let u = m.root.join("U");
+    git(&m.root, &["init", "-q", "U"]);
+    std::fs::write(u.join("a.txt"), "one\n").expect("write");
+    git(&u, &["add", "a.txt"]);
+    git(&u, &["commit", "-q", "-m", "one"]);
+    git(&u, &["remote", "add", "G", g.to_str().expect("utf8")]);
+    git(&u, &["remote", "add", "H", h.to_str().expect("utf8")]);
+    git(&u, &["push", "-q", "G", "HEAD:refs/heads/main"]);
+    let one = rev(&u.join(".git"), "HEAD").expect("HEAD");
+    wait_rev(&h, "refs/heads/main", &one);
+    git(
+        &m.root,
+        &["clone", "-q", "-b", "main", h.to_str().expect("utf8"), "V"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.root.join("V/a.txt")).expect("cloned"),
+        "one\n"
+    );
+
+    // And back: a commit pushed to H moves G's branch forward.
+    std::fs::write(u.join("a.txt"), "two\n").expect("write");
+    git(&u, &["commit", "-q", "-am", "two"]);
+    git(&u, &["push", "-q", "H", "HEAD:refs/heads/main"]);
+    let two = rev(&u.join(".git"), "HEAD").expect("HEAD");
+    wait_rev(&g, "refs/heads/main", &two);
+
+    // Diverged while H's daemon was away: each keeps its own commit and
+    // holds the other's under refs/annexmesh/gateways/<uuid>/.
+    drop(dh);
+    std::fs::write(u.join("a.txt"), "three\n").expect("write");
+    git(&u, &["commit", "-q", "-am", "three"]);
+    git(&u, &["push", "-q", "G", "HEAD:refs/heads/main"]);
+    let three = rev(&u.join(".git"), "HEAD").expect("HEAD");
+    let v = m.root.join("V");
+    git(&v, &["pull", "-q", "--ff-only"]);
+    std::fs::write(v.join("b.txt"), "other\n").expect("write");
+    git(&v, &["add", "b.txt"]);
+    git(&v, &["commit", "-q", "-m", "other"]);
+    git(&v, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let other = rev(&v.join(".git"), "HEAD").expect("HEAD");
+    let (_dh, _) = m.daemon("H");
+    wait_rev(
+        &h,
+        &format!("refs/annexmesh/gateways/{g_uuid}/main"),
+        &three,
+    );
+    wait_rev(
+        &g,
+        &format!("refs/annexmesh/gateways/{h_uuid}/main"),
+        &other,
+    );
+    assert_eq!(rev(&h, "refs/heads/main").as_deref(), Some(other.as_str()));
+    assert_eq!(rev(&g, "refs/heads/main").as_deref(), Some(three.as_str()));
+}

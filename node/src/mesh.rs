@@ -43,6 +43,18 @@ impl Persist for BranchPersist {
     }
 }
 
+/// What a daemon runs beside serving and gossip.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    pub monitor: protocol::replication::MonitorConfig,
+    /// Keep the git branches in step with the other gateways of this
+    /// repository's clusters, fetching through this program
+    /// (`annexmesh git-connect`); `None`: not at all.
+    pub branch_sync: Option<crate::cluster::heads::Helper>,
+    /// Relay other processes' streams ([`crate::net::relay`]).
+    pub relay: bool,
+}
+
 pub struct Mesh {
     pub peer: Peer,
     pub meta: Arc<Meta>,
@@ -53,13 +65,15 @@ pub struct Mesh {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Heartbeats and the peer monitor, for a daemon with members.
     pub health: Option<Arc<crate::health::Health>>,
+    /// The relay socket, removed at shutdown.
+    relay: Option<PathBuf>,
 }
 
 impl Mesh {
     pub async fn start(
         mut options: PeerOptions,
         meta_options: MetaOptions,
-        monitor: protocol::replication::MonitorConfig,
+        services: Services,
     ) -> Result<Mesh> {
         let git_dir = options.store.repo().git_dir.clone();
         let members = options.members.clone();
@@ -102,10 +116,21 @@ impl Mesh {
             options_top.clone(),
             reconfigure,
         ))];
+        let relay = match services.relay {
+            true => start_relay(&peer, &state_dir, &mut tasks),
+            false => None,
+        };
+        if let Some(helper) = services.branch_sync {
+            tasks.push(tokio::spawn(crate::cluster::heads::run(
+                peer.store.clone(),
+                Arc::downgrade(&meta),
+                helper,
+            )));
+        }
         let mut health = None;
         if let Some(members) = members {
             let (h, more) =
-                start_member_services(&peer, &meta, members, state_dir, monitor).await?;
+                start_member_services(&peer, &meta, members, state_dir, services.monitor).await?;
             health = Some(h);
             tasks.extend(more);
         }
@@ -117,6 +142,7 @@ impl Mesh {
             watcher,
             tasks,
             health,
+            relay,
         })
     }
 
@@ -126,6 +152,9 @@ impl Mesh {
         self.watcher.abort();
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(path) = &self.relay {
+            let _ = std::fs::remove_file(path);
         }
         let cut = self.peer.shutdown().await;
         let meta = self.meta.clone();
@@ -140,6 +169,30 @@ impl Mesh {
         })
         .await;
         cut
+    }
+}
+
+/// Serves the relay socket; `None` (and a warning) when it cannot be bound
+/// (a path too long for a Unix socket, say): other processes then dial on
+/// their own.
+fn start_relay(
+    peer: &Peer,
+    state_dir: &std::path::Path,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Option<PathBuf> {
+    let path = crate::net::relay::socket_path(state_dir);
+    match crate::net::relay::bind(&path) {
+        Ok(listener) => {
+            tasks.push(tokio::spawn(crate::net::relay::serve(
+                listener,
+                peer.net.clone(),
+            )));
+            Some(path)
+        }
+        Err(e) => {
+            tracing::warn!("no stream relay for other processes: {e}");
+            None
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod cost;
 pub mod gateway;
+pub mod heads;
 pub mod nodes;
 pub mod proxy;
 pub mod resolve;

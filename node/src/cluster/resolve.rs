@@ -40,8 +40,8 @@ fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNod
                     return None;
                 }
             };
-            let key = match crate::config::load_or_create_identity(&crate::config::state_dir(repo))
-            {
+            let state_dir = crate::config::state_dir(repo);
+            let key = match crate::config::load_or_create_identity(&state_dir) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::info!("gateway identity: {e}");
@@ -49,8 +49,14 @@ fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNod
                 }
             };
             Some(crate::gateway::GatewayNode::Remote(Box::new(
-                crate::gateway::RemoteNode::mesh(n.uuid.clone(), n.remote.clone(), address, key)
-                    .with_cost(n.cost),
+                crate::gateway::RemoteNode::mesh(
+                    n.uuid.clone(),
+                    n.remote.clone(),
+                    address,
+                    key,
+                    state_dir,
+                )
+                .with_cost(n.cost),
             )))
         }
         Access::Local(_) => open_node(n).map(|s| crate::gateway::GatewayNode::Local(s, n.cost)),

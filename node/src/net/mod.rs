@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod members;
+pub mod relay;
 pub mod remote;
 
 use std::collections::HashMap;

@@ -1,21 +1,29 @@
 //! Our client side over libp2p: connect to a peer's repository and get a P2P
-//! session on it (used by `annexmesh put/get/drop/checkpresent`).
+//! session on it (used by `annexmesh put/get/drop/checkpresent`, gateways
+//! reaching their mesh nodes, the branch sync's git helper).
+
+use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
 use protocol::message::{MAX_VERSION, Version};
 use protocol::{AuthToken, Uuid};
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::error::{Error, Result};
-use crate::net::{BoxedTransport, Net, PeerAddress, build_swarm};
+use crate::net::{BoxedTransport, Net, PeerAddress, build_swarm, relay};
 use crate::session::ClientSession;
 
 /// Tries at opening an authenticated session before giving up.
 const CONNECT_ATTEMPTS: u64 = 8;
 
-pub type StreamSession =
-    ClientSession<ReadHalf<Compat<libp2p::Stream>>, WriteHalf<Compat<libp2p::Stream>>>;
+/// A byte stream to a peer's repository: a libp2p stream of this process's
+/// swarm, or one its repository's daemon relays ([`relay`]).
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+pub type PeerStream = Box<dyn Duplex>;
+
+pub type StreamSession = ClientSession<ReadHalf<PeerStream>, WriteHalf<PeerStream>>;
 
 /// A client endpoint: a swarm used only to dial out.
 pub struct Endpoint {
@@ -56,7 +64,7 @@ impl Endpoint {
     /// dialled before the mesh had one swarm per daemon: only for measuring
     /// the difference (the mesh benchmark's baseline).
     pub fn shared(key: &Keypair) -> Result<Endpoint> {
-        if std::env::var_os(NO_SWARM_REUSE).is_some_and(|v| v == "1") {
+        if no_reuse() {
             return Endpoint::new(key.clone(), crate::net::tcp_transport(key)?);
         }
         let me = key.public().to_peer_id();
@@ -68,6 +76,16 @@ impl Endpoint {
         let endpoint = Endpoint::new(key.clone(), crate::net::tcp_transport(key)?)?;
         swarms.push(endpoint.net.clone());
         Ok(endpoint)
+    }
+
+    /// This process's swarm for `key` when it has one (it is that
+    /// identity's daemon, or has dialled with it before).
+    pub fn existing(key: &Keypair) -> Option<Endpoint> {
+        let me = key.public().to_peer_id();
+        let mut swarms = SWARMS.lock().unwrap_or_else(|p| p.into_inner());
+        swarms.retain(Net::is_alive);
+        let net = swarms.iter().find(|n| n.peer_id() == me)?;
+        Some(Endpoint { net: net.clone() })
     }
 
     pub fn new(key: Keypair, transport: BoxedTransport) -> Result<Endpoint> {
@@ -88,8 +106,68 @@ impl Endpoint {
             .await
     }
 
-    /// [`Endpoint::connect`], offering `version` (`None`: no `VERSION` is
-    /// sent, so the session stays at version 0). A relay offers its client's.
+    /// [`Endpoint::connect`], offering `version` (see [`Dialer::connect_offering`]).
+    pub async fn connect_offering(
+        &self,
+        address: &PeerAddress,
+        me: Uuid,
+        token: AuthToken,
+        version: Option<Version>,
+    ) -> Result<(StreamSession, Uuid)> {
+        let dialer = Dialer::Swarm(Endpoint {
+            net: self.net.clone(),
+        });
+        dialer.connect_offering(address, me, token, version).await
+    }
+}
+
+fn no_reuse() -> bool {
+    std::env::var_os(NO_SWARM_REUSE).is_some_and(|v| v == "1")
+}
+
+/// How a process reaches peers: over a swarm of its own, or over its
+/// repository's running daemon (its connections, through [`relay`]).
+pub enum Dialer {
+    Swarm(Endpoint),
+    Relay(PathBuf),
+}
+
+impl Dialer {
+    /// For a process of the repository with state directory `state_dir`
+    /// and identity `key`: this process's own swarm of that identity if it
+    /// has one (it is the daemon), else the daemon's relay when a daemon
+    /// answers, else a swarm of its own ([`Endpoint::shared`]).
+    pub fn for_repo(state_dir: &Path, key: &Keypair) -> Result<Dialer> {
+        if no_reuse() {
+            return Ok(Dialer::Swarm(Endpoint::shared(key)?));
+        }
+        if let Some(e) = Endpoint::existing(key) {
+            return Ok(Dialer::Swarm(e));
+        }
+        let socket = relay::socket_path(state_dir);
+        if relay::answers(&socket) {
+            return Ok(Dialer::Relay(socket));
+        }
+        Ok(Dialer::Swarm(Endpoint::shared(key)?))
+    }
+
+    /// Whether streams go through a daemon.
+    pub fn is_relayed(&self) -> bool {
+        matches!(self, Dialer::Relay(_))
+    }
+
+    /// A stream to `address`'s repository (`TARGET` sent when it names one).
+    pub async fn open(&self, address: &PeerAddress) -> Result<PeerStream> {
+        match self {
+            Dialer::Swarm(e) => Ok(Box::new(address.open(&e.net).await?.compat())),
+            Dialer::Relay(path) => Ok(Box::new(relay::open(path, address).await?)),
+        }
+    }
+
+    /// Opens a session: `AUTH` as `me` with `token`, then `VERSION version`
+    /// (`None`: no `VERSION` is sent, so the session stays at version 0; a
+    /// relay offers its client's). Returns the session and the UUID the peer
+    /// answered with.
     pub async fn connect_offering(
         &self,
         address: &PeerAddress,
@@ -129,8 +207,8 @@ impl Endpoint {
         loop {
             attempt += 1;
             let result = async {
-                let stream = address.open(&self.net).await?;
-                let (r, w) = tokio::io::split(stream.compat());
+                let stream = self.open(address).await?;
+                let (r, w) = tokio::io::split(stream);
                 let mut session = ClientSession::new(r, w);
                 let answer = session.auth(me.clone(), token.clone()).await?;
                 Ok::<_, Error>((session, answer))

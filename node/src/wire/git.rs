@@ -170,3 +170,125 @@ async fn pump_in<R: tokio::io::AsyncBufRead + Unpin + ?Sized>(
         }
     }
 }
+
+/// The client side of `CONNECT`, as git-annex's `git-remote-p2p-annex`
+/// does it: `AUTH` as `me` (no `VERSION`), `CONNECT <service>`, then `local`
+/// (git's end of the pipe: what git writes goes out as `DATA`, the peer's
+/// `DATA` comes back) until the peer's `CONNECTDONE`. When git closes its
+/// side, `CONNECTDONE 0` tells the peer so (its service then ends).
+/// Returns the service's exit code.
+pub async fn connect_service<S, I, O>(
+    stream: S,
+    me: &protocol::Uuid,
+    token: &protocol::AuthToken,
+    service: Service,
+    local_in: I,
+    mut local_out: O,
+) -> Result<i32>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+{
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = tokio::io::BufReader::new(reader);
+    let auth = Message::Auth(Some(me.clone()), token.clone());
+    writer
+        .write_all(&auth.to_line())
+        .await
+        .context(|| "p2p stream".into())?;
+    writer.flush().await.context(|| "p2p stream".into())?;
+    match read_message(&mut reader).await? {
+        Some(Message::AuthSuccess(_)) => {}
+        Some(Message::AuthFailure) => {
+            return Err(Error::Protocol(
+                "the peer refused our authentication".into(),
+            ));
+        }
+        other => return Err(Error::Peer(format!("expected AUTH-SUCCESS, got {other:?}"))),
+    }
+    writer
+        .write_all(&Message::Connect(service).to_line())
+        .await
+        .context(|| "p2p stream".into())?;
+    writer.flush().await.context(|| "p2p stream".into())?;
+    let outgoing = async {
+        pump_local(local_in, &mut writer).await?;
+        writer
+            .write_all(&Message::ConnectDone(0).to_line())
+            .await
+            .context(|| "p2p stream".into())?;
+        writer.flush().await.context(|| "p2p stream".into())
+    };
+    let incoming = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match read_message(&mut reader).await? {
+                Some(Message::Data(len)) if len <= MAX_FRAME => {
+                    let mut left = len as usize;
+                    while left > 0 {
+                        let want = left.min(buf.len());
+                        reader
+                            .read_exact(&mut buf[..want])
+                            .await
+                            .context(|| "p2p stream".into())?;
+                        local_out
+                            .write_all(&buf[..want])
+                            .await
+                            .context(|| "git's pipe".into())?;
+                        left -= want;
+                    }
+                    local_out.flush().await.context(|| "git's pipe".into())?;
+                }
+                Some(Message::ConnectDone(code)) => return Ok(code),
+                Some(other) => {
+                    return Err(Error::Peer(format!(
+                        "expected DATA or CONNECTDONE, got {other:?}"
+                    )));
+                }
+                None => return Err(Error::Peer("the stream ended before CONNECTDONE".into())),
+            }
+        }
+    };
+    tokio::pin!(outgoing);
+    tokio::pin!(incoming);
+    let mut sent = false;
+    loop {
+        tokio::select! {
+            code = &mut incoming => return code,
+            r = &mut outgoing, if !sent => {
+                sent = true;
+                r?;
+            }
+        }
+    }
+}
+
+/// git's output → `DATA` frames, until git closes its side.
+async fn pump_local<W: AsyncWrite + Unpin>(
+    local: impl AsyncRead + Unpin,
+    writer: &mut W,
+) -> Result<()> {
+    pump_out(local, writer).await
+}
+
+/// One protocol line (at most [`MAX_LINE`] bytes); `None` at the end.
+async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Message>> {
+    let mut line = Vec::new();
+    let n = (&mut *reader)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await
+        .context(|| "p2p stream".into())?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.pop() != Some(b'\n') {
+        return Err(Error::Peer("over-long or unterminated line".into()));
+    }
+    Message::parse(&line)
+        .map(Some)
+        .map_err(|e| Error::Peer(format!("bad line: {e}")))
+}

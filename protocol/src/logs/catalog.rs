@@ -51,7 +51,8 @@ impl Family {
             | "activity.log"
             | "difference.log"
             | "multicast.log"
-            | "annexmesh/topology.log" => Family::UuidBased,
+            | "annexmesh/topology.log"
+            | "annexmesh/heads.log" => Family::UuidBased,
             "proxy.log"
             | "cluster.log"
             | "maxsize.log"

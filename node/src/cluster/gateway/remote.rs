@@ -15,7 +15,7 @@ use crate::cluster::{Cost, ShellCommand};
 use crate::error::{Error, Result};
 use crate::net::PeerAddress;
 use crate::process::ShellConnection;
-use crate::remote::{Endpoint, StreamSession};
+use crate::remote::{Dialer, StreamSession};
 use crate::session::PutStart;
 
 /// How the gateway reaches a remote node.
@@ -32,8 +32,9 @@ pub(crate) enum Conn {
     Shell(Box<ShellConnection>),
     Mesh {
         session: Box<StreamSession>,
-        /// The process's swarm for the gateway's identity (shared).
-        _endpoint: Endpoint,
+        /// The process's swarm for the gateway's identity (shared), or its
+        /// daemon's relay.
+        _dialer: Dialer,
     },
 }
 
@@ -114,8 +115,8 @@ pub struct RemoteNode {
     pub reach: Reach,
     /// Its cost for GETs (see [`Cost`]).
     pub cost: Cost,
-    /// The gateway's libp2p identity, for mesh nodes.
-    identity: Option<libp2p::identity::Keypair>,
+    /// The gateway's libp2p identity and state directory, for mesh nodes.
+    identity: Option<(libp2p::identity::Keypair, std::path::PathBuf)>,
     /// When this node is the cluster itself, reached through another gateway
     /// of it: that gateway's uuid (annex-spec §4.9).
     pub via: Option<Uuid>,
@@ -192,19 +193,21 @@ impl RemoteNode {
             .is_some_and(|g| self.bypass_list().contains(g))
     }
 
-    /// A mesh peer, dialled as `identity` (the gateway's).
+    /// A mesh peer, dialled as `identity` (the gateway's), through the
+    /// gateway's daemon when one runs (`state_dir`: the gateway repository's).
     pub fn mesh(
         uuid: Uuid,
         remote: String,
         address: PeerAddress,
         identity: libp2p::identity::Keypair,
+        state_dir: std::path::PathBuf,
     ) -> RemoteNode {
         RemoteNode {
             uuid,
             remote,
             reach: Reach::Mesh(address),
             cost: Cost::VERY_EXPENSIVE,
-            identity: Some(identity),
+            identity: Some((identity, state_dir)),
             via: None,
             bypass: std::sync::Mutex::new(Vec::new()),
             conn: tokio::sync::Mutex::new(None),
@@ -252,14 +255,14 @@ impl RemoteNode {
                 Ok(Conn::Shell(Box::new(c)))
             }
             Reach::Mesh(address) => {
-                let key = self
+                let (key, state_dir) = self
                     .identity
-                    .clone()
+                    .as_ref()
                     .ok_or_else(|| Error::Protocol("no identity to dial with".into()))?;
-                let endpoint = Endpoint::shared(&key)?;
+                let dialer = Dialer::for_repo(state_dir, key)?;
                 let token = protocol::AuthToken::parse("")
                     .ok_or_else(|| Error::Protocol("empty token".into()))?;
-                let (session, uuid) = endpoint
+                let (session, uuid) = dialer
                     .connect_offering(address, client.clone(), token, version)
                     .await?;
                 if uuid != self.uuid {
@@ -270,7 +273,7 @@ impl RemoteNode {
                 }
                 Ok(Conn::Mesh {
                     session: Box::new(session),
-                    _endpoint: endpoint,
+                    _dialer: dialer,
                 })
             }
         }
