@@ -14,6 +14,7 @@ mod daemon;
 mod duration;
 mod mesh;
 mod query;
+mod repair;
 mod replication;
 
 #[derive(Parser)]
@@ -112,6 +113,25 @@ enum Command {
     Alerts {
         #[arg(long)]
         json: bool,
+    },
+    /// The repairer's view of the clusters this gateway serves: per key
+    /// that is not simply at its replication, its copies and each node's
+    /// state (present, transferring, error, missing).
+    Status {
+        /// One key.
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Only keys with one of these states (present, queued,
+        /// transferring, error, missing, under-replicated), comma-separated.
+        #[arg(long, value_name = "STATE,…")]
+        filter: Option<String>,
+    },
+    /// Retry now the repairs of KEYs (or of every key, with --all) that failed.
+    Recover {
+        keys: Vec<String>,
+        #[arg(long)]
+        all: bool,
     },
     /// Remember a peer's address under a name.
     AddPeer { name: String, address: String },
@@ -277,6 +297,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         ),
         Command::Alerts { json } => replication::alerts(&repo, json),
+        Command::Status { key, json, filter } => {
+            repair::status(&repo, key.as_deref(), json, filter.as_deref())
+        }
+        Command::Recover { keys, all } => repair::recover(&repo, &keys, all),
         // Transfers run on a runtime worker: a future polled by `block_on` on
         // the main thread moves bytes markedly slower (measured by the libp2p
         // benchmark).

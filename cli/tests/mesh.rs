@@ -463,3 +463,198 @@ fn branches_pushed_to_one_gateway_are_pulled_from_another() {
     assert_eq!(rev(&h, "refs/heads/main").as_deref(), Some(other.as_str()));
     assert_eq!(rev(&g, "refs/heads/main").as_deref(), Some(three.as_str()));
 }
+
+/// A gateway G and three mesh nodes, all daemons (`extra` daemon arguments)
+/// joined by invitation, the nodes in G's cluster `c` with `policy`
+/// (`replication c …` arguments). Returns the mesh, the daemons by name and
+/// the cluster's libp2p address on G.
+fn repair_cluster(
+    extra: &[&str],
+    policy: &[&str],
+) -> (
+    Mesh,
+    std::collections::BTreeMap<String, ProcessGuard>,
+    String,
+) {
+    let m = Mesh::new();
+    let mut daemons = std::collections::BTreeMap::new();
+    for name in ["G", "M1", "M2", "M3"] {
+        m.init(name);
+    }
+    let (dg, addr_g) = m.daemon_with("G", extra);
+    daemons.insert("G".to_owned(), dg);
+    for name in ["M1", "M2", "M3"] {
+        daemons.insert(name.to_owned(), m.daemon_with(name, extra).0);
+        m.ok(name, &["join", &m.invite("G")]);
+    }
+    m.ok("G", &["initcluster", "c"]);
+    for name in ["M1", "M2", "M3"] {
+        m.wait_for_peer("G", &format!("-- {name} ["));
+        m.ok("G", &["cluster", "add-node", name, name]);
+    }
+    m.ok("G", &["updatecluster"]);
+    let mut args = vec!["replication", "c"];
+    args.extend_from_slice(policy);
+    m.ok("G", &args);
+    let cluster = git_config(&m.repo("G"), "annex.cluster.c");
+    (m, daemons, format!("{addr_g}/annex-uuid/{cluster}"))
+}
+
+/// Uploads `n` files of 20–60 KiB to `target` (from M1's repository, as a
+/// client); returns their keys.
+fn upload(m: &Mesh, target: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let file = m.root.join(format!("f{i}.bin"));
+            let data: Vec<u8> = (0..20_000 + 4_000 * i as u32)
+                .map(|b| (b.wrapping_mul(31).wrapping_add(i as u32) % 251) as u8)
+                .collect();
+            std::fs::write(&file, data).expect("write");
+            let key = m.ok("M1", &["put", file.to_str().expect("utf8"), "--to", target]);
+            key.trim().to_owned()
+        })
+        .collect()
+}
+
+/// On which of `nodes` each key's object is, by disk.
+fn copies(m: &Mesh, keys: &[String], nodes: &[&str]) -> Vec<Vec<String>> {
+    keys.iter()
+        .map(|k| {
+            nodes
+                .iter()
+                .filter(|n| object_path(&m.repo(n), k).exists())
+                .map(|n| (*n).to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// Waits (bounded) until every key is on exactly `want` of `nodes`.
+fn wait_copies(
+    m: &Mesh,
+    g: &ProcessGuard,
+    keys: &[String],
+    nodes: &[&str],
+    want: usize,
+    what: &str,
+) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = copies(m, keys, nodes);
+        if now.iter().all(|c| c.len() == want) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let log = g.stderr();
+            panic!(
+                "{what}: not every key on {want} of {nodes:?}: {now:?}\nstatus: {}\nG's log: {log}",
+                m.ok("G", &["status"])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Automatic repair (issue 10) with real daemons: min 2, max 2 over three
+/// mesh nodes. Uploads reach all three, and the gateway's repairer trims
+/// each key to two copies (with the copies it keeps locked). A node killed
+/// with SIGKILL is suspected, then down after the grace; every key it held
+/// is copied from the other holder to the third node, verified there. When
+/// it comes back its extra copies are trimmed again, never below two.
+#[test]
+fn a_killed_node_is_repaired_around_and_trimmed_when_back() {
+    let quick = ["--suspect-after", "3s"];
+    let (m, mut daemons, target) =
+        repair_cluster(&quick, &["--min", "2", "--max", "2", "--grace", "2s"]);
+    let keys = upload(&m, &target, 8);
+    let all = ["M1", "M2", "M3"];
+    wait_copies(&m, &daemons["G"], &keys, &all, 2, "trimmed to max");
+    let status = m.ok("G", &["status", "--json"]);
+    assert!(status.contains("\"keys\":8"), "{status}");
+
+    // The node holding the most goes away for good.
+    let held = copies(&m, &keys, &all);
+    let victim = *all
+        .iter()
+        .max_by_key(|n| held.iter().filter(|c| c.iter().any(|x| x == *n)).count())
+        .expect("a node");
+    let lost = held
+        .iter()
+        .filter(|c| c.iter().any(|x| x == victim))
+        .count();
+    assert!(lost > 0);
+    let mut d = daemons.remove(victim).expect("victim daemon");
+    d.signal("KILL");
+    let _ = d.wait_timeout(TIMEOUT);
+    let live: Vec<&str> = all.iter().copied().filter(|n| *n != victim).collect();
+    wait_copies(
+        &m,
+        &daemons["G"],
+        &keys,
+        &live,
+        2,
+        "repaired after the kill",
+    );
+    // The repairer's own view follows (its index learns the new copies from
+    // the gateway's location log).
+    let deadline = Instant::now() + TIMEOUT;
+    for key in &keys {
+        loop {
+            let on = m.ok("G", &["status", key]);
+            if on.contains("at its replication") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{on}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Back: the extra copies go, never below two anywhere.
+    daemons.insert(victim.to_owned(), m.daemon_with(victim, &quick).0);
+    wait_copies(
+        &m,
+        &daemons["G"],
+        &keys,
+        &all,
+        2,
+        "trimmed after the node came back",
+    );
+    m.ok("G", &["recover", "--all"]);
+    drop(daemons);
+}
+
+/// A node that is gone for less than the grace causes no copy at all
+/// (issue 10: ipfs-cluster repins at the first alert).
+#[test]
+fn a_node_back_within_the_grace_causes_no_copies() {
+    let quick = ["--suspect-after", "3s"];
+    let (m, mut daemons, target) =
+        repair_cluster(&quick, &["--min", "3", "--max", "3", "--grace", "10m"]);
+    let keys = upload(&m, &target, 4);
+    let all = ["M1", "M2", "M3"];
+    wait_copies(&m, &daemons["G"], &keys, &all, 3, "uploaded");
+    let beta = git_config(&m.repo("M3"), "annex.uuid");
+    let mut d = daemons.remove("M3").expect("M3");
+    d.signal("KILL");
+    let _ = d.wait_timeout(TIMEOUT);
+    let state = |want: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let json = m.ok("G", &["alerts", "--json"]);
+            if json.contains(&format!("\"uuid\":\"{beta}\",\"state\":\"{want}\"")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "M3 never {want}: {json}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    state("suspected");
+    daemons.insert("M3".to_owned(), m.daemon_with("M3", &quick).0);
+    state("alive");
+    let g = daemons.get("G").expect("G");
+    let log = g.stderr();
+    assert!(!log.contains("repair: Copy"), "copies were made:\n{log}");
+    let status = m.ok("G", &["status", "--json"]);
+    assert!(status.contains("\"under_replicated\":0"), "{status}");
+    drop(daemons);
+}

@@ -332,5 +332,15 @@ async fn start_member_services(
         Arc::downgrade(meta),
         state_dir,
     ));
-    Ok((health, vec![joiner, keeper]))
+    let repairer = tokio::spawn(crate::cluster::repair::run(
+        peer.store.clone(),
+        Arc::downgrade(meta),
+        Arc::downgrade(&health),
+        protocol::replication::repair::RepairConfig {
+            suspect_after_ms: monitor.suspect_after_ms,
+            settle_ms: crate::cluster::repair::SETTLE.as_millis() as u64,
+            ..protocol::replication::repair::RepairConfig::default()
+        },
+    ));
+    Ok((health, vec![joiner, keeper, repairer]))
 }

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod heads;
 pub mod nodes;
 pub mod proxy;
+pub mod repair;
 pub mod resolve;
 pub mod special;
 pub mod topology;

@@ -145,6 +145,17 @@ impl Health {
         self.monitor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The monitor's clock: milliseconds since this service started.
+    pub fn now_ms(&self) -> u64 {
+        self.now()
+    }
+
+    /// Runs `f` on the monitor (the repairer reads liveness and room, and
+    /// sets the grace from the clusters' policies).
+    pub fn with_monitor<R>(&self, f: impl FnOnce(&mut Monitor) -> R) -> R {
+        f(&mut self.lock())
+    }
+
     /// The liveness of `node` as this daemon sees it.
     pub fn liveness(&self, node: &Uuid) -> Option<Liveness> {
         self.lock().liveness(node)

@@ -136,7 +136,13 @@ pub struct Meta {
     outbox_ready: Arc<Notify>,
     changed: Notify,
     persist_now: Arc<Notify>,
+    /// The paths each merge changed, for services that follow the catalog
+    /// ([`Meta::subscribe`]).
+    changes: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
 }
+
+/// Merges a subscriber may fall behind by before it must reload.
+const CHANGES_BACKLOG: usize = 4096;
 
 fn path_hash(path: &str, content: &[u8]) -> u64 {
     let mut h = blake3::Hasher::new();
@@ -196,6 +202,7 @@ impl Meta {
             outbox_ready: Arc::new(Notify::new()),
             changed: Notify::new(),
             persist_now: Arc::new(Notify::new()),
+            changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
         });
         meta.members_changed();
         net.subscribe(META_TOPIC).await?;
@@ -249,8 +256,21 @@ impl Meta {
         }
         if !changed.is_empty() {
             self.changed.notify_waiters();
+            let _ = self.changes.send(Arc::new(changed.clone()));
         }
         changed
+    }
+
+    /// The paths every later merge changes, in order. A receiver that falls
+    /// more than [`CHANGES_BACKLOG`] merges behind gets `Lagged` and must
+    /// read the catalog again.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<String>>> {
+        self.changes.subscribe()
+    }
+
+    /// A copy of one file.
+    pub fn file(&self, path: &str) -> Option<protocol::logs::catalog::LogFile> {
+        self.lock().catalog.file(path).cloned()
     }
 
     /// Recomputes the trust set from the membership log.

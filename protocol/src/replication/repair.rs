@@ -95,6 +95,9 @@ pub struct RepairConfig {
     pub suspect_after_ms: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// How long a key first heard of after start waits before it is judged
+    /// (its PUT may still be fanning out to the other nodes).
+    pub settle_ms: u64,
 }
 
 impl Default for RepairConfig {
@@ -110,6 +113,7 @@ impl Default for RepairConfig {
             suspect_after_ms: 10_000,
             retry_base_ms: 60_000,
             retry_max_ms: 64 * 60_000,
+            settle_ms: 0,
         }
     }
 }
@@ -214,6 +218,10 @@ struct Entry {
     in_flight: u16,
     attempts: u8,
     not_before: u64,
+    /// When the key was first heard of (the clock of the poll before), 0
+    /// for keys loaded at start: a key younger than `settle_ms` is not
+    /// judged yet, as the PUT that brought it may still be fanning out.
+    seen_at: u64,
     queued: Option<u32>,
     trouble: Option<Box<Trouble>>,
 }
@@ -322,6 +330,8 @@ pub struct Planner {
     gateways: Vec<Uuid>,
     needs: Needs,
     ignored: u64,
+    /// The last poll's clock (0 before the first).
+    clock: u64,
 }
 
 impl Planner {
@@ -346,6 +356,7 @@ impl Planner {
             gateways: Vec::new(),
             needs: Needs::default(),
             ignored: 0,
+            clock: 0,
         }
     }
 
@@ -390,6 +401,7 @@ impl Planner {
             in_flight: 0,
             attempts: 0,
             not_before: 0,
+            seen_at: self.clock,
             queued: None,
             trouble: None,
         });
@@ -561,6 +573,19 @@ impl Planner {
                 self.starved.remove(&k);
                 self.dirty.insert(k);
             }
+        }
+    }
+
+    /// Re-evaluates every key at the next polls (the policy, the nodes'
+    /// preferred content or the layout changed).
+    pub fn reevaluate_all(&mut self) {
+        self.dirty.extend(0..self.keys.len() as KeyId);
+    }
+
+    /// Re-evaluates `key` at the next poll (its override changed).
+    pub fn reevaluate(&mut self, key: &Key) {
+        if let Some(&k) = self.key_ids.get(key) {
+            self.dirty.insert(k);
         }
     }
 
@@ -812,6 +837,7 @@ impl Planner {
     /// transfers for queued keys within the limits. Returns the transfers
     /// to perform.
     pub fn poll(&mut self, env: &Env<'_>) -> Vec<Transfer> {
+        self.clock = env.now.max(1);
         self.sync_gateways(env.gateways);
         self.wake(env.now);
         let mut needs = std::mem::take(&mut self.needs);
@@ -828,6 +854,11 @@ impl Planner {
                 break;
             };
             if self.keys[k as usize].not_before > env.now {
+                continue;
+            }
+            let seen = self.keys[k as usize].seen_at;
+            if seen > 0 && env.now < seen.saturating_add(self.config.settle_ms) {
+                self.defer(k, seen.saturating_add(self.config.settle_ms));
                 continue;
             }
             let j = self.judge(k, env, needs);

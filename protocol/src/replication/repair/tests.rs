@@ -976,3 +976,29 @@ proptest! {
         prop_assert!(w.settle(&p).is_empty());
     }
 }
+
+/// A key first heard of after start is not judged before `settle_ms`: the
+/// PUT that brought it may still be on its way to the other nodes.
+#[test]
+fn new_keys_settle_before_they_are_judged() {
+    let mut w = World::new(
+        3,
+        RepairConfig {
+            settle_ms: 10_000,
+            ..RepairConfig::default()
+        },
+    );
+    let p = uniform(eff(2, 3));
+    assert!(w.poll(&p).is_empty());
+    let start = w.now;
+    let n1 = w.nodes[0].clone();
+    w.planner.on_presence(&key(1), &n1, true);
+    w.now = start + 1_000;
+    assert!(w.poll(&p).is_empty(), "judged while settling");
+    w.now = start + 9_999;
+    assert!(w.poll(&p).is_empty(), "judged while settling");
+    w.now = start + 10_001;
+    let t = w.poll(&p);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert!(matches!(t[0].action, Action::Copy { .. }));
+}
