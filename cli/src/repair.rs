@@ -108,7 +108,14 @@ fn key_json(k: &KeyLine) -> Json {
     ])
 }
 
-fn print_key(k: &KeyLine) {
+/// The repositories' descriptions (uuid.log), to name nodes by.
+fn descriptions(repo: &Repo) -> std::collections::BTreeMap<String, String> {
+    node::branch::read_files(&repo.git_dir, &["uuid.log"])
+        .map(|c| protocol::logs::view::View::new(&c).descriptions())
+        .unwrap_or_default()
+}
+
+fn print_key(k: &KeyLine, names: &std::collections::BTreeMap<String, String>) {
     let mut flags = String::new();
     if k.under_replicated {
         flags.push_str(", under-replicated");
@@ -124,7 +131,10 @@ fn print_key(k: &KeyLine) {
         k.key, k.cluster, k.copies, k.min, k.max
     );
     for (u, s) in &k.nodes {
-        println!("  {u}: {s}");
+        match names.get(u.as_str()) {
+            Some(d) => println!("  {u} -- {d}: {s}"),
+            None => println!("  {u}: {s}"),
+        }
     }
 }
 
@@ -165,11 +175,12 @@ pub fn status(
         println!("{}", out.render());
         return Ok(ExitCode::SUCCESS);
     }
+    let names = descriptions(&repo);
     match &key {
         Some(k) if keys.is_empty() => {
             println!("{k}: at its replication in every cluster (see `annexmesh whereis {k}`)")
         }
-        Some(_) => keys.iter().for_each(|k| print_key(k)),
+        Some(_) => keys.iter().for_each(|k| print_key(k, &names)),
         None => {
             for s in &summaries {
                 println!(
@@ -184,7 +195,7 @@ pub fn status(
                     s.missing
                 );
             }
-            keys.iter().for_each(|k| print_key(k));
+            keys.iter().for_each(|k| print_key(k, &names));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -856,6 +856,16 @@ impl Planner {
             if self.keys[k as usize].not_before > env.now {
                 continue;
             }
+            if !self.held(k) {
+                // Dropped from every node: no longer the cluster's key.
+                self.unqueue(k);
+                self.others.remove(&k);
+                self.starved.remove(&k);
+                let e = &mut self.keys[k as usize];
+                e.attempts = 0;
+                e.clear_error();
+                continue;
+            }
             let seen = self.keys[k as usize].seen_at;
             if seen > 0 && env.now < seen.saturating_add(self.config.settle_ms) {
                 self.defer(k, seen.saturating_add(self.config.settle_ms));
@@ -883,6 +893,18 @@ impl Planner {
                 }
             }
         }
+    }
+
+    /// Whether the cluster holds key `k`: a location log says one of its
+    /// nodes has it (whether or not that node is alive). A cluster holds a
+    /// key from the moment it is stored on one of its nodes until it is
+    /// dropped from all of them; a key it does not hold is not judged and
+    /// not listed.
+    fn held(&self, k: KeyId) -> bool {
+        self.keys[k as usize]
+            .holders
+            .iter()
+            .any(|n| self.nodes[*n as usize].member)
     }
 
     fn starve(&mut self, k: KeyId) {
@@ -1308,9 +1330,12 @@ impl Planner {
         }
     }
 
-    /// `key`'s status; `None` if the index does not know it.
+    /// `key`'s status; `None` if the cluster does not hold it.
     pub fn status(&self, key: &Key, env: &Env<'_>) -> Option<KeyStatus> {
         let &k = self.key_ids.get(key)?;
+        if !self.held(k) {
+            return None;
+        }
         Some(self.key_status(k, env, &mut Needs::default()))
     }
 
@@ -1324,6 +1349,7 @@ impl Planner {
         let mut needs = Needs::default();
         self.key_ids
             .values()
+            .filter(move |&&k| self.held(k))
             .map(move |&k| self.key_status(k, env, &mut needs))
             .filter(move |s| filter.matches(s))
     }

@@ -1002,3 +1002,28 @@ fn new_keys_settle_before_they_are_judged() {
     assert_eq!(t.len(), 1, "{t:?}");
     assert!(matches!(t[0].action, Action::Copy { .. }));
 }
+
+#[test]
+fn a_key_dropped_from_every_node_is_no_longer_the_clusters() {
+    let mut w = World::new(3, RepairConfig::default());
+    let p = uniform(eff(2, 3));
+    w.planner.on_presence(&key(0), &u("n1"), true);
+    w.planner.on_presence(&key(0), &u("n2"), true);
+    w.planner.on_presence(&key(1), &u("n1"), true);
+    w.planner.on_presence(&key(1), &u("n2"), true);
+    assert!(w.settle(&p).is_empty());
+    // Dropped from the cluster (git annex drop --from the cluster).
+    w.planner.on_presence(&key(0), &u("n1"), false);
+    w.planner.on_presence(&key(0), &u("n2"), false);
+    assert!(w.settle(&p).is_empty(), "a dropped key is not copied back");
+    let env = w.env(&p);
+    let filter = crate::replication::status::Filter::default();
+    let listed: Vec<Key> = w.planner.statuses(&env, &filter).map(|s| s.key).collect();
+    assert_eq!(listed, vec![key(1)], "only the held key is listed");
+    assert!(w.planner.status(&key(0), &env).is_none());
+    let summary = w.planner.summary(&env);
+    assert_eq!(
+        (summary.keys, summary.under_replicated, summary.errors),
+        (1, 0, 0)
+    );
+}
