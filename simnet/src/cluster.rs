@@ -46,6 +46,11 @@ pub struct ClusterSim {
     /// Each gateway's nodes.
     pub nodes: BTreeMap<String, Vec<String>>,
     pub metas: BTreeMap<String, Arc<Meta>>,
+    /// Each gateway's health service (heartbeats, the links it has lost).
+    health: BTreeMap<String, Arc<node::health::Health>>,
+    /// The membership and addresses logs every gateway starts with.
+    members_log: Vec<u8>,
+    addresses_log: Vec<u8>,
 }
 
 fn git_config(dir: &std::path::Path, key: &str, value: &str) -> Result<()> {
@@ -125,41 +130,23 @@ impl ClusterSim {
                 )?;
             }
         }
-        let mut metas = BTreeMap::new();
-        for g in &names {
-            let git_dir = sim.store(g)?.repo().git_dir.clone();
-            let meta = Meta::start(
-                sim.net(g)?,
-                node::branch::read(&git_dir)?,
-                MetaOptions {
-                    allowed: Allowed::Any,
-                    sync_interval: Duration::from_secs(2),
-                    persist_interval: Duration::from_millis(200),
-                },
-                Some(Arc::new(BranchPersist { git_dir })),
-            )
-            .await?;
-            // As a daemon does: what the gateway's sessions write to its
-            // journal is gossiped.
-            let watcher = node::watch::Watcher::new(&sim.store(g)?.repo().git_dir)?;
-            tokio::spawn(node::mesh::watch(
-                watcher,
-                Arc::downgrade(&meta),
-                Arc::new(tokio::sync::Notify::new()),
-            ));
-            metas.insert(g.clone(), meta);
-        }
+        let (members_log, addresses_log) = membership(sim, &names)?;
         for &(a, b) in &links {
             let addr = sim.addr(&names[b])?;
             sim.net(&names[a])?.dial(&addr).await?;
         }
-        keep_gateways_connected(sim, &names, &metas)?;
-        let c = ClusterSim {
+        let mut c = ClusterSim {
             cluster,
             gateways: names,
             nodes,
-            metas,
+            metas: BTreeMap::new(),
+            health: BTreeMap::new(),
+            members_log,
+            addresses_log,
         };
+        for g in c.gateways.clone() {
+            c.start_services(sim, &g).await?;
+        }
         for g in &c.gateways {
             c.update(sim, g).await?;
         }
@@ -169,6 +156,86 @@ impl ClusterSim {
             c.update(sim, g).await?;
         }
         Ok(c)
+    }
+
+    /// Starts gateway `g`'s services as its daemon runs them: `Meta`
+    /// persisting into its branch, the journal watcher (what its sessions
+    /// write is gossiped), the member keeper (the gateways are members of
+    /// one mesh, kept connected; whom it reaches is what routing takes as
+    /// liveness) and the health service (heartbeats naming the members it
+    /// has lost, so the others route around a cut link).
+    async fn start_services(&mut self, sim: &Sim, g: &str) -> Result<()> {
+        use protocol::logs::members::MEMBERS_LOG;
+        use protocol::logs::view::ADDRESSES_LOG;
+        let store = sim.store(g)?;
+        let git_dir = store.repo().git_dir.clone();
+        for (path, content) in [
+            (MEMBERS_LOG, &self.members_log),
+            (ADDRESSES_LOG, &self.addresses_log),
+        ] {
+            store.journal().modify(path, |old| {
+                node::branch::merge_file(path, &[old, content.as_slice()])
+            })?;
+        }
+        let meta = Meta::start(
+            sim.net(g)?,
+            node::branch::read(&git_dir)?,
+            MetaOptions {
+                allowed: Allowed::Any,
+                sync_interval: Duration::from_secs(2),
+                persist_interval: Duration::from_millis(200),
+            },
+            Some(Arc::new(BranchPersist {
+                git_dir: git_dir.clone(),
+            })),
+        )
+        .await?;
+        for path in [MEMBERS_LOG, ADDRESSES_LOG] {
+            meta.record_local(path, &store.journal().read(path)?);
+        }
+        let watcher = node::watch::Watcher::new(&git_dir)?;
+        tokio::spawn(node::mesh::watch(
+            watcher,
+            Arc::downgrade(&meta),
+            Arc::new(tokio::sync::Notify::new()),
+        ));
+        let members = Arc::new(node::members::Members::new(
+            sim.peer_id(g)?,
+            Default::default(),
+        ));
+        let lines = String::from_utf8_lossy(&self.members_log).into_owned();
+        members.update(lines.lines());
+        tokio::spawn(node::keeper::keep(
+            sim.net(g)?,
+            members.clone(),
+            Arc::downgrade(&meta),
+            node::config::state_dir(store.repo()),
+        ));
+        let health = node::health::Health::start(
+            sim.net(g)?,
+            store,
+            members,
+            protocol::replication::MonitorConfig::default(),
+        )
+        .await?;
+        self.metas.insert(g.to_owned(), meta);
+        self.health.insert(g.to_owned(), health);
+        Ok(())
+    }
+
+    /// Crashes gateway `g` (its swarm, sessions and services end; its
+    /// repository stays).
+    pub async fn crash_gateway(&mut self, sim: &mut Sim, g: &str) -> Result<()> {
+        self.metas.remove(g);
+        self.health.remove(g);
+        sim.crash(g).await?;
+        Ok(())
+    }
+
+    /// Starts crashed gateway `g` again, at its address, with its services.
+    pub async fn restart_gateway(&mut self, sim: &mut Sim, g: &str) -> Result<()> {
+        sim.restart(g).await?;
+        self.start_services(sim, g).await
     }
 
     /// Adds mesh node `name` to gateway `g` (a new peer, a remote of `g`) and
@@ -262,18 +329,10 @@ impl ClusterSim {
 }
 
 /// The gateways are members of one mesh, as daemons joined by invitations
-/// are: each gateway's membership and addresses logs list every gateway,
-/// and a member keeper (`node::keeper`) keeps it connected to the others
-/// and records who it reaches, which routing takes as liveness (a gateway
-/// it cannot reach is routed around).
-fn keep_gateways_connected(
-    sim: &Sim,
-    names: &[String],
-    metas: &BTreeMap<String, Arc<Meta>>,
-) -> Result<()> {
+/// are: the membership and addresses logs that list every gateway.
+fn membership(sim: &Sim, names: &[String]) -> Result<(Vec<u8>, Vec<u8>)> {
     use protocol::logs::catalog::record_map;
-    use protocol::logs::members::{Entry, MEMBERS_LOG};
-    use protocol::logs::view::ADDRESSES_LOG;
+    use protocol::logs::members::Entry;
     let mut members_log = Vec::new();
     let mut addresses_log = Vec::new();
     for g in names {
@@ -294,27 +353,5 @@ fn keep_gateways_connected(
             1,
         );
     }
-    let lines = String::from_utf8_lossy(&members_log).into_owned();
-    for g in names {
-        let meta = &metas[g];
-        let store = sim.store(g)?;
-        for (path, content) in [(MEMBERS_LOG, &members_log), (ADDRESSES_LOG, &addresses_log)] {
-            let merged = store.journal().modify(path, |old| {
-                node::branch::merge_file(path, &[old, content.as_slice()])
-            })?;
-            meta.record_local(path, &merged);
-        }
-        let members = Arc::new(node::members::Members::new(
-            sim.peer_id(g)?,
-            Default::default(),
-        ));
-        members.update(lines.lines());
-        tokio::spawn(node::keeper::keep(
-            sim.net(g)?,
-            members,
-            Arc::downgrade(meta),
-            node::config::state_dir(store.repo()),
-        ));
-    }
-    Ok(())
+    Ok((members_log, addresses_log))
 }

@@ -228,12 +228,20 @@ impl Sim {
             .collect()
     }
 
-    async fn start_peer(&self, id: NodeId, key: &Keypair, store: Store) -> Result<Peer> {
+    /// Starts a peer listening at `listen` (a memory address; port 0 for a
+    /// new one).
+    async fn start_peer(
+        &self,
+        id: NodeId,
+        key: &Keypair,
+        store: Store,
+        listen: Multiaddr,
+    ) -> Result<Peer> {
         let options = PeerOptions {
             store,
             keypair: key.clone(),
             transport: transport(&self.network, id, key)?,
-            listen: vec![Multiaddr::empty().with(libp2p::multiaddr::Protocol::Memory(0))],
+            listen: vec![listen],
             grants: self.grants(),
             limits: Limits::default(),
             serve_git: false,
@@ -280,7 +288,8 @@ impl Sim {
                 kind: Kind::Client { endpoint: None },
             },
         );
-        let peer = match self.start_peer(id, &key, store).await {
+        let fresh = Multiaddr::empty().with(libp2p::multiaddr::Protocol::Memory(0));
+        let peer = match self.start_peer(id, &key, store, fresh).await {
             Ok(p) => p,
             Err(e) => {
                 self.nodes.remove(name);
@@ -543,18 +552,23 @@ impl Sim {
     }
 
     /// Starts a crashed node again, with the same identity and (for a peer)
-    /// the same repository. It listens on a new address.
+    /// the same repository, listening at the same address (as a daemon
+    /// restarted with its `--listen` does).
     pub async fn restart(&mut self, name: &str) -> Result<()> {
         let node = self.node(name)?;
         let (id, key) = (node.id, node.key.clone());
         match &node.kind {
-            Kind::Peer { dir, running, .. } => {
+            Kind::Peer { dir, running, addr } => {
                 if running.is_some() {
                     return Err(Error::Running(name.to_owned()));
                 }
                 let store = Store::open(dir)?;
+                let listen: Multiaddr = addr
+                    .iter()
+                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                    .collect();
                 self.network.restart(id);
-                let peer = self.start_peer(id, &key, store).await?;
+                let peer = self.start_peer(id, &key, store, listen).await?;
                 if let Some(SimNode {
                     kind: Kind::Peer { running, addr, .. },
                     ..

@@ -5,9 +5,12 @@
 //! gateway computes from everyone's lines ([`protocol::cluster::topology`]),
 //! stock git-annex gateways included through their `proxy.log` lines.
 //!
-//! Liveness: a gateway that is a mesh member and that this repository's
-//! daemon sees disconnected (its `peers-seen` file) is not routed through;
-//! everything else is taken as alive.
+//! Liveness is per link: no route crosses the link from this gateway to a
+//! member gateway its daemon sees disconnected (its `peers-seen` file), nor
+//! a link between two gateways that one of them says, in its heartbeats, it
+//! has lost (the `links` file, [`crate::health`]). So a gateway that
+//! crashed is routed around once its neighbours say so, and one cut off
+//! from one gateway only is still reached through the others.
 
 use std::collections::BTreeSet;
 
@@ -74,7 +77,7 @@ pub fn record_own(journal: &Journal, gateway: &Uuid, entry: &Entry) -> Result<bo
 }
 
 /// Gateways that are mesh members this repository's daemon sees disconnected.
-fn unreachable_members(store: &Store, catalog: &Catalog) -> BTreeSet<Uuid> {
+fn disconnected_members(store: &Store, catalog: &Catalog) -> BTreeSet<Uuid> {
     let seen = crate::keeper::read_seen(&crate::config::state_dir(store.repo()));
     let lines: Vec<String> = catalog
         .file(MEMBERS_LOG)
@@ -123,21 +126,22 @@ pub fn topology(store: &Store) -> Result<(Topology, Catalog)> {
     Ok((topo, catalog))
 }
 
-/// The routes from this gateway into `cluster`, routed around gateways its
-/// daemon sees down. `None` when the topology has no line of this gateway
+/// The routes from this gateway into `cluster`, routed around the links its
+/// daemon knows are cut. `None` when the topology has no line of this gateway
 /// (it has not run `updatecluster` since topology lines exist).
 pub fn routes(store: &Store, cluster: &Uuid) -> Result<Option<topology::Routes>> {
-    let (topo, catalog) = topology(store)?;
+    let (mut topo, catalog) = topology(store)?;
     let me = store.uuid().clone();
+    for (a, b) in crate::health::read_cut_links(&crate::config::state_dir(store.repo())) {
+        topo.cut(&a, &b);
+    }
     if !topo.gateways().any(|g| *g == me) {
         return Ok(None);
     }
-    let down = unreachable_members(store, &catalog);
-    let alive: BTreeSet<Uuid> = topo
-        .gateways()
-        .filter(|g| !down.contains(g))
-        .cloned()
-        .collect();
+    for g in disconnected_members(store, &catalog) {
+        topo.cut(&me, &g);
+    }
+    let alive: BTreeSet<Uuid> = topo.gateways().cloned().collect();
     Ok(Some(topo.routes(&me, cluster, &alive, &BTreeSet::new())))
 }
 

@@ -7,6 +7,10 @@
 //! *down* after the grace; one back within the grace causes nothing.
 //! Transitions are kept as alerts. The state is written to
 //! `annex/annexmesh/health` for `annexmesh alerts` and the repairer.
+//!
+//! Heartbeats also name the members their sender is not connected to, so
+//! every gateway learns which links between others are cut and routes
+//! around them ([`read_cut_links`], `annex/annexmesh/links`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,7 +32,15 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the state file is rewritten for metrics alone.
 const STATE_REFRESH: Duration = Duration::from_secs(10);
 /// Largest heartbeat accepted.
-const MAX_BEAT: usize = 1024;
+const MAX_BEAT: usize = 16 * 1024;
+/// Most members one heartbeat may say it lost.
+const MAX_LOST: usize = 256;
+/// How long a heartbeat's lost links count.
+const LINK_TTL: Duration = Duration::from_secs(10);
+/// Lines of the links file older than this are stale (its daemon stopped).
+const LINK_FILE_TTL: Duration = Duration::from_secs(20);
+/// How often the links file is rewritten while it lists cut links.
+const LINK_REFRESH: Duration = Duration::from_secs(5);
 /// git-annex's default `annex.diskreserve`.
 pub const DEFAULT_DISKRESERVE: u64 = 100_000_000;
 
@@ -39,6 +51,9 @@ struct Beat {
     free: u64,
     in_flight: u32,
     reserved: u64,
+    /// Members the sender has lost its connection to.
+    #[serde(default)]
+    lost: Vec<String>,
 }
 
 /// The health service of one daemon.
@@ -48,6 +63,9 @@ pub struct Health {
     started: Instant,
     started_unix_ms: u64,
     state_file: PathBuf,
+    links_file: PathBuf,
+    /// Per member, the members it last said it had lost, and when.
+    lost: Mutex<std::collections::BTreeMap<Uuid, (Vec<Uuid>, u64)>>,
 }
 
 fn unix_ms() -> u64 {
@@ -119,6 +137,8 @@ impl Health {
             started: Instant::now(),
             started_unix_ms: unix_ms(),
             state_file: crate::config::state_dir(store.repo()).join("health"),
+            links_file: links_file(&crate::config::state_dir(store.repo())),
+            lost: Mutex::new(Default::default()),
         });
         net.subscribe(HEALTH_TOPIC).await?;
         let reserve = diskreserve(store.repo());
@@ -127,6 +147,7 @@ impl Health {
             net.clone(),
             store,
             reserve,
+            members.clone(),
         ));
         tokio::spawn(listen(
             Arc::downgrade(&health),
@@ -166,6 +187,16 @@ impl Health {
             return;
         };
         let now = self.now();
+        let lost: Vec<Uuid> = beat
+            .lost
+            .iter()
+            .take(MAX_LOST)
+            .filter_map(|u| Uuid::parse(u).ok())
+            .collect();
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone(), (lost, now));
         let mut m = self.lock();
         if let Some(e) = m.on_heartbeat(&node, now) {
             log_event(&e);
@@ -179,6 +210,25 @@ impl Health {
             },
             now,
         );
+    }
+
+    /// The links file's text: `<from> <to> <unix ms>` for each member a
+    /// member said, in a heartbeat of the last [`LINK_TTL`], it has lost.
+    fn render_links(&self) -> String {
+        let now = self.now();
+        let ttl = u64::try_from(LINK_TTL.as_millis()).unwrap_or(u64::MAX);
+        let unix = unix_ms();
+        let mut out = String::new();
+        let map = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        for (from, (lost, at)) in map.iter() {
+            if now.saturating_sub(*at) > ttl {
+                continue;
+            }
+            for to in lost {
+                out.push_str(&format!("{from} {to} {unix}\n"));
+            }
+        }
+        out
     }
 
     /// The state file's text: a line per node, then a line per alert.
@@ -234,11 +284,31 @@ fn log_event(e: &Event) {
     }
 }
 
-async fn publish(health: Weak<Health>, net: Net, store: crate::Store, reserve: u64) {
+/// The members this daemon's member keeper sees disconnected.
+fn lost_members(state_dir: &Path, members: &Members) -> Vec<String> {
+    let seen = crate::keeper::read_seen(state_dir);
+    members
+        .others()
+        .into_iter()
+        .filter(|m| seen.get(&m.peer.to_string()).is_some_and(|s| !s.connected))
+        .map(|m| m.uuid)
+        .take(MAX_LOST)
+        .collect()
+}
+
+async fn publish(
+    health: Weak<Health>,
+    net: Net,
+    store: crate::Store,
+    reserve: u64,
+    members: Arc<Members>,
+) {
+    let state_dir = crate::config::state_dir(store.repo());
     let mut every = tokio::time::interval(HEARTBEAT);
     loop {
         every.tick().await;
         let Some(h) = health.upgrade() else { return };
+        let lost = lost_members(&state_dir, &members);
         let s = store.clone();
         let Ok(m) = tokio::task::spawn_blocking(move || metrics(&s, reserve)).await else {
             continue;
@@ -248,6 +318,7 @@ async fn publish(health: Weak<Health>, net: Net, store: crate::Store, reserve: u
             free: m.free_bytes,
             in_flight: m.transfers_in_flight,
             reserved: m.reserved_bytes,
+            lost,
         };
         h.heard(&beat);
         let mut buf = Vec::new();
@@ -297,6 +368,8 @@ async fn tick(health: Weak<Health>, members: Arc<Members>) {
     let mut written = String::new();
     let mut states = Vec::new();
     let mut last_write = Instant::now();
+    let mut links_written = String::new();
+    let mut links_at = Instant::now();
     loop {
         every.tick().await;
         let Some(h) = health.upgrade() else { return };
@@ -311,6 +384,24 @@ async fn tick(health: Weak<Health>, members: Arc<Members>) {
             for e in m.tick(now) {
                 log_event(&e);
             }
+        }
+        let links = h.render_links();
+        let same = |a: &str, b: &str| {
+            let pairs = |t: &str| -> Vec<String> {
+                t.lines()
+                    .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                    .collect()
+            };
+            pairs(a) == pairs(b)
+        };
+        if !same(&links, &links_written)
+            || (!links.is_empty() && links_at.elapsed() >= LINK_REFRESH)
+        {
+            if let Err(e) = write_state(&h.links_file, &links) {
+                tracing::debug!("writing the links file: {e}");
+            }
+            links_written = links;
+            links_at = Instant::now();
         }
         let text = h.render();
         // Free space moves all the time: rewritten (and synced) at once when
@@ -391,6 +482,29 @@ pub fn read_state(state_dir: &Path) -> (Vec<NodeHealth>, Vec<AlertLine>) {
         }
     }
     (nodes, alerts)
+}
+
+fn links_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("links")
+}
+
+/// The links between members that are cut now, as this repository's daemon
+/// heard from the members' heartbeats: each `(a, b)` means `a` said it has
+/// lost its connection to `b`. Empty when no daemon runs (stale lines are
+/// ignored).
+pub fn read_cut_links(state_dir: &Path) -> Vec<(Uuid, Uuid)> {
+    let text = std::fs::read_to_string(links_file(state_dir)).unwrap_or_default();
+    let ttl = u64::try_from(LINK_FILE_TTL.as_millis()).unwrap_or(u64::MAX);
+    let now = unix_ms();
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let a = Uuid::parse(w.next()?).ok()?;
+            let b = Uuid::parse(w.next()?).ok()?;
+            let at: u64 = w.next()?.parse().ok()?;
+            (now.saturating_sub(at) <= ttl).then_some((a, b))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -461,6 +461,17 @@ impl Topology {
         self.gateways.insert(gateway, g);
     }
 
+    /// Takes the link between gateways `a` and `b` out of the graph, both
+    /// ways: one of them says it has lost its connection to the other, so
+    /// no route goes over it until it is back.
+    pub fn cut(&mut self, a: &Uuid, b: &Uuid) {
+        for (from, to) in [(a, b), (b, a)] {
+            if let Some(g) = self.gateways.get_mut(from) {
+                g.links.remove(to);
+            }
+        }
+    }
+
     /// Adds stock git-annex gateways from `proxy.log` and `cluster.log` as
     /// [`crate::logs::view::View::proxies`] and `clusters` read them: a
     /// gateway with a `proxy.log` line, serving a cluster (a cluster uuid in

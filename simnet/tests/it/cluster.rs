@@ -156,3 +156,103 @@ async fn a_gateway_that_goes_away_is_routed_around() {
         assert_eq!(sim.store(&n).unwrap().contains(&key), n != cut_off, "{n}");
     }
 }
+
+/// The route from `g` to node `n`: the gateways crossed.
+fn hops_to(sim: &Sim, c: &ClusterSim, g: &str, n: &str) -> Option<Vec<protocol::Uuid>> {
+    let node = sim.uuid(n).ok()?;
+    node::topology::routes(&sim.store(g).ok()?, &c.cluster)
+        .ok()
+        .flatten()
+        .and_then(|r| r.get(&node).map(|r| r.hops.clone()))
+}
+
+/// A PUT through `g` reaches every node but those in `unreached` exactly
+/// once, and those not at all.
+async fn put_once(sim: &mut Sim, c: &ClusterSim, g: &str, unreached: &[&str]) {
+    let before = c.uploads(sim).unwrap();
+    let key = put_through(sim, c, g).await;
+    let after = c.uploads(sim).unwrap();
+    for n in c.all_nodes() {
+        let reached = !unreached.contains(&n.as_str());
+        assert_eq!(
+            after[&n] - before[&n],
+            u64::from(reached),
+            "PUTs through {g} to {n}"
+        );
+        assert_eq!(sim.store(&n).unwrap().contains(&key), reached, "{n}");
+    }
+}
+
+/// A link between two live gateways is cut (the others still reach both):
+/// the gateways route around that link alone, from its ends too, and a PUT
+/// through either side still reaches every node once; after the heal the
+/// shortest path is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_link_between_live_gateways_is_routed_around_until_healed() {
+    let (mut sim, c) = build(Shape::Ring, 4).await;
+    for n in c.all_nodes() {
+        sim.set_latency("user", &n, ms(1)..=ms(3)).unwrap();
+    }
+    let g1 = sim.uuid("g1").unwrap();
+    let g2 = sim.uuid("g2").unwrap();
+    let g3 = sim.uuid("g3").unwrap();
+    assert_eq!(hops_to(&sim, &c, "g1", "g2n0"), Some(vec![g2.clone()]));
+    sim.partition("g1", "g2").unwrap();
+    simnet::wait_until("g1 to go round by g0 and g3", LIMIT, || {
+        hops_to(&sim, &c, "g1", "g2n0").is_some_and(|h| h.len() == 3 && h[1] == g3 && h[2] == g2)
+    })
+    .await
+    .unwrap();
+    simnet::wait_until("g0 to avoid the cut link", LIMIT, || {
+        hops_to(&sim, &c, "g0", "g2n0") == Some(vec![g3.clone(), g2.clone()])
+            && hops_to(&sim, &c, "g0", "g1n0") == Some(vec![g1.clone()])
+    })
+    .await
+    .unwrap();
+    put_once(&mut sim, &c, "g0", &[]).await;
+    put_once(&mut sim, &c, "g1", &[]).await;
+    sim.heal("g1", "g2").unwrap();
+    simnet::wait_until("g1 to take the direct link again", LIMIT, || {
+        hops_to(&sim, &c, "g1", "g2n0") == Some(vec![g2.clone()])
+    })
+    .await
+    .unwrap();
+    put_once(&mut sim, &c, "g1", &[]).await;
+}
+
+/// A gateway crashes for real (its swarm and services stop): the others
+/// route around it and a PUT reaches every reachable node once. Restarted
+/// (same repository, same address), it is routed through again and a PUT
+/// reaches every node once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_gateway_is_routed_around_and_back_through_after_a_restart() {
+    let (mut sim, mut c) = build(Shape::Ring, 4).await;
+    for n in c.all_nodes() {
+        sim.set_latency("user", &n, ms(1)..=ms(3)).unwrap();
+    }
+    let g1 = sim.uuid("g1").unwrap();
+    let g3 = sim.uuid("g3").unwrap();
+    let before = hops_to(&sim, &c, "g0", "g2n0").unwrap();
+    // Crash whichever neighbour g0 goes through to reach g2.
+    let (down, other) = if before.first() == Some(&g1) {
+        ("g1", &g3)
+    } else {
+        ("g3", &g1)
+    };
+    c.crash_gateway(&mut sim, down).await.unwrap();
+    simnet::wait_until("g0 to route around the crashed gateway", LIMIT, || {
+        hops_to(&sim, &c, "g0", "g2n0").is_some_and(|h| h.first() == Some(other))
+    })
+    .await
+    .unwrap();
+    let cut_off = format!("{down}n0");
+    put_once(&mut sim, &c, "g0", &[cut_off.as_str()]).await;
+    c.restart_gateway(&mut sim, down).await.unwrap();
+    let down_uuid = sim.uuid(down).unwrap();
+    simnet::wait_until("g0 to route through the restarted gateway", LIMIT, || {
+        hops_to(&sim, &c, "g0", &cut_off) == Some(vec![down_uuid.clone()])
+    })
+    .await
+    .unwrap();
+    put_once(&mut sim, &c, "g0", &[]).await;
+}

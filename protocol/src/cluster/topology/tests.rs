@@ -506,3 +506,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_cut_link_is_routed_around_or_leaves_the_far_side_unreached() {
+    let mut t = line3();
+    t.cut(&u("lon"), &u("nyc"));
+    let rs = t.routes(&u("ams"), &u(CU), &all_alive(&t), &none());
+    assert!(rs.get(&u("n5")).is_none(), "over the cut link");
+    assert_eq!(rs.get(&u("n3")).unwrap().hops, vec![u("nyc")]);
+    // With a second way round (ams–lon), n5 goes that way.
+    let mut t = line3();
+    t.insert(
+        u("ams"),
+        entry(
+            &[("n1", 100, "node1")],
+            &[("nyc", 100, "NYC"), ("lon", 500, "LON")],
+        ),
+    );
+    t.insert(
+        u("lon"),
+        entry(
+            &[("n5", 50, "node5")],
+            &[("nyc", 100, "NYC"), ("ams", 500, "AMS")],
+        ),
+    );
+    let rs = t.routes(&u("ams"), &u(CU), &all_alive(&t), &none());
+    assert_eq!(rs.get(&u("n5")).unwrap().hops, vec![u("nyc"), u("lon")]);
+    t.cut(&u("nyc"), &u("lon"));
+    let rs = t.routes(&u("ams"), &u(CU), &all_alive(&t), &none());
+    assert_eq!(rs.get(&u("n5")).unwrap().hops, vec![u("lon")]);
+    assert_eq!(rs.get(&u("n5")).unwrap().name, "LON-node5");
+}
