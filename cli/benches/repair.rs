@@ -95,7 +95,10 @@ fn daemon(repo: &Path) -> Result<Daemon> {
         .arg(repo)
         .args(["daemon", "--no-git", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--suspect-after", "3s"])
-        .env("ANNEXMESH_LOG", "node=info,annexmesh=info")
+        .env(
+            "ANNEXMESH_LOG",
+            std::env::var("ANNEXMESH_LOG").unwrap_or_else(|_| "node=info,annexmesh=info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("starting a daemon")?;

@@ -48,6 +48,7 @@ pub struct ClusterSim {
     pub metas: BTreeMap<String, Arc<Meta>>,
     /// Each gateway's health service (heartbeats, the links it has lost).
     health: BTreeMap<String, Arc<node::health::Health>>,
+    members: BTreeMap<String, Arc<node::members::Members>>,
     /// The membership and addresses logs every gateway starts with.
     members_log: Vec<u8>,
     addresses_log: Vec<u8>,
@@ -141,6 +142,7 @@ impl ClusterSim {
             nodes,
             metas: BTreeMap::new(),
             health: BTreeMap::new(),
+            members: BTreeMap::new(),
             members_log,
             addresses_log,
         };
@@ -214,12 +216,84 @@ impl ClusterSim {
         let health = node::health::Health::start(
             sim.net(g)?,
             store,
-            members,
+            members.clone(),
             protocol::replication::MonitorConfig::default(),
         )
         .await?;
         self.metas.insert(g.to_owned(), meta);
         self.health.insert(g.to_owned(), health);
+        self.members.insert(g.to_owned(), members);
+        Ok(())
+    }
+
+    /// Makes the nodes members too, running a daemon's services as the
+    /// gateways do, so that they publish heartbeats with their free space
+    /// (what the repairer's allocator needs before it places a copy).
+    pub async fn start_node_services(&mut self, sim: &Sim) -> Result<()> {
+        use protocol::logs::members::MEMBERS_LOG;
+        use protocol::logs::view::ADDRESSES_LOG;
+        let everyone: Vec<String> = self
+            .gateways
+            .iter()
+            .cloned()
+            .chain(self.all_nodes())
+            .collect();
+        let (members_log, addresses_log) = membership(sim, &everyone)?;
+        self.members_log = members_log;
+        self.addresses_log = addresses_log;
+        let lines = String::from_utf8_lossy(&self.members_log).into_owned();
+        for g in &self.gateways {
+            let store = sim.store(g)?;
+            for (path, content) in [
+                (MEMBERS_LOG, &self.members_log),
+                (ADDRESSES_LOG, &self.addresses_log),
+            ] {
+                let merged = store.journal().modify(path, |old| {
+                    node::branch::merge_file(path, &[old, content.as_slice()])
+                })?;
+                self.metas[g].record_local(path, &merged);
+            }
+            self.members[g].update(lines.lines());
+        }
+        for n in self.all_nodes() {
+            self.start_services(sim, &n).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts every gateway's repairer (`node::cluster::repair`), as a
+    /// gateway daemon runs it.
+    pub fn start_repairers(
+        &self,
+        sim: &Sim,
+        config: protocol::replication::repair::RepairConfig,
+    ) -> Result<()> {
+        for g in &self.gateways {
+            tokio::spawn(node::cluster::repair::run(
+                sim.store(g)?,
+                Arc::downgrade(&self.metas[g]),
+                Arc::downgrade(&self.health[g]),
+                config,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the cluster's replication policy at gateway `g` (as `annexmesh
+    /// replication` does there), gossiped from it.
+    pub fn set_replication(
+        &self,
+        sim: &Sim,
+        g: &str,
+        rule: &protocol::replication::Rule,
+    ) -> Result<()> {
+        use protocol::replication::REPLICATION_LOG;
+        use protocol::replication::policy::record_cluster;
+        let store = sim.store(g)?;
+        let content = store.journal().modify(REPLICATION_LOG, |old| {
+            record_cluster(old, &self.cluster, rule, node::journal::log_clock_now())
+        })?;
+        self.metas[g].record_local(REPLICATION_LOG, &content);
         Ok(())
     }
 

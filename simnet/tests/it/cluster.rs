@@ -14,6 +14,9 @@ use simnet::cluster::{ClusterSim, Shape};
 use crate::util::{content, ms};
 
 const LIMIT: Duration = Duration::from_secs(30);
+/// A PUT's bound: the upload crosses up to five gateways of debug builds,
+/// each dialling its next hop, on a loaded 2-core machine.
+const PUT_LIMIT: Duration = Duration::from_secs(120);
 
 async fn build(shape: Shape, gateways: usize) -> (Sim, ClusterSim) {
     let mut sim = Sim::from_env().unwrap();
@@ -29,7 +32,7 @@ async fn put_through(sim: &mut Sim, c: &ClusterSim, gateway: &str) -> protocol::
     let mut s = sim.session_to("user", gateway, &c.cluster).await.unwrap();
     let out = simnet::within(
         "the PUT",
-        LIMIT,
+        PUT_LIMIT,
         s.put(&key, AssociatedFile::none(), &src, &mut |_| {}),
     )
     .await
@@ -255,4 +258,85 @@ async fn a_crashed_gateway_is_routed_around_and_back_through_after_a_restart() {
     .await
     .unwrap();
     put_once(&mut sim, &c, "g0", &[]).await;
+}
+
+/// Issue 10: a two-gateway cluster (two nodes each) is partitioned, with
+/// min 3. Each side takes a key its half alone can hold twice; once the
+/// halves heal, the gateways' repairers copy each side's key to the other
+/// side, until both keys are on three nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_partition_heals_each_sides_keys_reach_min_on_the_other() {
+    let mut sim = Sim::from_env().unwrap();
+    sim.add_client("user").await.unwrap();
+    let mut c = ClusterSim::build(&mut sim, Shape::Line, 2, 2, LIMIT)
+        .await
+        .unwrap();
+    c.start_node_services(&sim).await.unwrap();
+    let rule = protocol::replication::Rule {
+        min: Some(3),
+        max: Some(3),
+        grace: Some(5),
+    };
+    c.set_replication(&sim, "g0", &rule).unwrap();
+    simnet::wait_until("the policy to reach g1", LIMIT, || {
+        !c.metas["g1"]
+            .file_lines(protocol::replication::REPLICATION_LOG)
+            .is_empty()
+    })
+    .await
+    .unwrap();
+    c.start_repairers(
+        &sim,
+        protocol::replication::RepairConfig {
+            suspect_after_ms: 3_000,
+            retry_base_ms: 500,
+            retry_max_ms: 2_000,
+            settle_ms: 1_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let halves = [["g0", "g0n0", "g0n1"], ["g1", "g1n0", "g1n1"]];
+    for a in halves[0] {
+        for b in halves[1] {
+            sim.partition(a, b).unwrap();
+        }
+    }
+    let left = put_through(&mut sim, &c, "g0").await;
+    let right = put_through(&mut sim, &c, "g1").await;
+    let holders = |sim: &Sim, key: &protocol::Key| -> Vec<String> {
+        c.all_nodes()
+            .into_iter()
+            .filter(|n| sim.store(n).unwrap().contains(key))
+            .collect()
+    };
+    assert_eq!(holders(&sim, &left), ["g0n0", "g0n1"]);
+    assert_eq!(holders(&sim, &right), ["g1n0", "g1n1"]);
+    for a in halves[0] {
+        for b in halves[1] {
+            sim.heal(a, b).unwrap();
+        }
+    }
+    let healed = simnet::wait_until("both keys on three nodes", Duration::from_secs(120), || {
+        holders(&sim, &left).len() == 3 && holders(&sim, &right).len() == 3
+    })
+    .await;
+    if let Err(e) = healed {
+        let state = |g: &str| {
+            let dir = node::config::state_dir(sim.store(g).unwrap().repo());
+            let repair = std::fs::read_to_string(dir.join("repair")).unwrap_or_default();
+            let health = std::fs::read_to_string(dir.join("health")).unwrap_or_default();
+            format!("{g} repair:\n{repair}\n{g} health:\n{health}")
+        };
+        panic!(
+            "{e}: left on {:?}, right on {:?}\n{}\n{}",
+            holders(&sim, &left),
+            holders(&sim, &right),
+            state("g0"),
+            state("g1")
+        );
+    }
+    // And each side's key crossed to the other side.
+    assert!(holders(&sim, &left).iter().any(|n| n.starts_with("g1")));
+    assert!(holders(&sim, &right).iter().any(|n| n.starts_with("g0")));
 }
