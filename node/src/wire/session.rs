@@ -934,3 +934,58 @@ pub async fn record_state(message: &'static str) {
         Err(e) => tracing::warn!("recording state in git: {e}"),
     }
 }
+
+/// A served stream's reader with the idle-session deadline: a read that
+/// waits longer than `idle` for the client's next bytes fails with
+/// `TimedOut`, which ends the session like a broken stream. Only waiting
+/// on the client counts: while the server works (a fan-out, a send), the
+/// reader is not polled and the clock does not run.
+pub struct IdleReader<R> {
+    inner: R,
+    idle: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R> IdleReader<R> {
+    pub fn new(inner: R, idle: std::time::Duration) -> Self {
+        IdleReader {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.timer = None;
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("idle for {}s", idle.as_secs()),
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
