@@ -291,10 +291,15 @@ impl Gateway<'_> {
         if self.locals().iter().any(|n| n.store.contains(key)) {
             return true;
         }
-        for s in self.shells() {
-            if matches!(s.check_present(self.gateway.uuid(), key).await, Ok(true)) {
-                return true;
-            }
+        // The remote nodes all at once, each within its reply deadline (a
+        // silent node answers nothing, which is not a yes). Every request
+        // runs to its end or its deadline: none is left mid-request.
+        let me = self.gateway.uuid();
+        let shells = self.shells();
+        let answers =
+            futures::future::join_all(shells.iter().map(|s| s.check_present(me, key))).await;
+        if answers.iter().any(|a| matches!(a, Ok(true))) {
+            return true;
         }
         self.specials()
             .iter()

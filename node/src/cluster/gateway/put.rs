@@ -254,7 +254,7 @@ async fn open<'g>(
             Ok(PutBegin::AlreadyHave(also)) => {
                 holders.push(Report::node(s.uuid.clone(), Outcome::AlreadyHad(also)))
             }
-            Err(_) => {}
+            Err(e) => tracing::info!("node {} left out of the PUT of {key}: {e}", s.remote),
         }
     }
     let (dirs, externals) = open_specials(key, &f.specials);
