@@ -287,3 +287,62 @@ async fn an_idle_session_is_closed() {
     // Then silence: the server ends the session.
     until_closed(stream.get_mut()).await;
 }
+
+#[tokio::test]
+async fn a_lying_data_is_refused_before_a_byte_is_written() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let peer = server(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+    )
+    .await;
+    let net = client_net(client_key);
+    let stream = net
+        .open(&peer.addrs[0], P2P_PROTOCOL)
+        .await
+        .unwrap()
+        .compat();
+    let (r, mut w) = tokio::io::split(stream);
+    let data = b"twenty-six bytes of stuff\n";
+    let key = key_of(data);
+    // The key says 26 bytes; DATA says a million, and sends them (the server
+    // may stop reading them: the sender runs on its own).
+    let mut msg = format!(
+        "AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa \nVERSION 4\nPUT x {key}\nDATA 1000000\n"
+    )
+    .into_bytes();
+    msg.extend(std::iter::repeat_n(b'x', 1_000_000));
+    let sender = tokio::spawn(async move {
+        let _ = w.write_all(&msg).await;
+        let _ = w.flush().await;
+        w
+    });
+    let mut reader = tokio::io::BufReader::new(r);
+    let mut replies = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => replies.push(line),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server never closed: {replies:?}");
+    sender.abort();
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert!(replies[0].starts_with("AUTH-SUCCESS "));
+    assert_eq!(
+        replies[1..],
+        [
+            "VERSION 4\n",
+            "PUT-FROM 0\n",
+            "ERROR DATA longer than the key's size\n"
+        ]
+    );
+    assert_eq!(peer.store.partial_size(&key), 0);
+    assert!(!peer.store.contains(&key));
+}

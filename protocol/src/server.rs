@@ -98,6 +98,19 @@ pub enum PutStart {
     From(u64),
 }
 
+/// Why a `DATA` was refused: see [`data_fits`].
+pub const DATA_TOO_LONG: &str = "DATA longer than the key's size";
+
+/// Whether `len` payload bytes from `offset` fit in `key`'s size (its `-s`
+/// field; a key without one fits anything). A `DATA` that does not is
+/// refused before a byte of it is written.
+pub fn data_fits(key: &Key, offset: u64, len: u64) -> bool {
+    match key.size() {
+        Some(size) => offset.checked_add(len).is_some_and(|end| end <= size),
+        None => true,
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -324,6 +337,13 @@ impl Server {
                 }
             }
             State::AwaitData { key, offset } => match msg {
+                Some(Message::Data(len)) if !data_fits(&key, offset, len) => {
+                    // Refused before a byte is read: the payload that
+                    // follows cannot be skipped safely, so the session ends.
+                    self.out.push_back(ServerOutput::AbandonPut { key });
+                    self.send(Message::Error(DATA_TOO_LONG.into()));
+                    self.close(CloseReason::ProtocolError(DATA_TOO_LONG.into()));
+                }
                 Some(Message::Data(len)) => self.request(
                     Pending::Payload { key: key.clone() },
                     ServerOutput::ReceivePayload { key, offset, len },
