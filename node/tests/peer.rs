@@ -346,3 +346,37 @@ async fn a_lying_data_is_refused_before_a_byte_is_written() {
     assert_eq!(peer.store.partial_size(&key), 0);
     assert!(!peer.store.contains(&key));
 }
+
+#[tokio::test]
+async fn a_put_that_would_eat_the_disk_reserve_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let peer = server(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+    )
+    .await;
+    let net = client_net(client_key);
+    let mut s = open(&net, &peer.addrs[0]).await;
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    s.auth(me, AuthToken::parse("").unwrap()).await.unwrap();
+    s.negotiate_version(4).await.unwrap();
+    let src = tmp.path().join("f");
+    std::fs::write(&src, b"some data").unwrap();
+    let key = key_of(b"some data");
+    // No filesystem here has a petabyte free beyond the reserve.
+    node::cluster::config_set(&peer.store.repo().top, "annex.diskreserve", "1000 TB").unwrap();
+    let err = s.put(&key, AssociatedFile::none(), &src, &mut |_| {}).await;
+    assert!(
+        format!("{err:?}").contains("not enough free space"),
+        "{err:?}"
+    );
+    assert_eq!(peer.store.partial_size(&key), 0);
+    // The session goes on; with the reserve back to 0 the same PUT stores.
+    node::cluster::config_set(&peer.store.repo().top, "annex.diskreserve", "0").unwrap();
+    let put = s
+        .put(&key, AssociatedFile::none(), &src, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(put.stored);
+}

@@ -96,6 +96,9 @@ pub enum PutStart {
     AlreadyHave(Vec<Uuid>),
     /// Bytes `[0, offset)` are already in the partial file.
     From(u64),
+    /// The repository cannot take it (no room: `annex.diskreserve`):
+    /// `ERROR <why>`, and the session goes on.
+    Refused(String),
 }
 
 /// Why a `DATA` was refused: see [`data_fits`].
@@ -609,6 +612,7 @@ impl Server {
                     self.send(Message::PutFrom(offset));
                     self.state = State::AwaitData { key, offset };
                 }
+                PutStart::Refused(why) => self.send(Message::Error(why)),
             }
         }
     }

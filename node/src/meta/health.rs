@@ -42,7 +42,7 @@ const LINK_FILE_TTL: Duration = Duration::from_secs(20);
 /// How often the links file is rewritten while it lists cut links.
 const LINK_REFRESH: Duration = Duration::from_secs(5);
 /// git-annex's default `annex.diskreserve`.
-pub const DEFAULT_DISKRESERVE: u64 = 100_000_000;
+pub use crate::store::DEFAULT_DISKRESERVE;
 
 /// One heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -288,6 +288,14 @@ fn open_locals<'g>(key: &Key, nodes: &[&'g NodeStore]) -> Vec<Target<'g>> {
         .iter()
         .filter_map(|n| {
             let have = n.store.partial_size(key);
+            // A node without room is skipped, not filled.
+            if let Some(why) = key
+                .size()
+                .and_then(|size| n.store.lacks_room(size.saturating_sub(have)))
+            {
+                tracing::info!("node {} cannot take {key}: {why}", n.remote);
+                return None;
+            }
             let opened = if have == 0 {
                 n.store.begin_unhashed_upload(key)
             } else {
