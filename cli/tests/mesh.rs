@@ -731,3 +731,60 @@ fn a_stopped_node_drops_out_of_a_put_and_a_get_fails_over() {
     victim.signal("CONT");
     drop(daemons);
 }
+
+/// `annex.diskreserve` at the fan-out (issue 11): a node whose heartbeat
+/// says it has no room beyond its reserve is skipped by the gateway's PUT
+/// (not asked, not filled); the others store.
+#[test]
+fn a_node_without_room_is_skipped_by_the_fan_out() {
+    let m = Mesh::new();
+    let mut daemons = Vec::new();
+    for name in ["G", "M1", "M2"] {
+        m.init(name);
+    }
+    // M2 keeps a petabyte free: no disk here has room beyond that.
+    let st = Command::new("git")
+        .arg("--git-dir")
+        .arg(m.repo("M2"))
+        .args(["config", "annex.diskreserve", "1000 TB"])
+        .status()
+        .expect("git config");
+    assert!(st.success());
+    let (dg, addr_g) = m.daemon("G");
+    for name in ["M1", "M2"] {
+        daemons.push(m.daemon(name).0);
+        m.ok(name, &["join", &m.invite("G")]);
+    }
+    m.ok("G", &["initcluster", "c"]);
+    for name in ["M1", "M2"] {
+        m.wait_for_peer("G", &format!("-- {name} ["));
+        m.ok("G", &["cluster", "add-node", name, name]);
+    }
+    m.ok("G", &["updatecluster"]);
+    let cluster = git_config(&m.repo("G"), "annex.cluster.c");
+    let target = format!("{addr_g}/annex-uuid/{cluster}");
+    // G has heard M2's heartbeat (its free space beyond the reserve: 0).
+    let m2 = git_config(&m.repo("M2"), "annex.uuid");
+    let health = m.repo("G").join("annex/annexmesh/health");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&health).unwrap_or_default();
+        let heard = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 7 && w[1] == m2 && w[4] == "0"
+        });
+        if heard {
+            break;
+        }
+        assert!(Instant::now() < deadline, "G never heard M2: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let keys = upload(&m, &target, 1);
+    assert_eq!(copies(&m, &keys, &["M1", "M2"]), vec![vec!["M1"]]);
+    let log = dg.stderr();
+    assert!(
+        log.contains("node M2 skipped"),
+        "M2 was not skipped by its heartbeat:\n{log}"
+    );
+    drop(daemons);
+}
