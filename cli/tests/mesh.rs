@@ -658,3 +658,133 @@ fn a_node_back_within_the_grace_causes_no_copies() {
     assert!(status.contains("\"under_replicated\":0"), "{status}");
     drop(daemons);
 }
+
+/// Deadlines on nodes (issue 11): a mesh node stopped with SIGSTOP (still
+/// connected, answering nothing) drops out of a PUT's fan-out, which stores
+/// on the others and records exactly them; a GET whose cheapest holder is the
+/// stopped node fails over to another. Short deadlines set on the gateway
+/// (`annexmesh.replytimeout`, `annex.stalldetection`) keep the test quick.
+#[test]
+fn a_stopped_node_drops_out_of_a_put_and_a_get_fails_over() {
+    let (m, daemons, target) = repair_cluster(&[], &["--min", "1", "--max", "3", "--grace", "10m"]);
+    let g = m.repo("G");
+    for (k, v) in [
+        ("annexmesh.replytimeout", "3s"),
+        ("annex.stalldetection", "1KB/3s"),
+        // The stopped node is the first a GET tries.
+        ("remote.M3.annex-cost", "10"),
+    ] {
+        let st = Command::new("git")
+            .arg("--git-dir")
+            .arg(&g)
+            .args(["config", k, v])
+            .status()
+            .expect("git config");
+        assert!(st.success());
+    }
+    let all = ["M1", "M2", "M3"];
+    let before = upload(&m, &target, 1);
+    assert_eq!(copies(&m, &before, &all), vec![all.to_vec()]);
+
+    let victim = &daemons["M3"];
+    victim.signal("STOP");
+    let file = m.root.join("during.bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let key = m.ok(
+        "M1",
+        &["put", file.to_str().expect("utf8"), "--to", &target],
+    );
+    let key = key.trim().to_owned();
+    assert_eq!(
+        copies(&m, std::slice::from_ref(&key), &all),
+        vec![vec!["M1", "M2"]],
+        "the PUT stored on the live nodes only"
+    );
+    // The gateway's location log names exactly the nodes that stored it.
+    let uuid = |n: &str| git_config(&m.repo(n), "annex.uuid");
+    let whereis = m.ok("G", &["whereis", &key, "--json"]);
+    assert!(whereis.contains(&uuid("M1")), "{whereis}");
+    assert!(whereis.contains(&uuid("M2")), "{whereis}");
+    assert!(!whereis.contains(&uuid("M3")), "{whereis}");
+
+    // The first upload is on all three; the stopped one is tried first.
+    let out = m.root.join("got.bin");
+    m.ok(
+        "M1",
+        &[
+            "get",
+            &before[0],
+            "--from",
+            &target,
+            "-o",
+            out.to_str().expect("utf8"),
+        ],
+    );
+    let original = std::fs::read(m.root.join("f0.bin")).expect("f0");
+    assert_eq!(std::fs::read(&out).expect("got"), original);
+    let log = daemons["G"].stderr();
+    assert!(
+        log.contains("node M3 cannot send"),
+        "the GET never tried the stopped node:\n{log}"
+    );
+    victim.signal("CONT");
+    drop(daemons);
+}
+
+/// `annex.diskreserve` at the fan-out (issue 11): a node whose heartbeat
+/// says it has no room beyond its reserve is skipped by the gateway's PUT
+/// (not asked, not filled); the others store.
+#[test]
+fn a_node_without_room_is_skipped_by_the_fan_out() {
+    let m = Mesh::new();
+    let mut daemons = Vec::new();
+    for name in ["G", "M1", "M2"] {
+        m.init(name);
+    }
+    // M2 keeps a petabyte free: no disk here has room beyond that.
+    let st = Command::new("git")
+        .arg("--git-dir")
+        .arg(m.repo("M2"))
+        .args(["config", "annex.diskreserve", "1000 TB"])
+        .status()
+        .expect("git config");
+    assert!(st.success());
+    let (dg, addr_g) = m.daemon("G");
+    for name in ["M1", "M2"] {
+        daemons.push(m.daemon(name).0);
+        m.ok(name, &["join", &m.invite("G")]);
+    }
+    m.ok("G", &["initcluster", "c"]);
+    for name in ["M1", "M2"] {
+        m.wait_for_peer("G", &format!("-- {name} ["));
+        m.ok("G", &["cluster", "add-node", name, name]);
+    }
+    m.ok("G", &["updatecluster"]);
+    let cluster = git_config(&m.repo("G"), "annex.cluster.c");
+    let target = format!("{addr_g}/annex-uuid/{cluster}");
+    // G has heard M2's heartbeat (its free space beyond the reserve: 0).
+    let m2 = git_config(&m.repo("M2"), "annex.uuid");
+    let health = m.repo("G").join("annex/annexmesh/health");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&health).unwrap_or_default();
+        let heard = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 7 && w[1] == m2 && w[4] == "0"
+        });
+        if heard {
+            break;
+        }
+        assert!(Instant::now() < deadline, "G never heard M2: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let keys = upload(&m, &target, 1);
+    assert_eq!(copies(&m, &keys, &["M1", "M2"]), vec![vec!["M1"]]);
+    let log = dg.stderr();
+    assert!(
+        log.contains("node M2 skipped"),
+        "M2 was not skipped by its heartbeat:\n{log}"
+    );
+    drop(daemons);
+}

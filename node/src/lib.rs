@@ -36,4 +36,4 @@ pub use meta::{health, keeper};
 pub use net::{auth, members, remote};
 pub use repo::{Repo, branch, busy, config, init, journal, store, watch};
 pub use store::Store;
-pub use wire::{backend, git, process, session};
+pub use wire::{backend, git, process, session, stall};

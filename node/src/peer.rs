@@ -4,10 +4,16 @@
 //! `AUTH` first (a token from git-annex's `p2pauth`, or a granted PeerId), then
 //! it gets the protocol as git-annex's remotedaemon serves it, `CONNECT` and
 //! `NOTIFYCHANGE` included. Streams are bounded per peer and in total; excess
-//! streams are refused at once rather than queued.
+//! streams are refused at once rather than queued. A stream counts against
+//! the sessions' limits only once authenticated: before, it holds one of a few
+//! pending slots (bounded per peer and in total), for at most the
+//! authentication deadline (`annexmesh.authtimeout`), so idle streams cannot
+//! lock anyone out. An authenticated session waiting on its client longer than
+//! `annexmesh.idletimeout` is closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -26,11 +32,19 @@ use crate::net::{BoxedTransport, Net, P2P_PROTOCOL, TARGET_PROTOCOL, build_swarm
 use crate::session::{ServeContext, serve};
 use crate::store::Store;
 
-/// Bounds on concurrent sessions.
+/// Bounds on concurrent sessions, and the deadlines on their clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Authenticated sessions.
     pub streams_total: usize,
     pub streams_per_peer: usize,
+    /// Streams not yet authenticated.
+    pub pending_total: usize,
+    pub pending_per_peer: usize,
+    /// `AUTH` (and the `TARGET` line) must have arrived within this.
+    pub auth_timeout: Duration,
+    /// An authenticated session waiting this long for its client is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -39,7 +53,33 @@ impl Default for Limits {
         Limits {
             streams_total: 100,
             streams_per_peer: 32,
+            pending_total: 64,
+            pending_per_peer: 8,
+            auth_timeout: protocol::deadline::DEFAULT_AUTH_TIMEOUT,
+            idle_timeout: protocol::deadline::DEFAULT_IDLE_TIMEOUT,
         }
+    }
+}
+
+impl Limits {
+    /// These limits, with the deadlines a repository's git config sets
+    /// (`annexmesh.authtimeout`, `annexmesh.idletimeout`: `10s`, `15m`, …).
+    /// A bad value is warned about and the default kept.
+    pub fn configured(mut self, repo: &crate::repo::Repo) -> Self {
+        for (name, field) in [
+            ("annexmesh.authtimeout", &mut self.auth_timeout),
+            ("annexmesh.idletimeout", &mut self.idle_timeout),
+        ] {
+            match crate::repo::gitconfig::config_get(&repo.top, name) {
+                Ok(Some(v)) => match protocol::deadline::parse_duration(&v) {
+                    Some(d) => *field = d,
+                    None => tracing::warn!("{name}: bad duration {v:?}; keeping {field:?}"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!("reading {name}: {e}"),
+            }
+        }
+        self
     }
 }
 
@@ -86,6 +126,7 @@ impl Peer {
         for addr in listen {
             addrs.push(net.listen(addr).await?);
         }
+        let limits = limits.configured(store.repo());
         let mut rules = AccessRules::new(&store.repo().git_dir, net.peer_id(), grants);
         if let Some(m) = members {
             rules = rules.with_members(m);
@@ -147,9 +188,9 @@ fn accept_loop(
         store,
         rules,
         serve_git,
-        total: Semaphore::new(limits.streams_total),
-        per_peer: Mutex::new(HashMap::new()),
-        per_peer_limit: limits.streams_per_peer,
+        sessions: Arc::new(Pool::new(limits.streams_total, limits.streams_per_peer)),
+        pending: Arc::new(Pool::new(limits.pending_total, limits.pending_per_peer)),
+        limits,
     });
     Ok(async move {
         let mut sessions = JoinSet::new();
@@ -166,17 +207,41 @@ fn accept_loop(
                 }
                 next = incoming.next() => {
                     let Some((peer, stream, protocol)) = next else { break };
-                    let Some(slot) = Slot::take(&shared, peer) else {
-                        tracing::warn!("refusing a stream from {peer}: too many sessions");
+                    let Some(slot) = Slot::take(&shared.pending, peer) else {
+                        tracing::warn!("refusing a stream from {peer}: too many unauthenticated streams");
                         drop(stream);
                         continue;
                     };
                     let shared = shared.clone();
                     sessions.spawn(async move {
-                        let _slot = slot;
-                        match serve_stream(&shared, peer, stream, protocol).await {
-                            Ok(reason) => tracing::debug!("session with {peer} ended: {reason:?}"),
-                            Err(e) => tracing::info!("session with {peer} failed: {e}"),
+                        let gate = Gate {
+                            access: shared.rules.for_peer(peer),
+                            sessions: &shared.sessions,
+                            peer,
+                            pending: Mutex::new(Some(slot)),
+                            slot: Mutex::new(None),
+                        };
+                        let serving = serve_stream(&shared, stream, protocol, &gate);
+                        // Past the deadline an unauthenticated stream is
+                        // dropped (which closes it); an authenticated one
+                        // goes on.
+                        let deadline = async {
+                            tokio::time::sleep(shared.limits.auth_timeout).await;
+                            if gate.authenticated() {
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        let ended = tokio::select! {
+                            r = serving => Some(r),
+                            () = deadline => None,
+                        };
+                        match ended {
+                            Some(Ok(reason)) => tracing::debug!("session with {peer} ended: {reason:?}"),
+                            Some(Err(e)) => tracing::info!("session with {peer} failed: {e}"),
+                            None => tracing::info!(
+                                "closing a stream from {peer}: not authenticated within {:?}",
+                                shared.limits.auth_timeout
+                            ),
                         }
                         // As an annex-shell session does: what it changed is
                         // in the branch when it ends, not at the next tick.
@@ -195,29 +260,48 @@ struct Shared {
     store: Store,
     rules: AccessRules,
     serve_git: bool,
+    /// Authenticated sessions.
+    sessions: Arc<Pool>,
+    /// Streams not authenticated yet.
+    pending: Arc<Pool>,
+    limits: Limits,
+}
+
+/// Slots bounded in total and per peer.
+struct Pool {
     total: Semaphore,
     per_peer: Mutex<HashMap<PeerId, usize>>,
     per_peer_limit: usize,
 }
 
-/// One session's claim on the limits; released on drop.
+impl Pool {
+    fn new(total: usize, per_peer: usize) -> Pool {
+        Pool {
+            total: Semaphore::new(total),
+            per_peer: Mutex::new(HashMap::new()),
+            per_peer_limit: per_peer,
+        }
+    }
+}
+
+/// One stream's claim on a pool; released on drop.
 struct Slot {
-    shared: Arc<Shared>,
+    pool: Arc<Pool>,
     peer: PeerId,
 }
 
 impl Slot {
-    fn take(shared: &Arc<Shared>, peer: PeerId) -> Option<Slot> {
-        let permit = shared.total.try_acquire().ok()?;
-        let mut map = shared.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+    fn take(pool: &Arc<Pool>, peer: PeerId) -> Option<Slot> {
+        let permit = pool.total.try_acquire().ok()?;
+        let mut map = pool.per_peer.lock().unwrap_or_else(|p| p.into_inner());
         let count = map.entry(peer).or_insert(0);
-        if *count >= shared.per_peer_limit {
+        if *count >= pool.per_peer_limit {
             return None;
         }
         *count += 1;
         permit.forget();
         Some(Slot {
-            shared: shared.clone(),
+            pool: pool.clone(),
             peer,
         })
     }
@@ -225,12 +309,8 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.total.add_permits(1);
-        let mut map = self
-            .shared
-            .per_peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        self.pool.total.add_permits(1);
+        let mut map = self.pool.per_peer.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = map.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {
@@ -240,13 +320,57 @@ impl Drop for Slot {
     }
 }
 
+/// A stream's authenticator: a good `AUTH` also trades the stream's pending
+/// slot for a session slot. With no session slot free, the `AUTH` fails
+/// (and the stream then ends at the authentication deadline at the latest).
+struct Gate<'a> {
+    access: crate::auth::StreamAccess<'a>,
+    sessions: &'a Arc<Pool>,
+    peer: PeerId,
+    pending: Mutex<Option<Slot>>,
+    slot: Mutex<Option<Slot>>,
+}
+
+impl Gate<'_> {
+    fn authenticated(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+}
+
+impl crate::session::Authenticator for Gate<'_> {
+    fn check(
+        &self,
+        client: Option<&protocol::Uuid>,
+        token: &protocol::AuthToken,
+    ) -> Option<protocol::server::ServeMode> {
+        let mode = self.access.check(client, token)?;
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let Some(taken) = Slot::take(self.sessions, self.peer) else {
+                tracing::warn!("refusing AUTH from {}: too many sessions", self.peer);
+                return None;
+            };
+            *slot = Some(taken);
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+        Some(mode)
+    }
+}
+
 async fn serve_stream(
     shared: &Shared,
-    peer: PeerId,
     stream: libp2p::Stream,
     protocol: StreamProtocol,
+    gate: &Gate<'_>,
 ) -> Result<CloseReason> {
     let (reader, mut writer) = tokio::io::split(stream.compat());
+    let reader = crate::session::IdleReader::new(reader, shared.limits.idle_timeout);
     let mut reader = tokio::io::BufReader::new(reader);
     let store = &shared.store;
     if protocol == TARGET_PROTOCOL {
@@ -260,7 +384,7 @@ async fn serve_stream(
             .map_err(|e| Error::Protocol(format!("target line: {e}")))?;
         let target = line.trim_end().strip_prefix("TARGET ").unwrap_or("");
         if n > 0 && target != store.uuid().as_str() {
-            let access = shared.rules.for_peer(peer);
+            let access = gate;
             let relay = GitRelay {
                 git_dir: store.repo().git_dir.clone(),
             };
@@ -278,7 +402,7 @@ async fn serve_stream(
                         gateway: store,
                         nodes,
                         mode: protocol::server::ServeMode::ReadOnly,
-                        auth: Some(&access),
+                        auth: Some(access),
                         routes,
                     };
                     return gateway.serve_with_git(reader, writer, git).await;
@@ -288,7 +412,7 @@ async fn serve_stream(
                         *node,
                         store,
                         protocol::server::ServeMode::ReadOnly,
-                        Some(&access),
+                        Some(access),
                         git,
                         reader,
                         writer,
@@ -321,9 +445,8 @@ async fn serve_stream(
     let relay = GitRelay {
         git_dir: store.repo().git_dir.clone(),
     };
-    let access = shared.rules.for_peer(peer);
     let ctx = ServeContext {
-        auth: Some(&access),
+        auth: Some(gate),
         git: Some(&relay),
     };
     serve(server, reader, writer, store, &ctx).await

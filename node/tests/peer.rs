@@ -157,3 +157,226 @@ async fn read_only_grant() {
         .await;
     assert!(format!("{err:?}").contains("read-only"), "{err:?}");
 }
+
+async fn server_with(
+    dir: &std::path::Path,
+    grants: Vec<(libp2p::PeerId, ServeMode)>,
+    limits: Limits,
+) -> Peer {
+    let init = node::init::init(dir, "server", [9; 16]).unwrap();
+    let key = Keypair::generate_ed25519();
+    Peer::start(PeerOptions {
+        store: Store::new(init.repo),
+        transport: memory_transport(&key).unwrap(),
+        keypair: key,
+        listen: vec!["/memory/0".parse().unwrap()],
+        grants,
+        limits,
+        serve_git: false,
+        members: None,
+    })
+    .await
+    .unwrap()
+}
+
+/// Reads from `stream` until the peer closes it (EOF or a reset); panics
+/// if it stays open past a generous bound.
+async fn until_closed(stream: &mut tokio_util::compat::Compat<libp2p::Stream>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server left an idle stream open");
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_streams_lock_no_one_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let limits = Limits {
+        auth_timeout: std::time::Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let peer = server_with(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+        limits,
+    )
+    .await;
+    let net = client_net(client_key);
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    let key = key_of(b"absent");
+    // A session authenticated before the flood.
+    let mut early = open(&net, &peer.addrs[0]).await;
+    early
+        .auth(me.clone(), AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    early.negotiate_version(4).await.unwrap();
+
+    // 100 streams from 4 peers that never send a byte: as many as the
+    // sessions' limit.
+    let mut idle = Vec::new();
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let attacker = client_net(Keypair::generate_ed25519());
+        for _ in 0..25 {
+            if let Ok(s) = attacker.open(&peer.addrs[0], P2P_PROTOCOL).await {
+                idle.push(s.compat());
+            }
+        }
+        attackers.push(attacker);
+    }
+    assert!(idle.len() >= 32, "{}", idle.len());
+
+    // A real client still gets in, and is served, while they are open.
+    let mut late = open(&net, &peer.addrs[0]).await;
+    let their = late.auth(me, AuthToken::parse("").unwrap()).await.unwrap();
+    assert_eq!(their.as_ref(), Some(peer.store.uuid()));
+    late.negotiate_version(4).await.unwrap();
+    assert!(!late.check_present(&key).await.unwrap());
+
+    // The server closes every one of them at the authentication deadline.
+    for s in &mut idle {
+        until_closed(s).await;
+    }
+    // Authenticated sessions outlive it: `early` opened before them all.
+    assert!(!early.check_present(&key).await.unwrap());
+    assert!(!late.check_present(&key).await.unwrap());
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let limits = Limits {
+        idle_timeout: std::time::Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let peer = server_with(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+        limits,
+    )
+    .await;
+    let net = client_net(client_key);
+    let mut stream = tokio::io::BufReader::new(
+        net.open(&peer.addrs[0], P2P_PROTOCOL)
+            .await
+            .unwrap()
+            .compat(),
+    );
+    stream
+        .get_mut()
+        .write_all(b"AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa \n")
+        .await
+        .unwrap();
+    stream.get_mut().flush().await.unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("AUTH-SUCCESS "), "{line:?}");
+    // Then silence: the server ends the session.
+    until_closed(stream.get_mut()).await;
+}
+
+#[tokio::test]
+async fn a_lying_data_is_refused_before_a_byte_is_written() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let peer = server(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+    )
+    .await;
+    let net = client_net(client_key);
+    let stream = net
+        .open(&peer.addrs[0], P2P_PROTOCOL)
+        .await
+        .unwrap()
+        .compat();
+    let (r, mut w) = tokio::io::split(stream);
+    let data = b"twenty-six bytes of stuff\n";
+    let key = key_of(data);
+    // The key says 26 bytes; DATA says a million, and sends them (the server
+    // may stop reading them: the sender runs on its own).
+    let mut msg = format!(
+        "AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa \nVERSION 4\nPUT x {key}\nDATA 1000000\n"
+    )
+    .into_bytes();
+    msg.extend(std::iter::repeat_n(b'x', 1_000_000));
+    let sender = tokio::spawn(async move {
+        let _ = w.write_all(&msg).await;
+        let _ = w.flush().await;
+        w
+    });
+    let mut reader = tokio::io::BufReader::new(r);
+    let mut replies = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => replies.push(line),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server never closed: {replies:?}");
+    sender.abort();
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert!(replies[0].starts_with("AUTH-SUCCESS "));
+    assert_eq!(
+        replies[1..],
+        [
+            "VERSION 4\n",
+            "PUT-FROM 0\n",
+            "ERROR DATA longer than the key's size\n"
+        ]
+    );
+    assert_eq!(peer.store.partial_size(&key), 0);
+    assert!(!peer.store.contains(&key));
+}
+
+#[tokio::test]
+async fn a_put_that_would_eat_the_disk_reserve_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let peer = server(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+    )
+    .await;
+    let net = client_net(client_key);
+    let mut s = open(&net, &peer.addrs[0]).await;
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    s.auth(me, AuthToken::parse("").unwrap()).await.unwrap();
+    s.negotiate_version(4).await.unwrap();
+    let src = tmp.path().join("f");
+    std::fs::write(&src, b"some data").unwrap();
+    let key = key_of(b"some data");
+    // No filesystem here has a petabyte free beyond the reserve.
+    node::cluster::config_set(&peer.store.repo().top, "annex.diskreserve", "1000 TB").unwrap();
+    let err = s.put(&key, AssociatedFile::none(), &src, &mut |_| {}).await;
+    assert!(
+        format!("{err:?}").contains("not enough free space"),
+        "{err:?}"
+    );
+    assert_eq!(peer.store.partial_size(&key), 0);
+    // The session goes on; with the reserve back to 0 the same PUT stores.
+    node::cluster::config_set(&peer.store.repo().top, "annex.diskreserve", "0").unwrap();
+    let put = s
+        .put(&key, AssociatedFile::none(), &src, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(put.stored);
+}

@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod deadline;
 pub mod fuzz;
 pub mod hex;
 pub mod key;

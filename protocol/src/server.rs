@@ -96,6 +96,22 @@ pub enum PutStart {
     AlreadyHave(Vec<Uuid>),
     /// Bytes `[0, offset)` are already in the partial file.
     From(u64),
+    /// The repository cannot take it (no room: `annex.diskreserve`):
+    /// `ERROR <why>`, and the session goes on.
+    Refused(String),
+}
+
+/// Why a `DATA` was refused: see [`data_fits`].
+pub const DATA_TOO_LONG: &str = "DATA longer than the key's size";
+
+/// Whether `len` payload bytes from `offset` fit in `key`'s size (its `-s`
+/// field; a key without one fits anything). A `DATA` that does not is
+/// refused before a byte of it is written.
+pub fn data_fits(key: &Key, offset: u64, len: u64) -> bool {
+    match key.size() {
+        Some(size) => offset.checked_add(len).is_some_and(|end| end <= size),
+        None => true,
+    }
 }
 
 /// Why a session ended.
@@ -324,6 +340,13 @@ impl Server {
                 }
             }
             State::AwaitData { key, offset } => match msg {
+                Some(Message::Data(len)) if !data_fits(&key, offset, len) => {
+                    // Refused before a byte is read: the payload that
+                    // follows cannot be skipped safely, so the session ends.
+                    self.out.push_back(ServerOutput::AbandonPut { key });
+                    self.send(Message::Error(DATA_TOO_LONG.into()));
+                    self.close(CloseReason::ProtocolError(DATA_TOO_LONG.into()));
+                }
                 Some(Message::Data(len)) => self.request(
                     Pending::Payload { key: key.clone() },
                     ServerOutput::ReceivePayload { key, offset, len },
@@ -589,6 +612,7 @@ impl Server {
                     self.send(Message::PutFrom(offset));
                     self.state = State::AwaitData { key, offset };
                 }
+                PutStart::Refused(why) => self.send(Message::Error(why)),
             }
         }
     }

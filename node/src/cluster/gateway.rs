@@ -291,10 +291,15 @@ impl Gateway<'_> {
         if self.locals().iter().any(|n| n.store.contains(key)) {
             return true;
         }
-        for s in self.shells() {
-            if matches!(s.check_present(self.gateway.uuid(), key).await, Ok(true)) {
-                return true;
-            }
+        // The remote nodes all at once, each within its reply deadline (a
+        // silent node answers nothing, which is not a yes). Every request
+        // runs to its end or its deadline: none is left mid-request.
+        let me = self.gateway.uuid();
+        let shells = self.shells();
+        let answers =
+            futures::future::join_all(shells.iter().map(|s| s.check_present(me, key))).await;
+        if answers.iter().any(|a| matches!(a, Ok(true))) {
+            return true;
         }
         self.specials()
             .iter()
@@ -916,6 +921,69 @@ mod tests {
         up.write(b"hello\n").expect("write");
         store.commit(up, Validity::Valid).expect("commit");
         key
+    }
+
+    /// `annex.diskreserve` at the fan-out: a local node without room is
+    /// skipped, not filled; the reply lists the node that stored. A local
+    /// node that already has a key is recorded as a holder (cluster-11b).
+    #[tokio::test]
+    async fn a_full_node_is_skipped_and_holders_are_recorded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (g, nodes, cluster) = two_nodes(tmp.path());
+        crate::cluster::config_set(&nodes[0].store.repo().top, "annex.diskreserve", "1000 TB")
+            .expect("config");
+        let gw = Gateway {
+            cluster: cluster.clone(),
+            gateway: &g,
+            nodes: nodes
+                .iter()
+                .cloned()
+                .map(|n| GatewayNode::Local(n, Cost::CHEAP))
+                .collect(),
+            mode: ServeMode::ReadWrite,
+            auth: None,
+            routes: None,
+        };
+        let out = session(
+            &gw,
+            format!("VERSION 4\nPUT x {HELLO}\nDATA 6\nhello\nVALID\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!(
+                "AUTH-SUCCESS {cluster}\nVERSION 4\nPUT-FROM 0\nSUCCESS-PLUS {}\n",
+                nodes[1].uuid
+            )
+        );
+        let key = Key::parse(HELLO).expect("key");
+        assert!(!nodes[0].store.contains(&key) && nodes[0].store.partial_size(&key) == 0);
+        assert!(nodes[1].store.contains(&key));
+        let log = location_log(&g, &key);
+        assert!(log.contains(nodes[1].uuid.as_str()), "{log}");
+        assert!(!log.contains(nodes[0].uuid.as_str()), "{log}");
+
+        // A fresh gateway repository, and the key already on N1 alone: its
+        // ALREADY-HAVE is recorded.
+        let g2 = repo(
+            &tmp.path().join("G2"),
+            "88888888-8888-4888-8888-888888888888",
+        );
+        let gw = Gateway {
+            gateway: &g2,
+            nodes: vec![GatewayNode::Local(nodes[1].clone(), Cost::CHEAP)],
+            ..gw
+        };
+        let out = session(&gw, format!("VERSION 4\nPUT x {HELLO}\n").as_bytes()).await;
+        assert_eq!(
+            out,
+            format!(
+                "AUTH-SUCCESS {cluster}\nVERSION 4\nALREADY-HAVE-PLUS {}\n",
+                nodes[1].uuid
+            )
+        );
+        let log = location_log(&g2, &key);
+        assert!(log.contains(nodes[1].uuid.as_str()), "{log}");
     }
 
     /// GET through the cursor: the cheaper node's damaged copy (the wrong

@@ -268,11 +268,17 @@ pub(crate) fn node_of_remote(
         .filter(|c| c.is_finite())
         .map(Cost)
         .unwrap_or_else(|| access.default_cost());
+    let deadlines = protocol::deadline::NodeDeadlines::configured(
+        config.get(&format!("remote.{remote}.annex-stalldetection")),
+        config.get("annex.stalldetection"),
+        config.get("annexmesh.replytimeout"),
+    );
     Ok(Some(Node {
         remote: remote.to_owned(),
         uuid,
         access,
         cost,
+        deadlines,
     }))
 }
 

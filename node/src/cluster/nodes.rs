@@ -22,6 +22,9 @@ pub struct Node {
     /// What reading from it costs: `remote.<r>.annex-cost`, else git-annex's
     /// default for its kind ([`Access::default_cost`]).
     pub cost: Cost,
+    /// Its stall rule (`remote.<r>.annex-stalldetection`, else
+    /// `annex.stalldetection`) and reply deadline (`annexmesh.replytimeout`).
+    pub deadlines: protocol::deadline::NodeDeadlines,
 }
 
 /// How the gateway reaches a node.
@@ -221,6 +224,7 @@ fn via(gateway: &Node, name: &str, target: &Uuid) -> Node {
         access,
         // One more hop: the far gateway's own link to the node.
         cost: Cost(protocol::routing::path_cost(gateway.cost.0, 1)),
+        deadlines: gateway.deadlines,
     }
 }
 

@@ -342,10 +342,17 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         conn.send(&M::Put(file, key.clone())).await?;
         let reply = conn.reply().await?;
         self.io.send(&reply).await?;
-        if !matches!(reply, M::PutFrom(_)) {
+        let M::PutFrom(offset) = reply else {
             return Ok(None);
-        }
+        };
         match self.io.next().await? {
+            Next::Message(M::Data(len)) if !protocol::server::data_fits(&key, offset, len) => {
+                // Nothing reaches the node; its connection, left waiting
+                // for DATA, ends with the session.
+                let why = protocol::server::DATA_TOO_LONG;
+                self.io.send(&M::Error(why.into())).await?;
+                return Ok(Some(CloseReason::ProtocolError(why.into())));
+            }
             Next::Message(M::Data(len)) => {
                 conn.send(&M::Data(len)).await?;
                 let sent = conn.payload_from(&mut self.io.reader, len).await?;

@@ -30,7 +30,8 @@ fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNod
     match &n.access {
         Access::Special(special) => Some(crate::gateway::GatewayNode::Special(Box::new(
             crate::special::SpecialNode::new(n.uuid.clone(), n.remote.clone(), special.clone())
-                .with_cost(n.cost),
+                .with_cost(n.cost)
+                .with_deadlines(n.deadlines),
         ))),
         Access::Mesh(addr) => {
             let address = match crate::net::PeerAddress::parse(addr) {
@@ -56,13 +57,15 @@ fn open_gateway_node(repo: &Repo, n: &Node) -> Option<crate::gateway::GatewayNod
                     key,
                     state_dir,
                 )
-                .with_cost(n.cost),
+                .with_cost(n.cost)
+                .with_deadlines(n.deadlines),
             )))
         }
         Access::Local(_) => open_node(n).map(|s| crate::gateway::GatewayNode::Local(s, n.cost)),
         Access::Shell(shell) => Some(crate::gateway::GatewayNode::Remote(Box::new(
             crate::gateway::RemoteNode::shell(n.uuid.clone(), n.remote.clone(), shell.clone())
-                .with_cost(n.cost),
+                .with_cost(n.cost)
+                .with_deadlines(n.deadlines),
         ))),
     }
 }

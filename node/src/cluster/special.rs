@@ -11,14 +11,19 @@
 //! only the gateway keeps a spool file under `annex/tmp/annexmesh-gateway`,
 //! written as the bytes arrive (not after) and handed over once checked.
 //!
-//! All calls block; the gateway runs them as it runs local stores.
+//! All calls block; the gateway runs them as it runs local stores. An
+//! external program must answer a request within the node's reply deadline
+//! (`annexmesh.replytimeout`); during a `TRANSFER` any line it sends
+//! (`PROGRESS`) counts, and the wait between two is the stall rule's period
+//! (`annex.stalldetection`). A program that misses one is stopped.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use protocol::deadline::{NodeDeadlines, StallRule};
 use protocol::{Key, Uuid};
 
 use crate::error::{Error, IoContext, Result};
@@ -69,6 +74,7 @@ pub struct SpecialNode {
     pub special: Special,
     /// Its cost for GETs (see [`crate::cluster::Cost`]).
     pub cost: crate::cluster::Cost,
+    pub deadlines: NodeDeadlines,
     external: std::sync::Mutex<Option<External>>,
 }
 
@@ -76,6 +82,7 @@ impl Clone for SpecialNode {
     fn clone(&self) -> Self {
         SpecialNode::new(self.uuid.clone(), self.remote.clone(), self.special.clone())
             .with_cost(self.cost)
+            .with_deadlines(self.deadlines)
     }
 }
 
@@ -108,12 +115,18 @@ impl SpecialNode {
             remote,
             special,
             cost,
+            deadlines: NodeDeadlines::default(),
             external: std::sync::Mutex::new(None),
         }
     }
 
     pub fn with_cost(mut self, cost: crate::cluster::Cost) -> SpecialNode {
         self.cost = cost;
+        self
+    }
+
+    pub fn with_deadlines(mut self, deadlines: NodeDeadlines) -> SpecialNode {
+        self.deadlines = deadlines;
         self
     }
 
@@ -140,6 +153,7 @@ impl SpecialNode {
                 &self.uuid,
                 git_dir,
                 remote,
+                self.deadlines,
             )?);
         }
         let Some(ext) = guard.as_mut() else {
@@ -333,7 +347,17 @@ struct External {
     uuid: Uuid,
     git_dir: PathBuf,
     remote: String,
-    line: String,
+    deadlines: NodeDeadlines,
+    line: Vec<u8>,
+}
+
+/// How long [`External::reply`] waits.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// For the reply as a whole.
+    Reply,
+    /// For each line (a transfer's `PROGRESS`).
+    EachLine,
 }
 
 impl Drop for External {
@@ -353,9 +377,30 @@ impl External {
         uuid: &Uuid,
         git_dir: &Path,
         remote: &str,
+        deadlines: NodeDeadlines,
     ) -> Result<External> {
         let program = format!("git-annex-remote-{externaltype}");
-        let mut child = Command::new(&program)
+        External::spawn(
+            Command::new(&program),
+            &program,
+            config,
+            uuid,
+            git_dir,
+            remote,
+            deadlines,
+        )
+    }
+
+    fn spawn(
+        mut command: Command,
+        program: &str,
+        config: BTreeMap<String, String>,
+        uuid: &Uuid,
+        git_dir: &Path,
+        remote: &str,
+        deadlines: NodeDeadlines,
+    ) -> Result<External> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -372,18 +417,21 @@ impl External {
             uuid: uuid.clone(),
             git_dir: git_dir.to_owned(),
             remote: remote.to_owned(),
-            line: String::new(),
+            deadlines,
+            line: Vec::new(),
         };
-        let first = ext.read()?;
+        let first = ext.read(std::time::Instant::now() + deadlines.reply())?;
         if !first.starts_with("VERSION ") {
             return Err(Error::Protocol(format!(
                 "{program}: expected VERSION, got {first:?}"
             )));
         }
         ext.send("EXTENSIONS INFO GETGITREMOTENAME")?;
-        let _ = ext.reply(|l| l.starts_with("EXTENSIONS") || l == "UNSUPPORTED-REQUEST")?;
+        let _ = ext.reply(Wait::Reply, |l| {
+            l.starts_with("EXTENSIONS") || l == "UNSUPPORTED-REQUEST"
+        })?;
         ext.send("PREPARE")?;
-        let r = ext.reply(|l| l.starts_with("PREPARE-"))?;
+        let r = ext.reply(Wait::Reply, |l| l.starts_with("PREPARE-"))?;
         if r != "PREPARE-SUCCESS" {
             return Err(Error::Protocol(format!("{program}: {r}")));
         }
@@ -397,23 +445,64 @@ impl External {
             .context(|| "writing to external special remote".into())
     }
 
-    fn read(&mut self) -> Result<String> {
+    /// The program's next line, which must come by `deadline`.
+    fn read(&mut self, deadline: std::time::Instant) -> Result<String> {
         self.line.clear();
-        let n = (&mut self.stdout)
-            .take(MAX_LINE as u64)
-            .read_line(&mut self.line)
-            .context(|| "reading from external special remote".into())?;
-        if n == 0 {
-            return Err(Error::Protocol("external special remote exited".into()));
+        loop {
+            let buffered = self.stdout.buffer();
+            if let Some(i) = buffered.iter().position(|&b| b == b'\n') {
+                if self.line.len() + i > MAX_LINE {
+                    return Err(Error::Protocol(
+                        "over-long line from external special remote".into(),
+                    ));
+                }
+                self.line.extend_from_slice(&buffered[..i]);
+                self.stdout.consume(i + 1);
+                return Ok(String::from_utf8_lossy(&self.line).into_owned());
+            }
+            let n = buffered.len();
+            if self.line.len() + n > MAX_LINE {
+                return Err(Error::Protocol(
+                    "over-long line from external special remote".into(),
+                ));
+            }
+            self.line.extend_from_slice(buffered);
+            self.stdout.consume(n);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ready = crate::sys::wait_readable(self.stdout.get_ref(), left)
+                .context(|| "waiting on external special remote".into())?;
+            if !ready {
+                return Err(Error::Node {
+                    node: self.remote.clone(),
+                    reason: "the external special remote stopped answering".into(),
+                });
+            }
+            let got = self
+                .stdout
+                .fill_buf()
+                .context(|| "reading from external special remote".into())?;
+            if got.is_empty() {
+                return Err(Error::Protocol("external special remote exited".into()));
+            }
         }
-        Ok(self.line.trim_end_matches('\n').to_owned())
     }
 
     /// Reads lines, answering the program's own requests, until `done` says
     /// a line is the reply.
-    fn reply(&mut self, done: impl Fn(&str) -> bool) -> Result<String> {
+    fn reply(&mut self, wait: Wait, done: impl Fn(&str) -> bool) -> Result<String> {
+        let reply_by = std::time::Instant::now() + self.deadlines.reply();
         loop {
-            let line = self.read()?;
+            let deadline = match (wait, self.deadlines.stall) {
+                (Wait::Reply, _) => reply_by,
+                (Wait::EachLine, StallRule::Rate { period_ms, .. }) => {
+                    std::time::Instant::now() + std::time::Duration::from_millis(period_ms)
+                }
+                // No stall detection: a transfer may take as long as it takes.
+                (Wait::EachLine, StallRule::Off) => {
+                    std::time::Instant::now() + std::time::Duration::from_secs(24 * 3600)
+                }
+            };
+            let line = self.read(deadline)?;
             if done(&line) {
                 return Ok(line);
             }
@@ -457,7 +546,7 @@ impl External {
 
     fn check_present(&mut self, key: &Key) -> Result<bool> {
         self.send(&format!("CHECKPRESENT {key}"))?;
-        let r = self.reply(|l| l.starts_with("CHECKPRESENT-"))?;
+        let r = self.reply(Wait::Reply, |l| l.starts_with("CHECKPRESENT-"))?;
         if r.starts_with("CHECKPRESENT-SUCCESS ") {
             Ok(true)
         } else if r.starts_with("CHECKPRESENT-FAILURE ") {
@@ -469,15 +558,85 @@ impl External {
 
     fn transfer(&mut self, dir: &str, key: &Key, file: &Path) -> Result<bool> {
         self.send(&format!("TRANSFER {dir} {key} {}", file.display()))?;
-        let r = self
-            .reply(|l| l.starts_with("TRANSFER-SUCCESS ") || l.starts_with("TRANSFER-FAILURE "))?;
+        let r = self.reply(Wait::EachLine, |l| {
+            l.starts_with("TRANSFER-SUCCESS ") || l.starts_with("TRANSFER-FAILURE ")
+        })?;
         Ok(r.starts_with("TRANSFER-SUCCESS "))
     }
 
     fn remove(&mut self, key: &Key) -> Result<bool> {
         self.send(&format!("REMOVE {key}"))?;
-        let r =
-            self.reply(|l| l.starts_with("REMOVE-SUCCESS ") || l.starts_with("REMOVE-FAILURE "))?;
+        let r = self.reply(Wait::Reply, |l| {
+            l.starts_with("REMOVE-SUCCESS ") || l.starts_with("REMOVE-FAILURE ")
+        })?;
         Ok(r.starts_with("REMOVE-SUCCESS "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An external program from a shell script that answers the start-up
+    /// and then runs `then`.
+    fn external(then: &str, deadlines: NodeDeadlines) -> Result<External> {
+        let script = format!(
+            "echo VERSION 1; read l; echo UNSUPPORTED-REQUEST; read l; echo PREPARE-SUCCESS; read l; {then}"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        External::spawn(
+            cmd,
+            "test remote",
+            BTreeMap::new(),
+            &Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap(),
+            Path::new("/nonexistent"),
+            "r",
+            deadlines,
+        )
+    }
+
+    fn key() -> Key {
+        Key::parse("SHA256E-s1--0000000000000000000000000000000000000000000000000000000000000000")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_silent_external_remote_misses_its_reply_deadline() {
+        let quick = NodeDeadlines {
+            stall: StallRule::default(),
+            reply: Some(std::time::Duration::from_secs(1)),
+        };
+        let mut ok = external(&format!("echo CHECKPRESENT-SUCCESS {}", key()), quick).unwrap();
+        assert!(ok.check_present(&key()).unwrap());
+        let mut silent = external("exec sleep 600", quick).unwrap();
+        let e = silent.check_present(&key()).unwrap_err();
+        assert!(e.to_string().contains("stopped answering"), "{e}");
+    }
+
+    #[test]
+    fn a_transfer_stalls_once_progress_stops() {
+        let quick = NodeDeadlines {
+            stall: StallRule::parse("1KB/1s").unwrap(),
+            reply: Some(std::time::Duration::from_secs(1)),
+        };
+        // PROGRESS for longer than the reply deadline keeps a transfer going…
+        let progress = "for i in 1 2 3 4 5 6 7 8; do echo PROGRESS $i; sleep 0.3; done";
+        let mut ext = external(
+            &format!("{progress}; echo TRANSFER-SUCCESS STORE {}", key()),
+            quick,
+        )
+        .unwrap();
+        assert!(
+            ext.transfer("STORE", &key(), Path::new("/nonexistent"))
+                .unwrap()
+        );
+        // …and when it stops, the transfer is given up.
+        let mut ext = external(&format!("{progress}; exec sleep 600"), quick).unwrap();
+        let e = ext
+            .transfer("STORE", &key(), Path::new("/nonexistent"))
+            .unwrap_err();
+        assert!(e.to_string().contains("stopped answering"), "{e}");
     }
 }

@@ -104,3 +104,36 @@ pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
     }
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+/// Waits until `fd` is readable (or at its end), for at most `timeout`:
+/// `false` when the time ran out first (`poll(2)`).
+#[allow(unsafe_code)]
+pub fn wait_readable(fd: impl AsFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    let raw = fd.as_fd().as_raw_fd();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut p = libc::pollfd {
+            fd: raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd we pass, which lives on
+        // our stack for the call; the descriptor is borrowed for its duration.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r == 0 {
+            if left.is_zero() {
+                return Ok(false);
+            }
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

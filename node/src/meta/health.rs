@@ -42,7 +42,7 @@ const LINK_FILE_TTL: Duration = Duration::from_secs(20);
 /// How often the links file is rewritten while it lists cut links.
 const LINK_REFRESH: Duration = Duration::from_secs(5);
 /// git-annex's default `annex.diskreserve`.
-pub const DEFAULT_DISKRESERVE: u64 = 100_000_000;
+pub use crate::store::DEFAULT_DISKRESERVE;
 
 /// One heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -238,14 +238,19 @@ impl Health {
         let unix = |t: u64| self.started_unix_ms.saturating_add(t);
         let mut out = String::new();
         for (node, liveness, last) in m.nodes() {
-            let metrics = m.metrics(node, now).copied().unwrap_or_default();
+            // Metrics not heard yet (or expired) are `-`, not zeros: a
+            // reader must not take them for a full disk.
+            let metrics = match m.metrics(node, now) {
+                Some(x) => format!(
+                    "{} {} {}",
+                    x.free_bytes, x.transfers_in_flight, x.reserved_bytes
+                ),
+                None => "- - -".to_owned(),
+            };
             out.push_str(&format!(
-                "node {node} {} {} {} {} {}\n",
+                "node {node} {} {} {metrics}\n",
                 liveness_name(liveness),
                 unix(last),
-                metrics.free_bytes,
-                metrics.transfers_in_flight,
-                metrics.reserved_bytes
             ));
         }
         for a in m.alerts() {
@@ -447,6 +452,8 @@ pub struct NodeHealth {
     pub free_bytes: u64,
     pub transfers_in_flight: u64,
     pub reserved_bytes: u64,
+    /// The metrics above were heard (not `-`: unknown, all zeros then).
+    pub metrics_known: bool,
 }
 
 /// One alert as a daemon's health file lists it.
@@ -472,6 +479,7 @@ pub fn read_state(state_dir: &Path) -> (Vec<NodeHealth>, Vec<AlertLine>) {
                 free_bytes: free.parse().unwrap_or(0),
                 transfers_in_flight: flight.parse().unwrap_or(0),
                 reserved_bytes: reserved.parse().unwrap_or(0),
+                metrics_known: *free != "-",
             }),
             ["alert", at, kind, uuid] => alerts.push(AlertLine {
                 at_unix_ms: at.parse().unwrap_or(0),

@@ -24,6 +24,9 @@ use protocol::server::Validity;
 use protocol::verify::{Verdict, Verifier};
 
 use crate::error::{Error, IoContext, Result};
+
+/// git-annex's default `annex.diskreserve`.
+pub const DEFAULT_DISKRESERVE: u64 = 100_000_000;
 use crate::journal::Journal;
 use crate::repo::{Layout, Repo};
 
@@ -205,6 +208,25 @@ impl Store {
 
     pub fn partial_path(&self, key: &Key) -> PathBuf {
         self.tmp.join(key.file())
+    }
+
+    /// Why this repository cannot take `bytes` more now, if it cannot:
+    /// the filesystem's available bytes (statvfs) less `annex.diskreserve`
+    /// (git-annex's default 100 MB) are fewer. Unknown free space takes it.
+    pub fn lacks_room(&self, bytes: u64) -> Option<String> {
+        let reserve = crate::repo::gitconfig::config_get(&self.repo.top, "annex.diskreserve")
+            .ok()
+            .flatten()
+            .and_then(|v| protocol::preferred::parse_size(&v))
+            .unwrap_or(DEFAULT_DISKRESERVE);
+        // The git directory: always there, and on the annex's filesystem.
+        let available = crate::sys::available_bytes(&self.repo.git_dir).ok()?;
+        let room = available.saturating_sub(reserve);
+        (room < bytes).then(|| {
+            format!(
+                "not enough free space: {bytes} bytes needed, {room} available beyond annex.diskreserve ({reserve})"
+            )
+        })
     }
 
     /// Bytes already received for an upload of `key` (the `PUT-FROM` offset).

@@ -195,10 +195,16 @@ impl Backend for StoreBackend<'_> {
 
     async fn prepare_put(&mut self, key: &Key, _file: &AssociatedFile) -> PutStart {
         if self.store.contains(key) {
-            PutStart::AlreadyHave(Vec::new())
-        } else {
-            PutStart::From(self.store.partial_size(key))
+            return PutStart::AlreadyHave(Vec::new());
         }
+        let have = self.store.partial_size(key);
+        // Refused before a byte is sent when it cannot fit.
+        if let Some(size) = key.size()
+            && let Some(why) = self.store.lacks_room(size.saturating_sub(have))
+        {
+            return PutStart::Refused(why);
+        }
+        PutStart::From(have)
     }
 
     async fn abandon_put(&mut self, _key: &Key) {}

@@ -7,3 +7,4 @@ pub mod backend;
 pub mod git;
 pub mod process;
 pub mod session;
+pub mod stall;

@@ -357,12 +357,18 @@ fn put_outcome(reply: Reply) -> Result<PutOutcome> {
 }
 
 /// Our client side of a P2P connection over any byte stream.
+///
+/// With [`ClientSession::set_deadlines`], every wait on the server is
+/// bounded: a reply to a request without payload within the reply deadline,
+/// payload by the stall rule (see [`crate::stall`]). A request that fails
+/// so leaves the session mid-request: the caller drops it.
 pub struct ClientSession<R, W> {
     client: Client,
-    reader: BufReader<R>,
-    writer: BufWriter<W>,
+    reader: BufReader<crate::stall::Watched<R>>,
+    writer: BufWriter<crate::stall::Watched<W>>,
     line: Vec<u8>,
     buf: Vec<u8>,
+    reply_timeout: Option<std::time::Duration>,
 }
 
 enum Payload<'a> {
@@ -390,11 +396,25 @@ where
     pub fn new(reader: R, writer: W) -> Self {
         ClientSession {
             client: Client::new(),
-            reader: BufReader::with_capacity(IO_BUFFER, reader),
-            writer: BufWriter::with_capacity(IO_BUFFER, writer),
+            reader: BufReader::with_capacity(IO_BUFFER, crate::stall::Watched::new(reader)),
+            writer: BufWriter::with_capacity(IO_BUFFER, crate::stall::Watched::new(writer)),
             line: Vec::with_capacity(256),
             buf: vec![0u8; IO_BUFFER],
+            reply_timeout: None,
         }
+    }
+
+    /// Bounds every wait on the server from now on: replies within `reply`,
+    /// payload by `stall`.
+    pub fn set_deadlines(
+        &mut self,
+        stall: protocol::deadline::StallRule,
+        reply: std::time::Duration,
+    ) {
+        let watch = crate::stall::Watch::new(stall);
+        self.reader.get_mut().set_watch(watch.clone());
+        self.writer.get_mut().set_watch(watch);
+        self.reply_timeout = Some(reply);
     }
 
     pub fn version(&self) -> Version {
@@ -410,8 +430,20 @@ where
     }
 
     /// Runs the current request to its `Done`, or (for [`Payload::Relay`]) to
-    /// the next payload or verification request.
-    async fn step(&mut self, mut payload: Payload<'_>) -> Result<Step> {
+    /// the next payload or verification request; within the reply deadline
+    /// when there is one and no payload goes through this call.
+    async fn step(&mut self, payload: Payload<'_>) -> Result<Step> {
+        match self.reply_timeout {
+            Some(t) if matches!(payload, Payload::None | Payload::Relay) => {
+                tokio::time::timeout(t, self.step_inner(payload))
+                    .await
+                    .map_err(|_| Error::Peer(format!("no reply within {}s", t.as_secs())))?
+            }
+            _ => self.step_inner(payload).await,
+        }
+    }
+
+    async fn step_inner(&mut self, mut payload: Payload<'_>) -> Result<Step> {
         let io_err = stream_err;
         loop {
             while let Some(out) = self.client.poll_output() {
@@ -932,5 +964,60 @@ pub async fn record_state(message: &'static str) {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("recording state in git: {e}"),
         Err(e) => tracing::warn!("recording state in git: {e}"),
+    }
+}
+
+/// A served stream's reader with the idle-session deadline: a read that
+/// waits longer than `idle` for the client's next bytes fails with
+/// `TimedOut`, which ends the session like a broken stream. Only waiting
+/// on the client counts: while the server works (a fan-out, a send), the
+/// reader is not polled and the clock does not run.
+pub struct IdleReader<R> {
+    inner: R,
+    idle: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R> IdleReader<R> {
+    pub fn new(inner: R, idle: std::time::Duration) -> Self {
+        IdleReader {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.timer = None;
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("idle for {}s", idle.as_secs()),
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 }

@@ -65,6 +65,29 @@ fn wrong_content_is_refused_and_not_kept() {
 }
 
 #[test]
+fn data_longer_than_the_key_is_refused_before_a_byte_is_written() {
+    let (sent, d) = session(
+        ServeMode::ReadWrite,
+        MemoryStore::default(),
+        &format!("VERSION 4\nPUT r {WORLD}\nDATA 27\nworld, this is a P2P test!\nVALID\n"),
+    );
+    assert_eq!(
+        sent,
+        format!("{AUTH}VERSION 4\nPUT-FROM 0\nERROR {DATA_TOO_LONG}\n")
+    );
+    assert_eq!(
+        d.closed,
+        Some(CloseReason::ProtocolError(DATA_TOO_LONG.into()))
+    );
+    assert!(d.store.partial.is_empty() && d.store.objects.is_empty());
+    // From an offset too, and past u64.
+    let key = Key::parse(WORLD).unwrap();
+    assert!(data_fits(&key, 0, 26) && data_fits(&key, 20, 6) && data_fits(&key, 0, 3));
+    assert!(!data_fits(&key, 20, 7) && !data_fits(&key, u64::MAX, 2));
+    assert!(data_fits(&Key::parse("WORM--x").unwrap(), 0, u64::MAX));
+}
+
+#[test]
 fn short_data_keeps_partial_and_resumes() {
     let (sent, d) = session(
         ServeMode::ReadWrite,

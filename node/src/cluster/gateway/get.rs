@@ -309,7 +309,11 @@ async fn open<'g>(
         GatewayNode::Remote(r) => {
             return match r.get_start(gw.gateway.uuid(), key, offset).await {
                 Ok(Some((fetch, len))) => Some((Source::Remote { fetch, _busy: busy }, len)),
-                Ok(None) | Err(_) => None,
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::info!("node {} cannot send {key}: {e}", r.remote);
+                    None
+                }
             };
         }
     };

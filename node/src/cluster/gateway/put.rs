@@ -125,11 +125,20 @@ async fn gather<'g>(gw: &'g Gateway<'g>, key: &Key) -> Facts<'g> {
             f.locals.push(n);
         }
     }
-    for s in gw.shells() {
-        match s.check_present(gw.gateway.uuid(), key).await {
+    // The remote nodes all at once, each within its reply deadline.
+    let shells = gw.shells();
+    let me = gw.gateway.uuid();
+    let answers = futures::future::join_all(shells.iter().map(|s| s.check_present(me, key))).await;
+    let full = short_of_room(gw, key);
+    for (s, answer) in shells.into_iter().zip(answers) {
+        match answer {
             Ok(true) => f.holders.push(had(&s.uuid)),
+            Ok(false) if full.contains(s.uuid.as_str()) => tracing::info!(
+                "node {} skipped for {key}: its heartbeat says it lacks room",
+                s.remote
+            ),
             Ok(false) => f.remotes.push(s),
-            Err(_) => {}
+            Err(e) => tracing::info!("node {} left out of the PUT of {key}: {e}", s.remote),
         }
     }
     for s in gw.specials() {
@@ -140,6 +149,22 @@ async fn gather<'g>(gw: &'g Gateway<'g>, key: &Key) -> Facts<'g> {
         }
     }
     f
+}
+
+/// The members whose last heartbeat (the daemon's health file) says they
+/// have less room than `key`'s size beyond their `annex.diskreserve` and the
+/// bytes their transfers in flight reserve. Unknown sizes and unknown
+/// members are not short.
+fn short_of_room(gw: &Gateway<'_>, key: &Key) -> std::collections::HashSet<String> {
+    let Some(size) = key.size() else {
+        return Default::default();
+    };
+    let (nodes, _) = crate::health::read_state(&crate::config::state_dir(gw.gateway.repo()));
+    nodes
+        .into_iter()
+        .filter(|n| n.metrics_known && n.free_bytes.saturating_sub(n.reserved_bytes) < size)
+        .map(|n| n.uuid)
+        .collect()
 }
 
 /// Without routes: the lacking nodes that want the key, else all of them
@@ -254,7 +279,7 @@ async fn open<'g>(
             Ok(PutBegin::AlreadyHave(also)) => {
                 holders.push(Report::node(s.uuid.clone(), Outcome::AlreadyHad(also)))
             }
-            Err(_) => {}
+            Err(e) => tracing::info!("node {} left out of the PUT of {key}: {e}", s.remote),
         }
     }
     let (dirs, externals) = open_specials(key, &f.specials);
@@ -288,6 +313,14 @@ fn open_locals<'g>(key: &Key, nodes: &[&'g NodeStore]) -> Vec<Target<'g>> {
         .iter()
         .filter_map(|n| {
             let have = n.store.partial_size(key);
+            // A node without room is skipped, not filled.
+            if let Some(why) = key
+                .size()
+                .and_then(|size| n.store.lacks_room(size.saturating_sub(have)))
+            {
+                tracing::info!("node {} cannot take {key}: {why}", n.remote);
+                return None;
+            }
             let opened = if have == 0 {
                 n.store.begin_unhashed_upload(key)
             } else {

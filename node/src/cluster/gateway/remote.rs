@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use protocol::deadline::NodeDeadlines;
 use protocol::message::{MAX_VERSION, Message, Version};
 use protocol::server::Validity;
 use protocol::{AssociatedFile, Key, Uuid};
@@ -122,6 +123,9 @@ pub struct RemoteNode {
     pub via: Option<Uuid>,
     /// Gateways to avoid, sent as `BYPASS` on connecting (version 2+).
     bypass: std::sync::Mutex<Vec<Uuid>>,
+    /// How long it may take to answer, and when its transfers count as
+    /// stalled (`annex.stalldetection`).
+    pub deadlines: NodeDeadlines,
     conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
@@ -135,6 +139,7 @@ impl Clone for RemoteNode {
             identity: self.identity.clone(),
             via: self.via.clone(),
             bypass: std::sync::Mutex::new(self.bypass_list()),
+            deadlines: self.deadlines,
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -165,6 +170,7 @@ impl RemoteNode {
             identity: None,
             via: None,
             bypass: std::sync::Mutex::new(Vec::new()),
+            deadlines: NodeDeadlines::default(),
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -210,12 +216,18 @@ impl RemoteNode {
             identity: Some((identity, state_dir)),
             via: None,
             bypass: std::sync::Mutex::new(Vec::new()),
+            deadlines: NodeDeadlines::default(),
             conn: tokio::sync::Mutex::new(None),
         }
     }
 
     pub fn with_cost(mut self, cost: Cost) -> RemoteNode {
         self.cost = cost;
+        self
+    }
+
+    pub fn with_deadlines(mut self, deadlines: NodeDeadlines) -> RemoteNode {
+        self.deadlines = deadlines;
         self
     }
 
@@ -241,7 +253,23 @@ impl RemoteNode {
     /// no `VERSION`, so the session stays at version 0). The gateway's own
     /// sessions offer the highest; a relay ([`crate::proxy`]) offers its
     /// client's.
+    ///
+    /// Connecting (and `AUTH`, `VERSION`) must be done within the reply
+    /// deadline; every wait of the connection is bounded from then on.
     pub(crate) async fn open(&self, client: &Uuid, version: Option<Version>) -> Result<Conn> {
+        let reply = self.deadlines.reply();
+        let mut conn = tokio::time::timeout(reply, self.connect(client, version))
+            .await
+            .map_err(|_| Error::Node {
+                node: self.remote.clone(),
+                reason: format!("no connection within {}s", reply.as_secs()),
+            })??;
+        let stall = self.deadlines.stall;
+        on_session!(&mut conn, s => s.set_deadlines(stall, reply));
+        Ok(conn)
+    }
+
+    async fn connect(&self, client: &Uuid, version: Option<Version>) -> Result<Conn> {
         match &self.reach {
             Reach::Shell(shell) => {
                 let cmd =
