@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod annex_shell;
+mod api;
 mod client;
 mod cluster;
 mod daemon;
@@ -54,7 +55,18 @@ enum Command {
         /// How long a member may be silent before it is suspected (s, m, h).
         #[arg(long, default_value = "10s")]
         suspect_after: String,
+        /// Where to serve the HTTP API, IP:PORT (default: the config's
+        /// `api_listen`, else 127.0.0.1 on a free port).
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<String>,
     },
+    /// The HTTP API's bearer token.
+    Api {
+        #[command(subcommand)]
+        action: api::ApiCommand,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
     /// git-annex P2P pairing helpers.
     P2p {
         /// Print `p2p-annex::libp2p:<multiaddr>:<token>` lines for `git annex p2p --link`.
@@ -265,7 +277,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peer,
             no_git,
             suspect_after,
-        } => runtime.block_on(daemon::run(&repo, listen, peer, !no_git, &suspect_after)),
+            api_listen,
+        } => runtime.block_on(daemon::run(
+            &repo,
+            listen,
+            peer,
+            !no_git,
+            &suspect_after,
+            api_listen,
+        )),
+        Command::Api { action } => api::command(&repo, action),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "annexmesh",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::P2p { .. } => daemon::gen_addresses(&repo),
         Command::Grant { peer, mode } => daemon::grant(&repo, &peer, &mode),
         Command::AddPeer { name, address } => daemon::add_peer(&repo, &name, &address),

@@ -312,6 +312,28 @@ impl Meta {
             .unwrap_or_default()
     }
 
+    /// Up to `limit` files after `after` in path order that `keep` selects,
+    /// copied (a page of a listing that holds the lock only for the page).
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<(String, protocol::logs::catalog::LogFile)> {
+        self.lock()
+            .catalog
+            .files_after(after)
+            .filter(|(p, _)| keep(p))
+            .take(limit)
+            .map(|(p, f)| (p.to_owned(), f.clone()))
+            .collect()
+    }
+
+    /// How many files `keep` selects.
+    pub fn count(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.lock().catalog.files().filter(|(p, _)| keep(p)).count()
+    }
+
     /// Number of files in the catalog.
     pub fn len(&self) -> usize {
         self.lock().catalog.len()
