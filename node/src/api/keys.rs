@@ -275,3 +275,18 @@ pub async fn recover(
         Json(json!({ "recover": k.as_str(), "requested": true })),
     ))
 }
+
+/// Asks the running repairer to retry every key in error now.
+pub async fn recover_all(State(st): State<Shared>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if state::read(&st.state_dir).is_none() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no repairer runs in this daemon (it is no cluster's gateway)".into(),
+        ));
+    }
+    state::request_recover(&st.state_dir, &[Recover::All])?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "recover": "*", "requested": true })),
+    ))
+}

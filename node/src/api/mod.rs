@@ -83,6 +83,8 @@ pub fn router(state: Shared) -> axum::Router {
         .route("/keys/{key}/recover", post(keys::recover))
         .route("/health/alerts", get(alerts))
         .route("/health/metrics", get(health_metrics))
+        .route("/health/graph", get(graph))
+        .route("/recover", post(keys::recover_all))
         .route("/metrics", get(metrics::serve))
         .fallback(|| async { not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
@@ -273,7 +275,15 @@ async fn alerts(State(st): State<Shared>) -> Answer {
     }
     let nodes: Vec<Value> = nodes
         .iter()
-        .map(|n| json!({ "uuid": n.uuid, "state": n.state, "last_seen_unix_ms": n.last_seen_unix_ms }))
+        .map(|n| {
+            json!({
+                "uuid": n.uuid,
+                "state": n.state,
+                "last_seen_unix_ms": n.last_seen_unix_ms,
+                "free_bytes": n.free_bytes,
+                "transfers_in_flight": n.transfers_in_flight,
+            })
+        })
         .collect();
     let alerts: Vec<Value> = alerts
         .iter()
@@ -298,4 +308,106 @@ async fn health_metrics(State(st): State<Shared>) -> Answer {
         })
         .collect();
     Ok(Json(Value::Array(nodes)))
+}
+
+/// The mesh as dot: members (with the monitor's states), gateways and
+/// their links, cluster nodes, clusters, and this gateway's paths in use.
+fn mesh_graph(st: &ApiState) -> Result<String, ApiError> {
+    use protocol::cluster::graph::{Edge, Graph, Kind};
+    let mut g = Graph::new();
+    let names = descriptions(&st.meta);
+    let name = |u: &str| names.get(u).map(String::as_str);
+    let (nodes, _) = crate::health::read_state(&st.state_dir);
+    let states: std::collections::BTreeMap<&str, &str> = nodes
+        .iter()
+        .map(|n| (n.uuid.as_str(), n.state.as_str()))
+        .collect();
+    let me = st.store.uuid().to_string();
+    g.vertex(&me, Kind::Member, name(&me), Some("self"));
+    for m in st.members.as_ref().map(|m| m.others()).unwrap_or_default() {
+        g.vertex(
+            &m.uuid,
+            Kind::Member,
+            name(&m.uuid),
+            states.get(m.uuid.as_str()).copied(),
+        );
+    }
+    let (topo, catalog) = crate::topology::topology(&st.store)?;
+    let edge = |from: String, to: String, label: String| Edge {
+        from,
+        to,
+        label,
+        in_use: false,
+        membership: false,
+    };
+    let gateways: Vec<protocol::Uuid> = topo.gateways().cloned().collect();
+    for gw in &gateways {
+        let id = gw.to_string();
+        g.vertex(
+            &id,
+            Kind::Gateway,
+            name(&id),
+            states.get(id.as_str()).copied(),
+        );
+        for (to, cost) in topo.links(gw) {
+            let to_s = to.to_string();
+            g.vertex(&to_s, Kind::Gateway, name(&to_s), None);
+            g.edge(edge(id.clone(), to_s, format!("{:.2}", cost.to_f64())));
+        }
+        for (node, cost) in topo.direct_nodes(gw) {
+            let n = node.to_string();
+            g.vertex(&n, Kind::Node, name(&n), states.get(n.as_str()).copied());
+            g.edge(edge(id.clone(), n, format!("{:.2}", cost.to_f64())));
+        }
+    }
+    let view = protocol::logs::view::View::new(&catalog);
+    let serving = gateways.iter().any(|g| g == st.store.uuid());
+    for (c, members) in view.clusters() {
+        let label = name(&c).map(|d| d.strip_prefix("cluster ").unwrap_or(d).to_owned());
+        g.vertex(&c, Kind::Cluster, label.as_deref(), None);
+        for n in &members {
+            g.vertex(n, Kind::Node, name(n), states.get(n.as_str()).copied());
+            g.edge(Edge {
+                membership: true,
+                ..edge(c.clone(), n.clone(), String::new())
+            });
+        }
+        let Ok(uuid) = protocol::Uuid::parse(&c) else {
+            continue;
+        };
+        if !serving {
+            continue;
+        }
+        let Some(routes) = crate::topology::routes(&st.store, &uuid)? else {
+            continue;
+        };
+        for r in routes.iter() {
+            let mut from = me.clone();
+            for hop in r
+                .hops
+                .iter()
+                .map(ToString::to_string)
+                .chain([r.node.to_string()])
+            {
+                g.edge(Edge {
+                    in_use: true,
+                    ..edge(from.clone(), hop.clone(), String::new())
+                });
+                from = hop;
+            }
+        }
+    }
+    Ok(g.render())
+}
+
+async fn graph(State(st): State<Shared>) -> Result<Response, ApiError> {
+    let s = st.clone();
+    let dot = tokio::task::spawn_blocking(move || mesh_graph(&s))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((
+        [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+        dot,
+    )
+        .into_response())
 }
