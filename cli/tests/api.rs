@@ -305,6 +305,19 @@ fn every_endpoint_answers_with_a_token() {
 
     // A transfer into the cluster: its key is listed with its holder.
     let cluster = git_config(&lab.repo("G"), "annex.cluster.c");
+    let received = |text: &str| -> f64 {
+        metric(text, "annexmesh_peer_bytes_in_total")
+            .iter()
+            .map(value)
+            .sum()
+    };
+    let served = |text: &str| -> f64 {
+        metric(text, "annexmesh_peer_sessions_total")
+            .iter()
+            .map(value)
+            .sum()
+    };
+    let text0 = get("/metrics").body;
     let file = lab.root.join("f.bin");
     std::fs::write(&file, vec![7u8; 50_000]).expect("write");
     let target = format!("{addr_g}/annex-uuid/{cluster}");
@@ -334,6 +347,14 @@ fn every_endpoint_answers_with_a_token() {
             .iter()
             .any(|h| *h == uuid_m.as_str())
     );
+    // The bytes and sessions counters moved with the transfer.
+    let text1 = get("/metrics").body;
+    assert!(
+        received(&text1) >= received(&text0) + 50_000.0,
+        "{text0}\n{text1}"
+    );
+    assert!(served(&text1) > served(&text0), "{text1}");
+    assert!(!metric(&text1, "annexmesh_sessions_open").is_empty());
     assert!(get(&format!("/keys?node={uuid_m}")).body.contains(&key));
     assert!(
         !get("/keys?node=00000000-0000-0000-0000-000000000000")

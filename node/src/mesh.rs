@@ -171,6 +171,7 @@ impl Mesh {
             state_dir: crate::config::state_dir(self.peer.store.repo()),
             addrs: self.peer.addrs.iter().map(ToString::to_string).collect(),
             metrics: crate::api::metrics::Metrics::default(),
+            stats: self.peer.stats.clone(),
         });
         self.tasks
             .push(tokio::spawn(crate::api::serve(listener, state)));

@@ -62,6 +62,8 @@ pub struct Peer {
     pub net: Net,
     pub addrs: Vec<Multiaddr>,
     pub store: Store,
+    /// What the served sessions moved, per peer.
+    pub stats: Arc<crate::net::stats::Stats>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<usize>,
 }
@@ -91,18 +93,21 @@ impl Peer {
             rules = rules.with_members(m);
         }
         let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(crate::net::stats::Stats::default());
         let server = tokio::spawn(accept_loop(
             net.clone(),
             store.clone(),
             rules,
             limits,
             serve_git,
+            stats.clone(),
             stopped,
         )?);
         Ok(Peer {
             net,
             addrs,
             store,
+            stats,
             stop,
             server,
         })
@@ -130,6 +135,7 @@ fn accept_loop(
     rules: AccessRules,
     limits: Limits,
     serve_git: bool,
+    stats: Arc<crate::net::stats::Stats>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<impl std::future::Future<Output = usize>> {
     let mut control = net.control();
@@ -172,9 +178,11 @@ fn accept_loop(
                         continue;
                     };
                     let shared = shared.clone();
+                    let counters = stats.peer(&peer.to_string());
                     sessions.spawn(async move {
                         let _slot = slot;
-                        match serve_stream(&shared, peer, stream, protocol).await {
+                        let _counted = crate::net::stats::Session::start(counters.clone());
+                        match serve_stream(&shared, peer, stream, protocol, counters).await {
                             Ok(reason) => tracing::debug!("session with {peer} ended: {reason:?}"),
                             Err(e) => tracing::info!("session with {peer} failed: {e}"),
                         }
@@ -245,8 +253,10 @@ async fn serve_stream(
     peer: PeerId,
     stream: libp2p::Stream,
     protocol: StreamProtocol,
+    counters: Arc<crate::net::stats::PeerCounters>,
 ) -> Result<CloseReason> {
-    let (reader, mut writer) = tokio::io::split(stream.compat());
+    let stream = crate::net::stats::Counted::new(stream.compat(), counters);
+    let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = tokio::io::BufReader::new(reader);
     let store = &shared.store;
     if protocol == TARGET_PROTOCOL {

@@ -127,6 +127,40 @@ pub async fn render(st: &super::ApiState) -> String {
         r.register("repair_transferring", "Repairs transferring", transferring);
         r.register("repair_errors", "Keys whose repair failed", errors);
     }
+    let bytes_in: Family<Labels, Counter> = Family::default();
+    let bytes_out: Family<Labels, Counter> = Family::default();
+    let sessions: Family<Labels, Counter> = Family::default();
+    let open: Family<Labels, Gauge> = Family::default();
+    let mut open_total = 0;
+    for (peer, c) in st.stats.snapshot() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = vec![("peer".to_owned(), peer)];
+        bytes_in.get_or_create(&l).inc_by(c.bytes_in.load(Relaxed));
+        bytes_out
+            .get_or_create(&l)
+            .inc_by(c.bytes_out.load(Relaxed));
+        sessions.get_or_create(&l).inc_by(c.sessions.load(Relaxed));
+        let now = count(c.open.load(Relaxed));
+        open_total += now;
+        open.get_or_create(&l).set(now);
+    }
+    r.register(
+        "peer_bytes_in",
+        "Bytes received on sessions this daemon served, per peer",
+        bytes_in,
+    );
+    r.register(
+        "peer_bytes_out",
+        "Bytes sent on sessions this daemon served, per peer",
+        bytes_out,
+    );
+    r.register(
+        "peer_sessions",
+        "Sessions this daemon served, per peer",
+        sessions,
+    );
+    r.register("peer_sessions_open", "Sessions open, per peer", open);
+    gauge(&mut r, "sessions_open", "Sessions open", open_total);
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &r) {
         tracing::warn!("encoding metrics: {e}");

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub state_dir: PathBuf,
     pub addrs: Vec<String>,
     pub metrics: metrics::Metrics,
+    /// What the served sessions moved, per peer.
+    pub stats: Arc<crate::net::stats::Stats>,
 }
 
 type Shared = Arc<ApiState>;
