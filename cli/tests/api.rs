@@ -415,6 +415,16 @@ fn every_endpoint_answers_with_a_token() {
     let before = value(&metric(&text, "annexmesh_api_requests_total")[0]);
     let after = value(&metric(&get("/metrics").body, "annexmesh_api_requests_total")[0]);
     assert!(after > before);
+    // G took M1's gossip and ran anti-entropy with it.
+    assert!(
+        value(&metric(&text, "annexmesh_gossip_messages_in_total")[0]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&metric(&text, "annexmesh_anti_entropy_rounds_total")[0]) >= 1.0,
+        "{text}"
+    );
+    assert!(!metric(&text, "annexmesh_gossip_messages_rejected_total").is_empty());
     let unauthorized = value(&metric(&text, "annexmesh_api_unauthorized_total")[0]);
     assert!(unauthorized >= 3.0);
 

@@ -127,6 +127,41 @@ pub async fn render(st: &super::ApiState) -> String {
         r.register("repair_transferring", "Repairs transferring", transferring);
         r.register("repair_errors", "Keys whose repair failed", errors);
     }
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &st.meta.counters;
+        for (name, help, v) in [
+            (
+                "gossip_messages_in",
+                "Metadata gossip messages taken",
+                &c.gossip_in,
+            ),
+            (
+                "gossip_messages_out",
+                "Metadata gossip messages published",
+                &c.gossip_out,
+            ),
+            (
+                "gossip_messages_rejected",
+                "Metadata gossip messages refused (untrusted author, too large, undecodable)",
+                &c.gossip_rejected,
+            ),
+            (
+                "anti_entropy_rounds",
+                "Anti-entropy rounds started",
+                &c.sync_rounds,
+            ),
+            (
+                "anti_entropy_failed",
+                "Anti-entropy rounds that failed",
+                &c.sync_failed,
+            ),
+        ] {
+            let counter: Counter = Counter::default();
+            counter.inc_by(v.load(Relaxed));
+            r.register(name, help, counter);
+        }
+    }
     let bytes_in: Family<Labels, Counter> = Family::default();
     let bytes_out: Family<Labels, Counter> = Family::default();
     let sessions: Family<Labels, Counter> = Family::default();
