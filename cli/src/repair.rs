@@ -146,6 +146,7 @@ pub fn status(
     filter: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let repo = open_with_daemon(path)?;
+    eprintln!("(read from the repairer's state file, written by the running daemon)");
     let filter = Filter::parse(filter)?;
     let key = key
         .map(|k| Key::parse(k).with_context(|| format!("{k:?} is not a key")))

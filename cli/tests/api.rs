@@ -461,6 +461,10 @@ fn every_endpoint_answers_with_a_token() {
     assert_eq!(get("/health/graph").body, dot);
     println!("{dot}");
     render_with_graphviz(&dot);
+    let out = lab.run("G", &["peers", "--json"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("membership log"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&peer_m));
     for shell in ["bash", "zsh", "fish"] {
         assert!(lab.ok("G", &["completions", shell]).contains("annexmesh"));
     }
