@@ -51,12 +51,18 @@ fn addresses_file(repo: &Repo) -> std::path::PathBuf {
     state_dir(repo).join("addresses")
 }
 
+/// The file where a running daemon records its API's address.
+pub(crate) fn api_file(repo: &Repo) -> std::path::PathBuf {
+    state_dir(repo).join("api")
+}
+
 pub async fn run(
     path: &Path,
     listen: Vec<String>,
     peers: Vec<String>,
     serve_git: bool,
     suspect_after: &str,
+    api_listen: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let suspect_after_ms = crate::duration::parse_duration(suspect_after)?.saturating_mul(1000);
     let repo = open(path)?;
@@ -108,6 +114,14 @@ pub async fn run(
         },
     )
     .await?;
+    let mut mesh = mesh;
+    let api = api_listen
+        .or(config.api_listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let api: std::net::SocketAddr = api
+        .parse()
+        .with_context(|| format!("bad API address {api} (IP:PORT)"))?;
+    let api = mesh.start_api(api).await?;
     let peer = &mesh.peer;
     let mut text = String::new();
     for a in &peer.addrs {
@@ -115,6 +129,8 @@ pub async fn run(
         text.push_str(&format!("{a}\n"));
     }
     write_atomic(&addresses_file(&repo), text.as_bytes())?;
+    write_atomic(&api_file(&repo), format!("http://{api}\n").as_bytes())?;
+    println!("api listening on http://{api}");
     for p in &peers {
         let addr = config.resolve_peer(p)?;
         match peer.net.dial(&addr).await {
@@ -125,6 +141,7 @@ pub async fn run(
     wait_for_signal().await?;
     let cut = mesh.shutdown().await;
     let _ = std::fs::remove_file(addresses_file(&repo));
+    let _ = std::fs::remove_file(api_file(&repo));
     eprintln!("annexmesh: stopped ({cut} session(s) interrupted)");
     Ok(ExitCode::SUCCESS)
 }

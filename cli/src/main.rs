@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod annex_shell;
+mod api;
 mod client;
 mod cluster;
 mod daemon;
@@ -27,8 +28,18 @@ struct Cli {
     /// The repository to act on (default: the current directory).
     #[arg(long, global = true, value_name = "DIR")]
     repo: Option<PathBuf>,
+    /// How logs (stderr, filtered by `ANNEXMESH_LOG`) are written.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -54,7 +65,18 @@ enum Command {
         /// How long a member may be silent before it is suspected (s, m, h).
         #[arg(long, default_value = "10s")]
         suspect_after: String,
+        /// Where to serve the HTTP API, IP:PORT (default: the config's
+        /// `api_listen`, else 127.0.0.1 on a free port).
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<String>,
     },
+    /// The HTTP API's bearer token.
+    Api {
+        #[command(subcommand)]
+        action: api::ApiCommand,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
     /// git-annex P2P pairing helpers.
     P2p {
         /// Print `p2p-annex::libp2p:<multiaddr>:<token>` lines for `git annex p2p --link`.
@@ -127,6 +149,10 @@ enum Command {
         #[arg(long, value_name = "STATE,…")]
         filter: Option<String>,
     },
+    /// The mesh as the running daemon sees it, as Graphviz dot: members,
+    /// gateways, nodes, clusters, links, the paths in use, each one's state
+    /// (`annexmesh graph | dot -Tsvg > mesh.svg`).
+    Graph,
     /// Retry now the repairs of KEYs (or of every key, with --all) that failed.
     Recover {
         keys: Vec<String>,
@@ -232,8 +258,8 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    init_tracing();
     if invoked_as == "git-annex-shell" {
+        init_tracing(LogFormat::Text);
         let args = argv[1..]
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -241,6 +267,7 @@ fn main() -> ExitCode {
         return annex_shell::run("git-annex-shell", args);
     }
     let cli = Cli::parse_from(argv);
+    init_tracing(cli.log_format);
     if let Command::AnnexShell { args } = cli.command {
         return annex_shell::run("annexmesh annex-shell", args);
     }
@@ -265,7 +292,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peer,
             no_git,
             suspect_after,
-        } => runtime.block_on(daemon::run(&repo, listen, peer, !no_git, &suspect_after)),
+            api_listen,
+        } => runtime.block_on(daemon::run(
+            &repo,
+            listen,
+            peer,
+            !no_git,
+            &suspect_after,
+            api_listen,
+        )),
+        Command::Api { action } => api::command(&repo, action),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "annexmesh",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::P2p { .. } => daemon::gen_addresses(&repo),
         Command::Grant { peer, mode } => daemon::grant(&repo, &peer, &mode),
         Command::AddPeer { name, address } => daemon::add_peer(&repo, &name, &address),
@@ -301,6 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repair::status(&repo, key.as_deref(), json, filter.as_deref())
         }
         Command::Recover { keys, all } => repair::recover(&repo, &keys, all),
+        Command::Graph => api::graph(&repo),
         // Transfers run on a runtime worker: a future polled by `block_on` on
         // the main thread moves bytes markedly slower (measured by the libp2p
         // benchmark).
@@ -349,12 +396,15 @@ async fn on_worker<T: Send + 'static>(
     tokio::spawn(work).await?
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("ANNEXMESH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().try_init(),
+    };
 }

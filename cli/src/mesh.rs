@@ -121,6 +121,14 @@ fn listed(repo: &Repo) -> anyhow::Result<Vec<Listed>> {
 pub fn peers(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let repo = open(path)?;
     let list = listed(&repo)?;
+    eprintln!(
+        "(read from the repository's membership log{})",
+        if crate::daemon::daemon_running(&repo) {
+            "; connections as the running daemon last recorded them"
+        } else {
+            "; no daemon is running"
+        }
+    );
     if json {
         let items = list
             .into_iter()

@@ -146,6 +146,7 @@ pub fn status(
     filter: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let repo = open_with_daemon(path)?;
+    eprintln!("(read from the repairer's state file, written by the running daemon)");
     let filter = Filter::parse(filter)?;
     let key = key
         .map(|k| Key::parse(k).with_context(|| format!("{k:?} is not a key")))
@@ -204,6 +205,31 @@ pub fn status(
 /// `annexmesh recover KEY…|--all`: retry now what failed.
 pub fn recover(path: &Path, keys: &[String], all: bool) -> anyhow::Result<ExitCode> {
     let repo = open_with_daemon(path)?;
+    if keys.is_empty() && !all {
+        bail!("name keys to recover, or --all");
+    }
+    if let Some(client) = crate::api::Client::find(&repo) {
+        for k in keys {
+            Key::parse(k).with_context(|| format!("{k:?} is not a key"))?;
+        }
+        if all {
+            client.ok("POST", "/recover")?;
+        }
+        for k in keys {
+            client.ok("POST", &format!("/keys/{k}/recover"))?;
+        }
+        println!(
+            "asked the daemon (its API at {}) to retry {} now",
+            client.url(),
+            if all {
+                "every key in error".to_owned()
+            } else {
+                format!("{} key(s)", keys.len())
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("(the daemon's API does not answer: leaving the request in its state dir)");
     let mut what = Vec::new();
     if all {
         what.push(Recover::All);

@@ -134,15 +134,52 @@ pub fn replication(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The monitor's view from the daemon's API.
+fn alerts_from_api(
+    client: &crate::api::Client,
+) -> anyhow::Result<(Vec<node::health::NodeHealth>, Vec<node::health::AlertLine>)> {
+    let v: serde_json::Value = serde_json::from_str(&client.ok("GET", "/health/alerts")?)
+        .context("the API's /health/alerts is not JSON")?;
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let nodes = list("nodes")
+        .iter()
+        .map(|n| node::health::NodeHealth {
+            uuid: text(n, "uuid"),
+            state: text(n, "state"),
+            last_seen_unix_ms: num(n, "last_seen_unix_ms"),
+            free_bytes: num(n, "free_bytes"),
+            transfers_in_flight: num(n, "transfers_in_flight"),
+            reserved_bytes: 0,
+            metrics_known: n["free_bytes"].is_u64(),
+        })
+        .collect();
+    let alerts = list("alerts")
+        .iter()
+        .map(|a| node::health::AlertLine {
+            at_unix_ms: num(a, "at_unix_ms"),
+            kind: text(a, "kind"),
+            uuid: text(a, "uuid"),
+        })
+        .collect();
+    Ok((nodes, alerts))
+}
+
 pub fn alerts(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let repo = open(path)?;
-    if !crate::daemon::daemon_running(&repo) {
+    let (nodes, alerts) = if let Some(client) = crate::api::Client::find(&repo) {
+        eprintln!("(from the daemon's API at {})", client.url());
+        alerts_from_api(&client)?
+    } else if crate::daemon::daemon_running(&repo) {
+        eprintln!("(the daemon's API does not answer: read its health file)");
+        node::health::read_state(&node::config::state_dir(&repo))
+    } else {
         bail!(
             "no daemon is running for {} (start `annexmesh daemon`)",
             repo.top.display()
         );
-    }
-    let (nodes, alerts) = node::health::read_state(&node::config::state_dir(&repo));
+    };
     if json {
         let nodes = nodes
             .into_iter()

@@ -19,6 +19,7 @@
 //! `node::gateway`, …).
 
 pub mod annex_shell;
+pub mod api;
 pub mod cluster;
 pub mod error;
 pub mod fs;

@@ -67,6 +67,7 @@ pub struct Mesh {
     pub health: Option<Arc<crate::health::Health>>,
     /// The relay socket, removed at shutdown.
     relay: Option<PathBuf>,
+    members: Option<Arc<crate::members::Members>>,
 }
 
 impl Mesh {
@@ -128,6 +129,7 @@ impl Mesh {
             )));
         }
         let mut health = None;
+        let kept_members = members.clone();
         if let Some(members) = members {
             let (h, more) =
                 start_member_services(&peer, &meta, members, state_dir, services.monitor).await?;
@@ -143,7 +145,37 @@ impl Mesh {
             tasks,
             health,
             relay,
+            members: kept_members,
         })
+    }
+
+    /// Serves the HTTP API ([`crate::api`]) on `addr` until shutdown; the
+    /// address bound.
+    pub async fn start_api(&mut self, addr: std::net::SocketAddr) -> Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| crate::Error::Io {
+                context: format!("binding the HTTP API on {addr}"),
+                source: e,
+            })?;
+        let bound = listener.local_addr().map_err(|e| crate::Error::Io {
+            context: "the HTTP API's address".into(),
+            source: e,
+        })?;
+        crate::api::token::ensure(&self.git_dir, false)?;
+        let state = Arc::new(crate::api::ApiState {
+            meta: self.meta.clone(),
+            net: self.peer.net.clone(),
+            store: self.peer.store.clone(),
+            members: self.members.clone(),
+            state_dir: crate::config::state_dir(self.peer.store.repo()),
+            addrs: self.peer.addrs.iter().map(ToString::to_string).collect(),
+            metrics: crate::api::metrics::Metrics::default(),
+            stats: self.peer.stats.clone(),
+        });
+        self.tasks
+            .push(tokio::spawn(crate::api::serve(listener, state)));
+        Ok(bound)
     }
 
     /// Stops serving and writes everything pending to the branch.

@@ -102,6 +102,8 @@ pub struct Peer {
     pub net: Net,
     pub addrs: Vec<Multiaddr>,
     pub store: Store,
+    /// What the served sessions moved, per peer.
+    pub stats: Arc<crate::net::stats::Stats>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<usize>,
 }
@@ -132,18 +134,21 @@ impl Peer {
             rules = rules.with_members(m);
         }
         let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(crate::net::stats::Stats::default());
         let server = tokio::spawn(accept_loop(
             net.clone(),
             store.clone(),
             rules,
             limits,
             serve_git,
+            stats.clone(),
             stopped,
         )?);
         Ok(Peer {
             net,
             addrs,
             store,
+            stats,
             stop,
             server,
         })
@@ -171,6 +176,7 @@ fn accept_loop(
     rules: AccessRules,
     limits: Limits,
     serve_git: bool,
+    stats: Arc<crate::net::stats::Stats>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<impl std::future::Future<Output = usize>> {
     let mut control = net.control();
@@ -213,7 +219,9 @@ fn accept_loop(
                         continue;
                     };
                     let shared = shared.clone();
+                    let counters = stats.peer(&peer.to_string());
                     sessions.spawn(async move {
+                        let _counted = crate::net::stats::Session::start(counters.clone());
                         let gate = Gate {
                             access: shared.rules.for_peer(peer),
                             sessions: &shared.sessions,
@@ -221,7 +229,7 @@ fn accept_loop(
                             pending: Mutex::new(Some(slot)),
                             slot: Mutex::new(None),
                         };
-                        let serving = serve_stream(&shared, stream, protocol, &gate);
+                        let serving = serve_stream(&shared, stream, protocol, &gate, counters);
                         // Past the deadline an unauthenticated stream is
                         // dropped (which closes it); an authenticated one
                         // goes on.
@@ -368,8 +376,10 @@ async fn serve_stream(
     stream: libp2p::Stream,
     protocol: StreamProtocol,
     gate: &Gate<'_>,
+    counters: Arc<crate::net::stats::PeerCounters>,
 ) -> Result<CloseReason> {
-    let (reader, mut writer) = tokio::io::split(stream.compat());
+    let stream = crate::net::stats::Counted::new(stream.compat(), counters);
+    let (reader, mut writer) = tokio::io::split(stream);
     let reader = crate::session::IdleReader::new(reader, shared.limits.idle_timeout);
     let mut reader = tokio::io::BufReader::new(reader);
     let store = &shared.store;

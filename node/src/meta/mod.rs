@@ -18,6 +18,7 @@ pub mod health;
 pub mod keeper;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,8 +127,20 @@ struct State {
     hashes: BTreeMap<String, u64>,
 }
 
+/// What the metadata service did, for metrics.
+#[derive(Debug, Default)]
+pub struct MetaCounters {
+    pub gossip_in: AtomicU64,
+    pub gossip_out: AtomicU64,
+    /// From peers not trusted, too large, or undecodable.
+    pub gossip_rejected: AtomicU64,
+    pub sync_rounds: AtomicU64,
+    pub sync_failed: AtomicU64,
+}
+
 /// The metadata service of one peer.
 pub struct Meta {
+    pub counters: MetaCounters,
     state: Mutex<State>,
     net: Net,
     options: MetaOptions,
@@ -190,6 +203,7 @@ impl Meta {
             hashes.insert(path.to_owned(), path_hash(path, &file.content()));
         }
         let meta = Arc::new(Meta {
+            counters: MetaCounters::default(),
             state: Mutex::new(State {
                 catalog,
                 dirty: BTreeSet::new(),
@@ -312,6 +326,28 @@ impl Meta {
             .unwrap_or_default()
     }
 
+    /// Up to `limit` files after `after` in path order that `keep` selects,
+    /// copied (a page of a listing that holds the lock only for the page).
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<(String, protocol::logs::catalog::LogFile)> {
+        self.lock()
+            .catalog
+            .files_after(after)
+            .filter(|(p, _)| keep(p))
+            .take(limit)
+            .map(|(p, f)| (p.to_owned(), f.clone()))
+            .collect()
+    }
+
+    /// How many files `keep` selects.
+    pub fn count(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.lock().catalog.files().filter(|(p, _)| keep(p)).count()
+    }
+
     /// Number of files in the catalog.
     pub fn len(&self) -> usize {
         self.lock().catalog.len()
@@ -367,6 +403,16 @@ impl Meta {
     }
 
     /// Runs one anti-entropy exchange with `peer` over a new stream.
+    /// [`Meta::sync_with`], counted as an anti-entropy round.
+    async fn counted_sync(&self, peer: PeerId) -> Result<usize> {
+        self.counters.sync_rounds.fetch_add(1, Ordering::Relaxed);
+        let r = self.sync_with(peer).await;
+        if r.is_err() {
+            self.counters.sync_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     pub async fn sync_with(&self, peer: PeerId) -> Result<usize> {
         if !self.options.allowed.permits(Some(&peer)) {
             return Ok(0);
@@ -586,18 +632,23 @@ async fn event_loop(meta: std::sync::Weak<Meta>, mut events: broadcast::Receiver
                 data,
             } if topic == META_TOPIC => {
                 if !m.options.allowed.permits(author.as_ref()) || data.len() > MAX_DELTA * 2 {
+                    m.counters.gossip_rejected.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 match ciborium::from_reader::<Delta, _>(&data[..]) {
                     Ok(delta) => {
+                        m.counters.gossip_in.fetch_add(1, Ordering::Relaxed);
                         m.merge_lines(&delta.files, true);
                     }
-                    Err(e) => tracing::debug!("bad delta from {author:?}: {e}"),
+                    Err(e) => {
+                        m.counters.gossip_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("bad delta from {author:?}: {e}");
+                    }
                 }
             }
             NetEvent::Connected(peer) => {
                 tokio::spawn(async move {
-                    if let Err(e) = m.sync_with(peer).await {
+                    if let Err(e) = m.counted_sync(peer).await {
                         tracing::debug!("sync with {peer}: {e}");
                     }
                 });
@@ -631,7 +682,9 @@ async fn publisher(meta: std::sync::Weak<Meta>) {
             let mut buf = Vec::new();
             if ciborium::into_writer(&batch, &mut buf).is_ok() {
                 match m.net.publish(META_TOPIC, buf).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        m.counters.gossip_out.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => tracing::debug!("publish: {e}"),
                 }
             }
@@ -686,7 +739,7 @@ async fn ticker(meta: std::sync::Weak<Meta>) {
                 }
                 let pick = peers[rand::random::<usize>() % peers.len()];
                 tokio::spawn(async move {
-                    if let Err(e) = m.sync_with(pick).await {
+                    if let Err(e) = m.counted_sync(pick).await {
                         tracing::debug!("periodic sync with {pick}: {e}");
                     }
                 });

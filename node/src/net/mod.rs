@@ -10,6 +10,7 @@ pub mod auth;
 pub mod members;
 pub mod relay;
 pub mod remote;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = ["/ip4/127.0.0.1/tcp/0"]
+//! api_listen = "127.0.0.1:9095"  # the HTTP API (default 127.0.0.1:0)
 //!
 //! [[peer]]
 //! name = "laptop"
@@ -42,6 +43,11 @@ pub struct Config {
     /// PeerIds allowed in without a token.
     #[serde(default, rename = "grant")]
     pub grants: Vec<Grant>,
+    /// Where the daemon serves its HTTP API (`daemon --api-listen`
+    /// overrides; default `127.0.0.1:0`, a free port, recorded in the
+    /// state dir's `api` file for the command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -20,11 +20,13 @@
 //! * [`reply`]: `SUCCESS-PLUS`/`FAILURE-PLUS`/`ALREADY-HAVE-PLUS` shaping and
 //!   what the gateway records in its location log. git-annex does not record
 //!   the nodes that answered `ALREADY-HAVE` (§4.6 step 7); here they are.
+//! * [`graph`]: the mesh as a Graphviz dot graph (pure rendering).
 //! * [`heads`]: the gateways' git branches, kept in step over the mesh
 //!   (git-annex: "a branch pushed to one gateway will not be able to be
 //!   pulled from another").
 
 pub mod get;
+pub mod graph;
 pub mod heads;
 pub mod plan;
 pub mod reply;

@@ -454,6 +454,22 @@ impl Catalog {
         self.files.iter().map(|(p, f)| (&**p, f))
     }
 
+    /// Files in path order after `after` (from the first without it): for
+    /// paging through a large catalog a bounded page at a time.
+    pub fn files_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a str, &'a LogFile)> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        self.files
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(p, f)| (&**p, f))
+    }
+
     pub fn len(&self) -> usize {
         self.files.len()
     }
