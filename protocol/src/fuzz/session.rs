@@ -382,6 +382,8 @@ pub fn client_session(data: &[u8]) {
     // The request outstanding and, for a PUT, the content's size.
     let mut asked = false;
     let mut put_size: Option<u64> = None;
+    // For a GET: the most bytes the content can have from its offset.
+    let mut get_limit: Option<u64> = None;
     let mut broken = false;
     let mut steps = 0;
     while !i.is_empty() && steps < 4096 {
@@ -391,6 +393,7 @@ pub fn client_session(data: &[u8]) {
             let f = AssociatedFile::new(file(&mut i));
             asked = true;
             put_size = None;
+            get_limit = None;
             match i.byte() % 14 {
                 0 => client.auth(
                     uuid(&mut i),
@@ -411,7 +414,11 @@ pub fn client_session(data: &[u8]) {
                     client.put(k, f, size, i.bool())
                 }
                 11 => client.put_stream(k, f),
-                12 => client.get(k, f, i.number()),
+                12 => {
+                    let offset = i.number();
+                    get_limit = k.size().map(|s| s.saturating_sub(offset));
+                    client.get(k, f, offset)
+                }
                 _ => client.notify_change(),
             }
         } else {
@@ -451,7 +458,13 @@ pub fn client_session(data: &[u8]) {
                     broken = true;
                     asked = false;
                 }
-                ClientOutput::ReceivePayload { .. } | ClientOutput::VerifyGet { .. } => {}
+                ClientOutput::ReceivePayload { len } => {
+                    assert!(!broken, "reads after the connection broke");
+                    if let Some(limit) = get_limit {
+                        assert!(len <= limit, "accepts DATA {len} beyond the key's {limit}");
+                    }
+                }
+                ClientOutput::VerifyGet { .. } => {}
             }
         }
         if broken {
