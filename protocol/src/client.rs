@@ -23,6 +23,9 @@ use crate::message::{AssociatedFile, Message, Service, Version};
 use crate::server::Validity;
 use crate::uuid::{AuthToken, Uuid};
 
+/// Why a `GET`'s `DATA` was refused.
+const DATA_TOO_LONG: &str = "DATA longer than the key's size";
+
 /// The answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -113,7 +116,11 @@ enum Await {
     PutStreamData,
     PutResult,
     SendingPayload,
-    DataHeader,
+    /// `GET` sent; `limit` is the most bytes the content can have from the
+    /// offset asked (the key's size minus it), if the key has a size.
+    DataHeader {
+        limit: Option<u64>,
+    },
     ReceivingPayload,
     GetValidity,
     Verifying,
@@ -276,7 +283,8 @@ impl Client {
 
     /// Download from `offset` (the size of the caller's partial file).
     pub fn get(&mut self, key: Key, file: AssociatedFile, offset: u64) {
-        self.begin(Message::Get(offset, file, key), Await::DataHeader);
+        let limit = key.size().map(|size| size.saturating_sub(offset));
+        self.begin(Message::Get(offset, file, key), Await::DataHeader { limit });
     }
 
     pub fn connect(&mut self, service: Service) {
@@ -418,7 +426,20 @@ impl Client {
                 Some(M::Error(e)) => self.done(Err(RequestError::Remote(e))),
                 _ => self.protocol_violation("SUCCESS or FAILURE"),
             },
-            Await::DataHeader => match msg {
+            Await::DataHeader { limit } => match msg {
+                Some(M::Data(len)) if limit.is_some_and(|l| len > l) => {
+                    // More than the key's size: refused before a byte is
+                    // read. The bytes that follow cannot be skipped safely,
+                    // so the connection ends.
+                    self.send(M::Error(DATA_TOO_LONG.into()));
+                    self.out
+                        .push_back(ClientOutput::Done(Err(RequestError::Unexpected(
+                            DATA_TOO_LONG.into(),
+                        ))));
+                    self.state = Await::Broken;
+                    self.out
+                        .push_back(ClientOutput::Close(DATA_TOO_LONG.into()));
+                }
                 Some(M::Data(len)) => {
                     self.state = Await::ReceivingPayload;
                     self.out.push_back(ClientOutput::ReceivePayload { len });
@@ -673,6 +694,32 @@ mod tests {
         );
         c.handle_eof();
         assert!(c.is_broken());
+    }
+
+    /// A server announcing more bytes than the key's size (found by the
+    /// client fuzzer, which checks that no `DATA` beyond it is accepted):
+    /// refused before a byte is read, and the connection ends.
+    #[test]
+    fn get_refuses_data_longer_than_the_key() {
+        let mut c = Client::new();
+        c.get(key(), AssociatedFile::none(), 2);
+        drain(&mut c);
+        c.handle_line(b"DATA 5");
+        assert_eq!(
+            drain(&mut c),
+            vec![
+                ClientOutput::Send(Message::Error(DATA_TOO_LONG.into())),
+                ClientOutput::Done(Err(RequestError::Unexpected(DATA_TOO_LONG.into()))),
+                ClientOutput::Close(DATA_TOO_LONG.into()),
+            ]
+        );
+        assert!(c.is_broken());
+        // Exactly the rest of the content is fine.
+        let mut c = Client::new();
+        c.get(key(), AssociatedFile::none(), 2);
+        drain(&mut c);
+        c.handle_line(b"DATA 4");
+        assert_eq!(drain(&mut c), vec![ClientOutput::ReceivePayload { len: 4 }]);
     }
 
     #[test]

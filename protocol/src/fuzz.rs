@@ -3,6 +3,39 @@
 //! machine. The driver is real code over a real (in-memory) store, not a mock:
 //! it verifies content with [`crate::verify::Verifier`] exactly as the disk store
 //! does, so unit tests and fuzzing exercise the same paths as production.
+//!
+//! The state machines have entry points of their own ([`TARGETS`]): each
+//! draws every decision (lines, driver answers, events, time) from its input
+//! bytes and asserts the machine's invariants, panicking on a violation. The
+//! cargo-fuzz targets in `fuzz/`, the seeded campaign
+//! (`examples/fuzz_campaign.rs`, `scripts/fuzz-campaign`) and the bounded
+//! property tests below all run these same functions.
+
+mod cluster;
+mod input;
+mod session;
+
+pub use cluster::{get_cursor, put_plan, repair_planner, replies};
+pub use session::{client_session, server_session};
+
+/// A fuzz entry point: panics when an invariant breaks.
+pub type Target = fn(&[u8]);
+
+/// Every fuzz entry point, by the name of its cargo-fuzz target.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("decode", decode_target),
+    ("server", server_session),
+    ("client", client_session),
+    ("put_plan", put_plan),
+    ("get_cursor", get_cursor),
+    ("replies", replies),
+    ("repair", repair_planner),
+];
+
+fn decode_target(input: &[u8]) {
+    let lines = decode_input(input);
+    assert!(lines <= input.len());
+}
 
 use std::collections::BTreeMap;
 
@@ -181,4 +214,47 @@ pub fn decode_input(input: &[u8]) -> usize {
     let consumed = driver.run(input);
     debug_assert!(consumed <= input.len());
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn server_session_holds(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            super::server_session(&data);
+        }
+
+        #[test]
+        fn client_session_holds(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            super::client_session(&data);
+        }
+
+        #[test]
+        fn put_plan_holds(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            super::put_plan(&data);
+        }
+
+        #[test]
+        fn get_cursor_holds(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            super::get_cursor(&data);
+        }
+
+        #[test]
+        fn replies_hold(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            super::replies(&data);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn repair_planner_holds(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            super::repair_planner(&data);
+        }
+    }
 }

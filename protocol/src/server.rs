@@ -297,6 +297,17 @@ impl Server {
         self.authenticated
     }
 
+    /// Whether an answer from the driver is outstanding (lines are not acted
+    /// on meanwhile).
+    pub fn awaiting_driver(&self) -> bool {
+        matches!(self.state, State::Waiting(_))
+    }
+
+    /// Whether a `LOCKCONTENT` holds (until `UNLOCKCONTENT` or the end).
+    pub fn is_locked(&self) -> bool {
+        matches!(self.state, State::Locked)
+    }
+
     fn send(&mut self, m: Message) {
         self.out.push_back(ServerOutput::Send(m));
     }
@@ -512,9 +523,13 @@ impl Server {
         }
     }
 
-    fn take_pending(&mut self) -> Option<Pending> {
+    /// The outstanding request, if `this` is the answer it awaits. Any other
+    /// answer (a driver's mistake) is ignored and the request stays
+    /// outstanding: dropping it would leave the client without a reply and
+    /// the machine in `Ready` in the middle of a transfer.
+    fn take_pending(&mut self, this: fn(&Pending) -> bool) -> Option<Pending> {
         match std::mem::replace(&mut self.state, State::Ready) {
-            State::Waiting(p) => Some(p),
+            State::Waiting(p) if this(&p) => Some(p),
             other => {
                 self.state = other;
                 None
@@ -524,7 +539,9 @@ impl Server {
 
     /// Answer to [`ServerOutput::CheckAuth`]: the mode granted, or `None` to refuse.
     pub fn handle_auth(&mut self, grant: Option<ServeMode>) {
-        let Some(Pending::Auth { uuid, failures }) = self.take_pending() else {
+        let Some(Pending::Auth { uuid, failures }) =
+            self.take_pending(|p| matches!(p, Pending::Auth { .. }))
+        else {
             return;
         };
         match grant {
@@ -548,7 +565,7 @@ impl Server {
 
     /// Answer to [`ServerOutput::CheckPresent`]: `Err` gives `ERROR <text>`.
     pub fn handle_present(&mut self, present: Result<bool, String>) {
-        if let Some(Pending::Present) = self.take_pending() {
+        if let Some(Pending::Present) = self.take_pending(|p| matches!(p, Pending::Present)) {
             match present {
                 Ok(p) => self.success(p),
                 Err(e) => self.send(Message::Error(e)),
@@ -558,7 +575,7 @@ impl Server {
 
     /// Answer to [`ServerOutput::Lock`].
     pub fn handle_locked(&mut self, locked: bool) {
-        if let Some(Pending::Lock) = self.take_pending() {
+        if let Some(Pending::Lock) = self.take_pending(|p| matches!(p, Pending::Lock)) {
             self.success(locked);
             if locked {
                 self.state = State::Locked;
@@ -574,7 +591,7 @@ impl Server {
     /// [`Server::handle_removed`] for a gateway: `also` are the repositories
     /// that did remove it (`SUCCESS-PLUS`/`FAILURE-PLUS` at v2+).
     pub fn handle_removed_plus(&mut self, removed: Result<bool, String>, also: Vec<Uuid>) {
-        if let Some(Pending::Remove) = self.take_pending() {
+        if let Some(Pending::Remove) = self.take_pending(|p| matches!(p, Pending::Remove)) {
             match removed {
                 Ok(ok) => self.success_plus(ok, also),
                 Err(e) => self.send(Message::Error(e)),
@@ -594,14 +611,16 @@ impl Server {
 
     /// Answer to [`ServerOutput::GetTimestamp`].
     pub fn handle_timestamp(&mut self, seconds: i64) {
-        if let Some(Pending::Timestamp) = self.take_pending() {
+        if let Some(Pending::Timestamp) = self.take_pending(|p| matches!(p, Pending::Timestamp)) {
             self.send(Message::Timestamp(seconds));
         }
     }
 
     /// Answer to [`ServerOutput::PreparePut`].
     pub fn handle_put_start(&mut self, start: PutStart) {
-        if let Some(Pending::PutStart { key }) = self.take_pending() {
+        if let Some(Pending::PutStart { key }) =
+            self.take_pending(|p| matches!(p, Pending::PutStart { .. }))
+        {
             match start {
                 PutStart::AlreadyHave(also) => self.send(crate::cluster::reply::plus_or(
                     self.version,
@@ -621,7 +640,9 @@ impl Server {
     /// connection ended before all bytes arrived (what did arrive stays in the
     /// partial file, so the next `PUT` resumes).
     pub fn handle_payload_received(&mut self, complete: bool) {
-        if let Some(Pending::Payload { key }) = self.take_pending() {
+        if let Some(Pending::Payload { key }) =
+            self.take_pending(|p| matches!(p, Pending::Payload { .. }))
+        {
             if !complete {
                 // git-annex answers FAILURE, then finds the connection gone (v4-04).
                 self.send(Message::Failure);
@@ -648,14 +669,16 @@ impl Server {
     /// [`Server::handle_stored`] for a gateway: `also` are the repositories
     /// that have the content now (`SUCCESS-PLUS`/`FAILURE-PLUS` at v2+).
     pub fn handle_stored_plus(&mut self, stored: bool, also: Vec<Uuid>) {
-        if let Some(Pending::Stored) = self.take_pending() {
+        if let Some(Pending::Stored) = self.take_pending(|p| matches!(p, Pending::Stored)) {
             self.success_plus(stored, also);
         }
     }
 
     /// Answer to [`ServerOutput::ContentSize`]: `None` when the content is absent.
     pub fn handle_content_size(&mut self, size: Option<u64>) {
-        let Some(Pending::ContentSize { key, offset }) = self.take_pending() else {
+        let Some(Pending::ContentSize { key, offset }) =
+            self.take_pending(|p| matches!(p, Pending::ContentSize { .. }))
+        else {
             return;
         };
         match size {
@@ -680,7 +703,8 @@ impl Server {
     /// Answer to [`ServerOutput::SendPayload`]: `valid` is false if the content
     /// changed while it was read.
     pub fn handle_payload_sent(&mut self, valid: bool) {
-        if let Some(Pending::PayloadSent) = self.take_pending() {
+        if let Some(Pending::PayloadSent) = self.take_pending(|p| matches!(p, Pending::PayloadSent))
+        {
             self.payload_sent(valid);
         }
     }
@@ -698,7 +722,7 @@ impl Server {
 
     /// Answer to [`ServerOutput::WaitRefChange`].
     pub fn handle_changed(&mut self, shas: Vec<String>) {
-        if let Some(Pending::Changed) = self.take_pending() {
+        if let Some(Pending::Changed) = self.take_pending(|p| matches!(p, Pending::Changed)) {
             self.send(Message::Changed(shas));
         }
     }

@@ -28,7 +28,8 @@
 //!   require the key and has a free slot (not-wanting first, then a node
 //!   sharing its site with another holder, then the fullest), after locking `keep = max(min,
 //!   numcopies)` other alive copies, so a drop never leaves fewer than
-//!   numcopies. A node that comes back after its keys were re-replicated
+//!   numcopies. While a drop runs nothing else is planned for its key (its
+//!   source still counts until it ends). A node that comes back after its keys were re-replicated
 //!   thus sheds the extra copies.
 //!
 //! Transfers in flight are bounded per source node, per target node and in
@@ -665,6 +666,15 @@ impl Planner {
             .collect()
     }
 
+    /// Whether a drop of `k` is under way.
+    fn dropping(&self, k: KeyId) -> bool {
+        self.keys[k as usize].in_flight > 0
+            && self
+                .flights
+                .values()
+                .any(|f| f.key == k && matches!(f.kind, Kind::Drop { .. }))
+    }
+
     /// Asks the placement about `k`; `needs` is then sized to the members.
     fn ask(&self, k: KeyId, env: &Env<'_>, needs: &mut Needs) {
         let e = &self.keys[k as usize];
@@ -727,6 +737,13 @@ impl Planner {
             {
                 j.required_targets.push(n);
             }
+        }
+        if self.dropping(k) {
+            // A drop runs alone: its source still counts until it ends, so
+            // a copy planned meanwhile would be judged on a copy that is
+            // going away. The drop's end re-evaluates the key.
+            j.wait_until = None;
+            return j;
         }
         let have = j.live + j.pending;
         j.need = eff

@@ -470,3 +470,50 @@ fn authentication_is_visible_to_relays() {
     s.handle_auth(Some(ServeMode::ReadOnly));
     assert!(s.is_authenticated());
 }
+
+/// Found by the server fuzzer: an answer of the wrong kind (a driver's
+/// mistake) used to drop the outstanding request, so the client never got
+/// its reply and the machine went back to `Ready` mid-transfer (the raw
+/// `DATA` bytes that followed would have been read as commands).
+#[test]
+fn a_wrong_answer_keeps_the_request_outstanding() {
+    let mut s = Server::new(ServerConfig {
+        uuid: Uuid::parse("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb").unwrap(),
+        start: Start::Preauthenticated {
+            mode: ServeMode::ReadWrite,
+        },
+        git: GitAccess::Refused,
+        max_version: 4,
+    });
+    while s.poll_output().is_some() {}
+    s.handle_line(format!("PUT file {HELLO}").as_bytes());
+    assert!(matches!(
+        s.poll_output(),
+        Some(ServerOutput::PreparePut { .. })
+    ));
+    s.handle_put_start(PutStart::From(0));
+    assert_eq!(
+        s.poll_output(),
+        Some(ServerOutput::Send(Message::PutFrom(0)))
+    );
+    s.handle_line(b"DATA 6");
+    assert!(matches!(
+        s.poll_output(),
+        Some(ServerOutput::ReceivePayload { len: 6, .. })
+    ));
+    // Wrong answers: nothing happens, the payload is still awaited.
+    s.handle_stored(true);
+    s.handle_present(Ok(true));
+    s.handle_content_size(Some(6));
+    assert_eq!(s.poll_output(), None);
+    assert!(s.awaiting_driver());
+    s.handle_payload_received(true);
+    s.handle_line(b"VALID");
+    assert!(matches!(
+        s.poll_output(),
+        Some(ServerOutput::CommitPut { .. })
+    ));
+    s.handle_stored(true);
+    assert_eq!(s.poll_output(), Some(ServerOutput::Send(Message::Success)));
+    assert!(!s.awaiting_driver());
+}

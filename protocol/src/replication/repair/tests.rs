@@ -1027,3 +1027,42 @@ fn a_key_dropped_from_every_node_is_no_longer_the_clusters() {
         (1, 0, 0)
     );
 }
+
+/// Found by the repair fuzzer: a holder the running drop had locked went
+/// missing, and a copy was planned beside the drop while the drop's source
+/// still counted. A drop now runs alone; its end re-evaluates the key.
+#[test]
+fn nothing_is_planned_beside_a_running_drop() {
+    let mut w = World::new(3, RepairConfig::default());
+    let p = uniform(eff(2, 2));
+    for n in w.nodes.clone() {
+        w.planner.on_presence(&key(1), &n, true);
+    }
+    let ts = w.poll(&p);
+    assert_eq!(ts.len(), 1, "{ts:?}");
+    let Action::Drop { from, lock, .. } = ts[0].action.clone() else {
+        panic!("expected a drop: {ts:?}");
+    };
+    assert_eq!(lock.len(), 2);
+    // Both locked holders turn out to lack it: only the drop's source has
+    // it. Planning a copy from the node being emptied would race the drop.
+    assert!(w.planner.on_missing(&key(1), &lock[0]));
+    assert!(w.planner.on_missing(&key(1), &lock[1]));
+    assert!(w.poll(&p).is_empty(), "planned beside the drop");
+    // The drop fails (its locks could not be taken); once its retry is due,
+    // copies from the only real holder restore the key.
+    assert!(
+        w.planner
+            .on_transfer_done(ts[0].id, Err("lock failed".into()), w.now)
+    );
+    w.now += 61 * 60_000;
+    w.refresh_metrics(1 << 40);
+    let again = w.poll(&p);
+    assert!(!again.is_empty());
+    for t in &again {
+        assert!(
+            matches!(&t.action, Action::Copy { from: f, .. } if *f == from),
+            "{again:?}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! `protocol::fuzz::repair_planner` under libFuzzer: the entry point asserts the
+//! machine's invariants itself. Run with `cargo fuzz run repair` (nightly);
+//! `scripts/fuzz-campaign` runs it on stable, the tests boundedly.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    protocol::fuzz::repair_planner(data);
+});
