@@ -788,3 +788,48 @@ fn a_node_without_room_is_skipped_by_the_fan_out() {
     );
     drop(daemons);
 }
+
+/// A PUT honours the cluster's replication (issue 10): min 1 max 2 over
+/// three mesh nodes, so each upload lands on exactly two of them, chosen by
+/// the allocator (read from the nodes' disks right after each PUT, before
+/// the repairer, which waits for a key to settle, would trim a third copy).
+#[test]
+fn a_put_places_the_policy_max_copies() {
+    let (m, daemons, target) = repair_cluster(&[], &["--min", "1", "--max", "2", "--grace", "10m"]);
+    let all = ["M1", "M2", "M3"];
+    let mut pairs = std::collections::BTreeSet::new();
+    for i in 0..6u32 {
+        let file = m.root.join(format!("p{i}.bin"));
+        let data: Vec<u8> = (0..30_000 + 1_000 * i)
+            .map(|b| (b.wrapping_mul(17).wrapping_add(i) % 253) as u8)
+            .collect();
+        std::fs::write(&file, &data).expect("write");
+        let key = m.ok(
+            "M1",
+            &["put", file.to_str().expect("utf8"), "--to", &target],
+        );
+        let key = key.trim().to_owned();
+        let on = copies(&m, std::slice::from_ref(&key), &all).remove(0);
+        assert_eq!(
+            on.len(),
+            2,
+            "{key} is on {on:?}, not on two nodes\nG's log: {}",
+            daemons["G"].stderr()
+        );
+        for n in &on {
+            assert_eq!(
+                std::fs::read(object_path(&m.repo(n), &key)).ok().as_deref(),
+                Some(&data[..]),
+                "{n}'s copy of {key}"
+            );
+        }
+        pairs.insert(on);
+    }
+    let log = daemons["G"].stderr();
+    assert!(
+        log.contains("the cluster's max places it on 2 of 3 nodes"),
+        "the gateway never capped a PUT:\n{log}"
+    );
+    eprintln!("pairs used over 6 uploads: {pairs:?}");
+    drop(daemons);
+}

@@ -298,5 +298,90 @@ pub fn put_targets(
     allocate(layout, candidates, &req)
 }
 
+/// One node a `PUT` planned to write, as the gateway knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutNode {
+    pub node: Uuid,
+    /// Not suspected or down by the gateway's monitor (unknown: alive).
+    pub alive: bool,
+    /// Free bytes less reserved ones from its last heartbeat; `None`: not
+    /// heard. A `PUT` assumes an unheard node has just room for the key
+    /// (eligible, ranked below nodes known to have more), since the gateway
+    /// was going to write it anyway.
+    pub room: Option<u64>,
+}
+
+/// What the cluster's replication policy makes of a `PUT`'s targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutCap {
+    /// The nodes to write (all of the planned ones unless capped).
+    pub targets: Vec<Uuid>,
+    /// The allocator chose (the policy's `max` was below the planned targets).
+    pub capped: bool,
+    /// Holders and targets together fall short of `min`.
+    pub shortfall: Option<Shortfall>,
+}
+
+/// Applies the cluster's `rule` to a `PUT` of `key` (`size` bytes) that
+/// `holders` already have and whose plan (wanted nodes, or every lacking
+/// node when none wants it) is `planned`. With no `max` in the rule, or a
+/// `max` that leaves room for every planned node, the plan stands. Else the
+/// allocator ([`put_targets`]) picks up to `max` copies in all, spread over
+/// sites and groups, ties broken by a hash of the key (so every gateway
+/// picks the same). A [`Shortfall`] says when fewer than `min` copies
+/// (holders included) can result, and why the others were skipped.
+pub fn cap_put(
+    layout: &Layout,
+    rule: super::policy::Rule,
+    numcopies: u32,
+    key: &crate::key::Key,
+    planned: &[PutNode],
+    holders: &[Uuid],
+) -> PutCap {
+    let wanting = u32::try_from(planned.len().saturating_add(holders.len())).unwrap_or(u32::MAX);
+    let eff = super::policy::resolve(rule, numcopies, wanting);
+    let have = holders.len();
+    let all: Vec<Uuid> = planned.iter().map(|n| n.node.clone()).collect();
+    let room_left = (eff.max as usize).saturating_sub(have);
+    if rule.max.is_none() || planned.len() <= room_left {
+        let needed = (eff.min as usize).saturating_sub(have);
+        let shortfall = (all.len() < needed).then(|| Shortfall {
+            needed,
+            placed: all.clone(),
+            skipped: Vec::new(),
+        });
+        return PutCap {
+            targets: all,
+            capped: false,
+            shortfall,
+        };
+    }
+    let size = key.size().unwrap_or(0);
+    let candidates: Vec<Candidate> = planned
+        .iter()
+        .map(|n| Candidate {
+            node: n.node.clone(),
+            wants: true,
+            alive: n.alive,
+            room: Some(n.room.unwrap_or(size)),
+            holds: false,
+            busy: false,
+        })
+        .collect();
+    let tiebreak = super::stable_hash(&[b"put", key.as_str().as_bytes()]);
+    match put_targets(layout, &candidates, size, &eff, holders, Some(tiebreak)) {
+        Ok(targets) => PutCap {
+            targets,
+            capped: true,
+            shortfall: None,
+        },
+        Err(s) => PutCap {
+            targets: s.placed.clone(),
+            capped: true,
+            shortfall: Some(s),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -55,7 +55,9 @@ pub mod policy;
 pub mod repair;
 pub mod status;
 
-pub use alloc::{Candidate, Layout, Request, Shortfall, Skip, allocate, put_targets};
+pub use alloc::{
+    Candidate, Layout, PutCap, PutNode, Request, Shortfall, Skip, allocate, cap_put, put_targets,
+};
 pub use monitor::{Alert, Event, Liveness, Metrics, Monitor, MonitorConfig};
 pub use policy::{Effective, Policy, PreferredPlacement, REPLICATION_LOG, Rule, effective};
 pub use repair::{Action, Env, Needs, Placement, Planner, RepairConfig, Transfer, coordinator};

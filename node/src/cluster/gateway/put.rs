@@ -14,7 +14,11 @@ use futures::future::BoxFuture;
 use protocol::cluster::plan::{GatewayCheck, send_valid};
 use protocol::cluster::reply::{Begin, Outcome, Report, put_begin, put_reply};
 use protocol::cluster::{PutFacts, Routes, direct_targets, plan_put};
+use protocol::logs::catalog::Catalog;
 use protocol::logs::presence::Status;
+use protocol::logs::view::View;
+use protocol::replication::policy::{REPLICATION_LOG, Rule, override_path};
+use protocol::replication::{Layout, Policy, PutCap, PutNode, Shortfall, cap_put};
 use protocol::server::{PutStart, Validity};
 use protocol::{Key, Uuid};
 
@@ -49,6 +53,8 @@ struct Facts<'g> {
     locals: Vec<&'g NodeStore>,
     remotes: Vec<&'g RemoteNode>,
     specials: Vec<&'g SpecialNode>,
+    /// The targets cannot bring the key to the cluster's `min`.
+    short: Option<Shortfall>,
 }
 
 impl Facts<'_> {
@@ -78,6 +84,8 @@ pub(super) struct PendingPut<'g> {
     /// The one hash of the stream, when it starts at 0.
     check: Option<StreamCheck>,
     streaming: Option<Streaming<'g>>,
+    /// Why the targets cannot reach the cluster's `min` (warned at commit).
+    short: Option<Shortfall>,
     _busy: Vec<crate::busy::Busy>,
 }
 
@@ -189,7 +197,14 @@ fn choose(
     );
     let wanted: Vec<bool> = candidates.iter().map(|u| wanting.contains(*u)).collect();
     let (chosen, _fallback) = direct_targets(&wanted);
-    let chosen: BTreeSet<usize> = chosen.into_iter().collect();
+    let planned: Vec<Uuid> = chosen.iter().map(|&i| candidates[i].clone()).collect();
+    let cap = apply_policy(gw, catalog, key, &planned, &f.holder_uuids(), |_| None);
+    let kept: BTreeSet<&Uuid> = cap.targets.iter().collect();
+    let chosen: BTreeSet<usize> = chosen
+        .into_iter()
+        .filter(|&i| kept.contains(candidates[i]))
+        .collect();
+    f.short = cap.shortfall;
     let (nl, nr) = (f.locals.len(), f.remotes.len());
     let mut i = 0..;
     f.locals
@@ -223,18 +238,57 @@ fn choose_routed<'g>(
         .map(|n| (n.uuid.clone(), n.store.partial_size(key)))
         .collect();
     let bypass: BTreeSet<Uuid> = bypass.iter().cloned().collect();
-    let plan = plan_put(&PutFacts {
+    let mut plan = plan_put(&PutFacts {
         routes,
         wanted: &wanted,
         have: &have,
         bypass: &bypass,
         offsets: &offsets,
     });
+    // The policy may cap the plan's targets: planned again over the chosen
+    // ones, so each hop's share and `BYPASS` follow (a hop's gateway then
+    // only ever sees its part of the capped set). A `BYPASS` means another
+    // gateway planned this share (or a client narrowed the PUT): it is
+    // served as it came, not capped again from this gateway's partial view
+    // of the holders.
+    if bypass.is_empty() {
+        let planned: Vec<Uuid> = plan.targets().into_iter().collect();
+        let me = routes.me().clone();
+        let site = |n: &Uuid| {
+            let r = routes.get(n)?;
+            Some(r.hops.last().cloned().unwrap_or_else(|| me.clone()))
+        };
+        let cap = apply_policy(gw, catalog, key, &planned, &f.holder_uuids(), site);
+        if cap.capped {
+            let chosen: BTreeSet<Uuid> = cap.targets.iter().cloned().collect();
+            plan = if chosen.is_empty() {
+                protocol::cluster::plan::Plan::default()
+            } else {
+                plan_put(&PutFacts {
+                    routes,
+                    wanted: &chosen,
+                    have: &have,
+                    bypass: &bypass,
+                    offsets: &offsets,
+                })
+            };
+        }
+        f.short = cap.shortfall;
+    }
     let local: BTreeSet<Uuid> = plan.local.iter().map(|t| t.node.clone()).collect();
     f.locals.retain(|n| local.contains(&n.uuid));
     f.remotes
         .retain(|s| s.via.is_none() && local.contains(&s.uuid));
     f.specials.retain(|s| local.contains(&s.uuid));
+    hop_nodes(gw, plan)
+}
+
+/// Each next hop of `plan` as the "cluster via" node of its gateway, with
+/// the `BYPASS` the plan gives it.
+fn hop_nodes<'g>(
+    gw: &'g Gateway<'g>,
+    plan: protocol::cluster::plan::Plan,
+) -> Vec<(&'g RemoteNode, Vec<Uuid>)> {
     plan.hops
         .into_iter()
         .filter_map(|hop| {
@@ -248,6 +302,81 @@ fn choose_routed<'g>(
             via.map(|r| (r, hop.bypass))
         })
         .collect()
+}
+
+/// The cluster's replication policy over a `PUT`'s `planned` targets
+/// (`protocol::replication::cap_put`): its rule for `key`, numcopies and
+/// groups from the branch (`catalog`, read by [`Gateway::wanting`]), sites
+/// from `site` (the gateway a node is behind), liveness and room from the
+/// daemon's health file.
+fn apply_policy(
+    gw: &Gateway<'_>,
+    catalog: &Option<Catalog>,
+    key: &Key,
+    planned: &[Uuid],
+    holders: &[Uuid],
+    site: impl Fn(&Uuid) -> Option<Uuid>,
+) -> PutCap {
+    let rpl = override_path(key);
+    let rule = match crate::branch::read_files(&gw.gateway.repo().git_dir, &[REPLICATION_LOG, &rpl])
+    {
+        Ok(c) => Policy::from_catalog(&c).rule(&gw.cluster, key),
+        Err(e) => {
+            tracing::info!("cannot read the replication policy: {e}");
+            Rule::default()
+        }
+    };
+    let mut layout = Layout::new();
+    let mut numcopies = 1;
+    if let Some(c) = catalog {
+        let view = View::new(c);
+        numcopies = view.numcopies().unwrap_or(1);
+        for (u, gs) in view.group_map() {
+            if let Ok(u) = Uuid::parse(&u) {
+                layout.set_groups(u, gs);
+            }
+        }
+    }
+    for n in planned {
+        if let Some(s) = site(n) {
+            layout.set_site(n.clone(), s);
+        }
+    }
+    let nodes: Vec<PutNode> = if rule.max.is_some() {
+        let (health, _) = crate::health::read_state(&crate::config::state_dir(gw.gateway.repo()));
+        planned
+            .iter()
+            .map(|u| {
+                let h = health.iter().find(|h| h.uuid == u.as_str());
+                PutNode {
+                    node: u.clone(),
+                    alive: h.is_none_or(|h| h.state != "suspected" && h.state != "down"),
+                    room: h
+                        .filter(|h| h.metrics_known)
+                        .map(|h| h.free_bytes.saturating_sub(h.reserved_bytes)),
+                }
+            })
+            .collect()
+    } else {
+        // No max: the plan stands; only the count matters.
+        planned
+            .iter()
+            .map(|u| PutNode {
+                node: u.clone(),
+                alive: true,
+                room: None,
+            })
+            .collect()
+    };
+    let cap = cap_put(&layout, rule, numcopies, key, &nodes, holders);
+    if cap.capped {
+        tracing::info!(
+            "PUT of {key}: the cluster's max places it on {} of {} nodes",
+            cap.targets.len(),
+            planned.len()
+        );
+    }
+    cap
 }
 
 /// Opens an upload on every target (each remote node answers our `PUT` with
@@ -301,6 +430,7 @@ async fn open<'g>(
         offset: 0,
         check: None,
         streaming: None,
+        short: f.short,
         _busy,
     }
 }
@@ -573,6 +703,13 @@ impl<'g> PendingPut<'g> {
         reports.append(&mut self.holders);
         let reply = put_reply(4, &reports);
         off_runtime(|| gw.record(&key, &reply.record, Status::Present));
+        if let Some(short) = &self.short {
+            let on: Vec<String> = reply.record.iter().map(Uuid::to_string).collect();
+            tracing::warn!(
+                "PUT of {key} is below the cluster's min: it is on [{}] ({short})",
+                on.join(" ")
+            );
+        }
         Done {
             ok: reply.ok(),
             also: reply.record,

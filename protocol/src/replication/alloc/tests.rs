@@ -319,3 +319,142 @@ proptest! {
         prop_assert!(hi - lo <= 1);
     }
 }
+
+fn put_node(n: &str, room: Option<u64>) -> PutNode {
+    PutNode {
+        node: u(n),
+        alive: true,
+        room,
+    }
+}
+
+fn put_key(i: u32) -> crate::key::Key {
+    crate::key::Key::parse(&format!("SHA256E-s10--{i:064x}.bin")).unwrap()
+}
+
+#[test]
+fn cap_put_keeps_the_plan_without_a_binding_max() {
+    use crate::replication::policy::Rule;
+    let l = two_sites();
+    let planned: Vec<PutNode> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| put_node(n, None))
+        .collect();
+    // No max: every planned node.
+    let c = cap_put(&l, Rule::parse("min=1"), 1, &put_key(1), &planned, &[]);
+    assert_eq!((c.targets.len(), c.capped, c.shortfall), (3, false, None));
+    // A max that leaves room for all of them.
+    let c = cap_put(
+        &l,
+        Rule::parse("max=4"),
+        1,
+        &put_key(1),
+        &planned,
+        &[u("n4")],
+    );
+    assert_eq!((c.targets.len(), c.capped), (4 - 1, false));
+    // Below min with nothing to cap: a shortfall naming what is placed.
+    let c = cap_put(&l, Rule::parse("min=5"), 1, &put_key(1), &planned, &[]);
+    let s = c.shortfall.expect("short of min");
+    assert_eq!((s.needed, s.placed.len()), (5, 3));
+}
+
+#[test]
+fn cap_put_places_max_counting_holders_spread_over_sites() {
+    use crate::replication::policy::Rule;
+    let l = two_sites();
+    let planned: Vec<PutNode> = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|n| put_node(n, Some(100)))
+        .collect();
+    for i in 0..16 {
+        let c = cap_put(
+            &l,
+            Rule::parse("min=1 max=2"),
+            1,
+            &put_key(i),
+            &planned,
+            &[],
+        );
+        assert!(c.capped);
+        assert_eq!(c.shortfall, None);
+        assert_eq!(c.targets.len(), 2, "{c:?}");
+        let sites: BTreeSet<&Uuid> = c.targets.iter().map(|n| l.site(n)).collect();
+        assert_eq!(sites.len(), 2, "one per site: {c:?}");
+        // Deterministic per key.
+        let again = cap_put(
+            &l,
+            Rule::parse("min=1 max=2"),
+            1,
+            &put_key(i),
+            &planned,
+            &[],
+        );
+        assert_eq!(again, c);
+    }
+    // A holder at gw1 counts: one more copy, at gw2.
+    let rest = &planned[1..];
+    let c = cap_put(&l, Rule::parse("max=2"), 1, &put_key(0), rest, &[u("n1")]);
+    assert_eq!(c.targets.len(), 1);
+    assert_eq!(l.site(&c.targets[0]), &u("gw2"));
+    // Holders already at max: nothing to write.
+    let c = cap_put(
+        &l,
+        Rule::parse("max=2"),
+        1,
+        &put_key(0),
+        &planned[2..],
+        &[u("n1"), u("n2")],
+    );
+    assert!(c.targets.is_empty() && c.capped && c.shortfall.is_none());
+}
+
+#[test]
+fn cap_put_below_min_says_why() {
+    use crate::replication::policy::Rule;
+    let l = two_sites();
+    let mut planned: Vec<PutNode> = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|n| put_node(n, Some(100)))
+        .collect();
+    planned[0].alive = false;
+    planned[1].room = Some(1);
+    planned[2].room = Some(0);
+    // Only n4 can take it: placed, and the shortfall names the others.
+    let c = cap_put(
+        &l,
+        Rule::parse("min=2 max=3"),
+        1,
+        &put_key(3),
+        &planned,
+        &[],
+    );
+    assert!(c.capped);
+    assert_eq!(c.targets, vec![u("n4")]);
+    let s = c.shortfall.expect("short");
+    assert_eq!(s.needed, 2);
+    assert_eq!(
+        s.skipped,
+        vec![
+            (u("n1"), Skip::Down),
+            (u("n2"), Skip::Full { room: 1 }),
+            (u("n3"), Skip::Full { room: 0 })
+        ]
+    );
+    let text = s.to_string();
+    assert!(
+        text.contains("placed 1 of 2") && text.contains("not alive"),
+        "{text}"
+    );
+    // An unheard node is assumed to have room.
+    planned[3].room = None;
+    let c = cap_put(
+        &l,
+        Rule::parse("min=1 max=3"),
+        1,
+        &put_key(3),
+        &planned,
+        &[],
+    );
+    assert_eq!((c.targets, c.shortfall), (vec![u("n4")], None));
+}
