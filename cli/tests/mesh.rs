@@ -839,5 +839,17 @@ fn a_put_places_the_policy_max_copies() {
         "the gateway never capped a PUT:\n{log}"
     );
     eprintln!("pairs used over 6 uploads: {pairs:?}");
+
+    // A min no PUT can reach: stored where it can be, the client told it
+    // succeeded, the gateway's log says it is short.
+    m.ok("G", &["replication", "c", "--min", "4", "--max", "4"]);
+    let keys = upload(&m, &target, 1);
+    assert_eq!(copies(&m, &keys, &all), vec![all.to_vec()]);
+    let log = daemons["G"].stderr();
+    assert!(
+        log.contains(&format!("PUT of {} is below the cluster's min", keys[0]))
+            && log.contains("placed 3 of 4 needed copies"),
+        "no warning for a PUT short of min:\n{log}"
+    );
     drop(daemons);
 }
