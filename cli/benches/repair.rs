@@ -1,6 +1,6 @@
 //! Automatic repair (issue 10), measured, never judged: a gateway daemon
 //! and five mesh nodes, objects of 4–64 KiB uploaded through the gateway
-//! (the fan-out puts each on every node, the repairer trims to `max`).
+//! (each PUT placed on `max` = 3 nodes by the allocator).
 //!
 //! 1. Policy min 2, max 3. A 60 s flap: one node killed (SIGKILL) and
 //!    started again every 10 s, with a 30 s grace. Needless copies: every
@@ -326,7 +326,7 @@ fn run() -> Result<()> {
     );
     let all = paths(&nodes, None);
     let all_refs: Vec<&PathBuf> = all.iter().collect();
-    let trim = await_true("the trim to 3 copies", Duration::from_secs(1800), || {
+    let trim = await_true("every key on 3 nodes", Duration::from_secs(1800), || {
         Ok(counts(&all_refs, &names).iter().all(|c| *c == 3))
     })?;
     println!(
