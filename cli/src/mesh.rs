@@ -118,17 +118,54 @@ fn listed(repo: &Repo) -> anyhow::Result<Vec<Listed>> {
     Ok(out)
 }
 
+/// The members as the running daemon's `GET /peers` gives them, in the
+/// membership log's order (by PeerId).
+fn listed_from_api(client: &crate::api::Client) -> anyhow::Result<Vec<Listed>> {
+    let v: serde_json::Value = serde_json::from_str(&client.ok("GET", "/peers")?)
+        .context("the API's /peers is not JSON")?;
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let mut out: Vec<Listed> = v
+        .as_array()
+        .context("the API's /peers is not a list")?
+        .iter()
+        .map(|m| Listed {
+            peer: text(m, "peer"),
+            uuid: text(m, "uuid"),
+            role: text(m, "role"),
+            description: text(m, "description"),
+            addresses: m["addresses"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            state: text(m, "state"),
+            last_seen: m["last_seen"].as_u64(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.peer.cmp(&b.peer));
+    Ok(out)
+}
+
 pub fn peers(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let repo = open(path)?;
-    let list = listed(&repo)?;
-    eprintln!(
-        "(read from the repository's membership log{})",
-        if crate::daemon::daemon_running(&repo) {
-            "; connections as the running daemon last recorded them"
-        } else {
-            "; no daemon is running"
-        }
-    );
+    let list = if let Some(client) = crate::api::Client::find(&repo) {
+        eprintln!("(from the daemon's API at {})", client.url());
+        listed_from_api(&client)?
+    } else {
+        let list = listed(&repo)?;
+        eprintln!(
+            "(read from the repository's membership log{})",
+            if crate::daemon::daemon_running(&repo) {
+                "; the daemon's API does not answer: connections as it last recorded them"
+            } else {
+                "; no daemon is running"
+            }
+        );
+        list
+    };
     if json {
         let items = list
             .into_iter()

@@ -138,6 +138,71 @@ fn print_key(k: &KeyLine, names: &std::collections::BTreeMap<String, String>) {
     }
 }
 
+type Names = std::collections::BTreeMap<String, String>;
+
+/// The repairer's view: per cluster its counts, the keys' lines, the nodes' names.
+type View = (Vec<SummaryLine>, Vec<KeyLine>, Names);
+
+/// The repairer's view from the daemon's `GET /status`; `None` when it has
+/// none yet.
+fn status_from_api(client: &crate::api::Client) -> anyhow::Result<Option<View>> {
+    let (code, body) = client.call("GET", "/status")?;
+    if code == 404 {
+        return Ok(None);
+    }
+    if !(200..300).contains(&code) {
+        bail!("the daemon's API answered {code}: {}", body.trim());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("the API's /status is not JSON")?;
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let small = |v: &serde_json::Value, k: &str| u32::try_from(num(v, k)).unwrap_or(0);
+    let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let summaries = list("clusters")
+        .iter()
+        .map(|s| SummaryLine {
+            cluster: text(s, "cluster"),
+            keys: num(s, "keys"),
+            under_replicated: num(s, "under_replicated"),
+            queued: num(s, "queued"),
+            transferring: num(s, "transferring"),
+            errors: num(s, "errors"),
+            missing: num(s, "missing"),
+        })
+        .collect();
+    let keys = list("keys")
+        .iter()
+        .map(|k| KeyLine {
+            cluster: text(k, "cluster"),
+            key: text(k, "key"),
+            copies: small(k, "copies"),
+            min: small(k, "min"),
+            max: small(k, "max"),
+            under_replicated: k["under_replicated"].as_bool().unwrap_or(false),
+            queued: k["queued"].as_bool().unwrap_or(false),
+            error: k["error"].as_str().map(str::to_owned),
+            nodes: k["nodes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|n| (text(n, "uuid"), text(n, "state")))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    let names = v["descriptions"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(u, d)| Some((u.clone(), d.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some((summaries, keys, names)))
+}
+
 /// `annexmesh status [KEY] [--json] [--filter STATE,…]`.
 pub fn status(
     path: &Path,
@@ -146,16 +211,24 @@ pub fn status(
     filter: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let repo = open_with_daemon(path)?;
-    eprintln!("(read from the repairer's state file, written by the running daemon)");
     let filter = Filter::parse(filter)?;
     let key = key
         .map(|k| Key::parse(k).with_context(|| format!("{k:?} is not a key")))
         .transpose()?;
-    let Some((summaries, keys)) = state::read(&node::config::state_dir(&repo)) else {
-        bail!(
+    let no_state = || {
+        anyhow::anyhow!(
             "the daemon has no repair state yet: this repository serves no cluster, or the \
              daemon has just started"
-        );
+        )
+    };
+    let (summaries, keys, names) = if let Some(client) = crate::api::Client::find(&repo) {
+        eprintln!("(from the daemon's API at {})", client.url());
+        status_from_api(&client)?.ok_or_else(no_state)?
+    } else {
+        eprintln!("(the daemon's API does not answer: read the repairer's state file)");
+        let (summaries, keys) =
+            state::read(&node::config::state_dir(&repo)).ok_or_else(no_state)?;
+        (summaries, keys, descriptions(&repo))
     };
     let keys: Vec<&KeyLine> = keys
         .iter()
@@ -176,7 +249,6 @@ pub fn status(
         println!("{}", out.render());
         return Ok(ExitCode::SUCCESS);
     }
-    let names = descriptions(&repo);
     match &key {
         Some(k) if keys.is_empty() => {
             println!("{k}: at its replication in every cluster (see `annexmesh whereis {k}`)")

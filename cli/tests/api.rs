@@ -275,11 +275,13 @@ fn every_endpoint_answers_with_a_token() {
         .and_then(|a| a.iter().find(|m| m["peer"] == peer_m.as_str()))
         .expect("M1");
     assert_eq!(m1["role"], "read-write");
-    // The branch follows (what `cluster add-node` reads).
-    wait("M1 in G's branch", || {
-        lab.ok("G", &["peers"]).contains("-- M1 [").then_some(())
+    // The journal follows (what `cluster add-node` reads).
+    wait("M1 in G's journal", || {
+        lab.run("G", &["cluster", "add-node", "M1", "M1"])
+            .status
+            .success()
+            .then_some(())
     });
-    lab.ok("G", &["cluster", "add-node", "M1", "M1"]);
     lab.ok("G", &["updatecluster"]);
     lab.ok("G", &["replication", "c", "--min", "1", "--max", "1"]);
     let uuid_m = git_config(&lab.repo("M1"), "annex.uuid");
@@ -463,8 +465,76 @@ fn every_endpoint_answers_with_a_token() {
     render_with_graphviz(&dot);
     let out = lab.run("G", &["peers", "--json"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("membership log"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from the daemon's API at http://"));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&peer_m));
+    let listed = json(&String::from_utf8_lossy(&out.stdout));
+    let states: Vec<(String, String)> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| {
+            (
+                m["peer"].as_str().unwrap_or("").to_owned(),
+                m["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(peer_g.clone(), "self".to_owned())),
+        "{listed}"
+    );
+    assert!(
+        states.contains(&(peer_m.clone(), "connected".to_owned())),
+        "{listed}"
+    );
+    let out = lab.run("G", &["peers"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from the daemon's API at http://"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let uuid_g = git_config(&lab.repo("G"), "annex.uuid");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{peer_g} {uuid_g} -- ")) && l.ends_with(" self")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == format!("{peer_m} {uuid_m} -- M1 [read-write] connected")),
+        "{text}"
+    );
+
+    // The repairer's view through the API: GET /status, `annexmesh status`.
+    let st = wait("the repairer's summary in /status", || {
+        let a = get("/status");
+        (a.status == 200).then(|| json(&a.body))
+    });
+    let summary = st["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|s| s["cluster"] == cluster.as_str()))
+        .expect("the cluster's summary")
+        .clone();
+    assert!(
+        st["keys"].is_array() && st["descriptions"].is_object(),
+        "{st}"
+    );
+    let out = lab.run("G", &["status"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from the daemon's API at http://"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("cluster {cluster}: {} keys, ", summary["keys"]))),
+        "{text}\n{st}"
+    );
+    let out = lab.run("G", &["status", "--json"]);
+    let cli_status = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        cli_status["clusters"]
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .any(|s| s["cluster"] == cluster.as_str()),
+        "{cli_status}"
+    );
     for shell in ["bash", "zsh", "fish"] {
         assert!(lab.ok("G", &["completions", shell]).contains("annexmesh"));
     }

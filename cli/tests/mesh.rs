@@ -90,6 +90,26 @@ impl Mesh {
         support::wait_for_branch_line(&self.repo(name), file, text, TIMEOUT);
     }
 
+    /// Runs a command that names members (`cluster add-node`,
+    /// `extendcluster`) until it succeeds: it reads the journal, which
+    /// follows the daemon's view (what `peers` shows) by its persist
+    /// interval.
+    fn ok_once_known(&self, name: &str, args: &[&str]) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let out = self.run(name, args);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} {args:?} kept failing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until `peers` in `name` prints `text`.
     fn wait_for_peer(&self, name: &str, text: &str) {
         let deadline = Instant::now() + TIMEOUT;
@@ -244,7 +264,7 @@ fn a_cluster_is_set_up_over_the_mesh() {
     for name in ["H", "M1", "M2"] {
         m.wait_for_peer("G", &format!("-- {name} ["));
     }
-    m.ok("G", &["cluster", "add-node", "M1", "M1"]);
+    m.ok_once_known("G", &["cluster", "add-node", "M1", "M1"]);
     m.ok("G", &["updatecluster"]);
     let cluster = git_config(&m.repo("G"), "annex.cluster.c");
     assert!(cluster.starts_with("ac"), "{cluster}");
@@ -253,8 +273,8 @@ fn a_cluster_is_set_up_over_the_mesh() {
     m.wait_for_line("H", "proxy.log", ":c");
     m.wait_for_peer("H", "-- M2 [");
     m.wait_for_peer("H", "-- G [");
-    m.ok("H", &["extendcluster", "G", "c"]);
-    m.ok("H", &["cluster", "add-node", "M2", "M2"]);
+    m.ok_once_known("H", &["extendcluster", "G", "c"]);
+    m.ok_once_known("H", &["cluster", "add-node", "M2", "M2"]);
     let added = Instant::now();
     m.ok("H", &["updatecluster"]);
     // G follows H's topology line: it links back to H and lists H's node.
@@ -403,7 +423,7 @@ fn branches_pushed_to_one_gateway_are_pulled_from_another() {
     m.ok("G", &["updatecluster"]);
     m.wait_for_line("H", "proxy.log", ":c");
     m.wait_for_peer("H", "-- G [");
-    m.ok("H", &["extendcluster", "G", "c"]);
+    m.ok_once_known("H", &["extendcluster", "G", "c"]);
     m.ok("H", &["updatecluster"]);
     let (g, h) = (m.repo("G"), m.repo("H"));
     let (g_uuid, h_uuid) = (git_config(&g, "annex.uuid"), git_config(&h, "annex.uuid"));
@@ -490,7 +510,7 @@ fn repair_cluster(
     m.ok("G", &["initcluster", "c"]);
     for name in ["M1", "M2", "M3"] {
         m.wait_for_peer("G", &format!("-- {name} ["));
-        m.ok("G", &["cluster", "add-node", name, name]);
+        m.ok_once_known("G", &["cluster", "add-node", name, name]);
     }
     m.ok("G", &["updatecluster"]);
     let mut args = vec!["replication", "c"];
@@ -766,7 +786,7 @@ fn a_node_without_room_is_skipped_by_the_fan_out() {
     m.ok("G", &["initcluster", "c"]);
     for name in ["M1", "M2"] {
         m.wait_for_peer("G", &format!("-- {name} ["));
-        m.ok("G", &["cluster", "add-node", name, name]);
+        m.ok_once_known("G", &["cluster", "add-node", name, name]);
     }
     m.ok("G", &["updatecluster"]);
     let cluster = git_config(&m.repo("G"), "annex.cluster.c");

@@ -87,6 +87,7 @@ pub fn router(state: Shared) -> axum::Router {
         .route("/health/metrics", get(health_metrics))
         .route("/health/graph", get(graph))
         .route("/recover", post(keys::recover_all))
+        .route("/status", get(status))
         .route("/metrics", get(metrics::serve))
         .fallback(|| async { not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
@@ -145,23 +146,97 @@ async fn version() -> Answer {
     Ok(Json(json!({ "version": env!("CARGO_PKG_VERSION") })))
 }
 
+/// The members (this daemon among them, `"state": "self"`), each with its
+/// role, description, addresses, whether it is connected now, and when the
+/// keeper last saw it (unix seconds).
 async fn peers(State(st): State<Shared>) -> Answer {
     let connected = st.net.connected_peers().await.unwrap_or_default();
-    let descriptions = descriptions(&st.meta);
-    let members = st.members.as_ref().map(|m| m.others()).unwrap_or_default();
+    let mut catalog = protocol::logs::catalog::Catalog::new();
+    for p in ["uuid.log", protocol::logs::view::ADDRESSES_LOG] {
+        if let Some(f) = st.meta.file(p) {
+            catalog.insert_content(p, &f.content());
+        }
+    }
+    let view = protocol::logs::view::View::new(&catalog);
+    let descriptions = view.descriptions();
+    let seen = crate::keeper::read_seen(&st.state_dir);
+    let me = st.net.peer_id();
+    let members = st.members.as_ref().map(|m| m.all()).unwrap_or_default();
     let list: Vec<Value> = members
         .iter()
         .map(|m| {
+            let peer = m.peer.to_string();
+            let state = if m.peer == me {
+                "self"
+            } else if connected.contains(&m.peer) {
+                "connected"
+            } else {
+                "disconnected"
+            };
             json!({
-                "peer": m.peer.to_string(),
+                "peer": peer,
                 "uuid": m.uuid,
                 "description": descriptions.get(&m.uuid),
                 "role": protocol::logs::members::role_name(m.role),
                 "connected": connected.contains(&m.peer),
+                "state": state,
+                "last_seen": seen.get(&peer).and_then(|s| s.last_seen),
+                "addresses": view.addresses(&m.uuid),
             })
         })
         .collect();
     Ok(Json(Value::Array(list)))
+}
+
+/// The repairer's view (its state file): per cluster its counts, and every
+/// key not simply at its replication with each node's state; the nodes'
+/// descriptions to name them by.
+async fn status(State(st): State<Shared>) -> Answer {
+    let Some((summaries, keys)) = crate::cluster::repair::state::read(&st.state_dir) else {
+        return Err(not_found(
+            "no repair state yet: this daemon serves no cluster, or has just started",
+        ));
+    };
+    let names = descriptions(&st.meta);
+    let clusters: Vec<Value> = summaries
+        .iter()
+        .map(|s| {
+            json!({
+                "cluster": s.cluster,
+                "keys": s.keys,
+                "under_replicated": s.under_replicated,
+                "queued": s.queued,
+                "transferring": s.transferring,
+                "errors": s.errors,
+                "missing": s.missing,
+            })
+        })
+        .collect();
+    let mut named = serde_json::Map::new();
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            for (u, _) in &k.nodes {
+                if let Some(d) = names.get(u) {
+                    named.insert(u.clone(), Value::String(d.clone()));
+                }
+            }
+            json!({
+                "cluster": k.cluster,
+                "key": k.key,
+                "copies": k.copies,
+                "min": k.min,
+                "max": k.max,
+                "under_replicated": k.under_replicated,
+                "queued": k.queued,
+                "error": k.error,
+                "nodes": k.nodes.iter().map(|(u, s)| json!({ "uuid": u, "state": s })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "clusters": clusters, "keys": keys, "descriptions": named }),
+    ))
 }
 
 async fn remove_peer(State(st): State<Shared>, Path(peer): Path<String>) -> Answer {

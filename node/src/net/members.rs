@@ -110,6 +110,25 @@ impl Members {
             .map(|(u, _)| u.clone())
     }
 
+    /// Every member, this daemon among them when it is one.
+    pub fn all(&self) -> Vec<Member> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, (u, r))| Member {
+                peer: *p,
+                uuid: u.clone(),
+                role: *r,
+            })
+            .collect()
+    }
+
+    /// This daemon's PeerId.
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
     /// Every member but this daemon.
     pub fn others(&self) -> Vec<Member> {
         self.current
