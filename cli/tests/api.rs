@@ -218,6 +218,19 @@ fn metric(text: &str, name: &str) -> Vec<prometheus_parse::Sample> {
         .collect()
 }
 
+/// How many observations a histogram holds (its `+Inf` bucket).
+fn observations(text: &str, name: &str) -> f64 {
+    let samples = metric(text, name);
+    assert!(!samples.is_empty(), "no histogram {name}: {text}");
+    samples
+        .iter()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(b) => b.iter().map(|c| c.count).fold(0.0, f64::max),
+            _ => f64::NAN,
+        })
+        .sum()
+}
+
 fn value(s: &prometheus_parse::Sample) -> f64 {
     match s.value {
         prometheus_parse::Value::Counter(v)
@@ -356,6 +369,31 @@ fn every_endpoint_answers_with_a_token() {
         "{text0}\n{text1}"
     );
     assert!(served(&text1) > served(&text0), "{text1}");
+    // The PUT was timed; a GET of it is too.
+    let puts = "annexmesh_put_duration_seconds";
+    let gets = "annexmesh_get_duration_seconds";
+    assert!(
+        observations(&text1, puts) >= observations(&text0, puts) + 1.0,
+        "{text0}\n{text1}"
+    );
+    let back = lab.root.join("back.bin");
+    lab.ok(
+        "M1",
+        &[
+            "get",
+            &key,
+            "--from",
+            &target,
+            "-o",
+            back.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(std::fs::read(&back).expect("got it"), vec![7u8; 50_000]);
+    let text2 = get("/metrics").body;
+    assert!(
+        observations(&text2, gets) >= observations(&text1, gets) + 1.0,
+        "{text1}\n{text2}"
+    );
     assert!(!metric(&text1, "annexmesh_sessions_open").is_empty());
     assert!(get(&format!("/keys?node={uuid_m}")).body.contains(&key));
     assert!(

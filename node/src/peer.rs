@@ -197,6 +197,7 @@ fn accept_loop(
         sessions: Arc::new(Pool::new(limits.streams_total, limits.streams_per_peer)),
         pending: Arc::new(Pool::new(limits.pending_total, limits.pending_per_peer)),
         limits,
+        stats: stats.clone(),
     });
     Ok(async move {
         let mut sessions = JoinSet::new();
@@ -273,6 +274,7 @@ struct Shared {
     /// Streams not authenticated yet.
     pending: Arc<Pool>,
     limits: Limits,
+    stats: Arc<crate::net::stats::Stats>,
 }
 
 /// Slots bounded in total and per peer.
@@ -415,7 +417,9 @@ async fn serve_stream(
                         auth: Some(access),
                         routes,
                     };
-                    return gateway.serve_with_git(reader, writer, git).await;
+                    return gateway
+                        .serve_timed(reader, writer, git, Some(&shared.stats.timings))
+                        .await;
                 }
                 Ok(Some(crate::cluster::Served::Node(node))) => {
                     return crate::proxy::serve_node(
@@ -458,6 +462,7 @@ async fn serve_stream(
     let ctx = ServeContext {
         auth: Some(gate),
         git: Some(&relay),
+        timings: Some(&shared.stats.timings),
     };
     serve(server, reader, writer, store, &ctx).await
 }

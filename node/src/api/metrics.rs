@@ -195,6 +195,16 @@ pub async fn render(st: &super::ApiState) -> String {
         sessions,
     );
     r.register("peer_sessions_open", "Sessions open, per peer", open);
+    r.register(
+        "put_duration_seconds",
+        "Served PUTs, from the request to the content committed",
+        st.stats.timings.put.clone(),
+    );
+    r.register(
+        "get_duration_seconds",
+        "Served GETs, the sending of the content",
+        st.stats.timings.get.clone(),
+    );
     gauge(&mut r, "sessions_open", "Sessions open", open_total);
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &r) {

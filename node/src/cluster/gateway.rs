@@ -214,6 +214,22 @@ impl Gateway<'_> {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
+        self.serve_timed(reader, writer, git, None).await
+    }
+
+    /// [`Gateway::serve_with_git`], timing the `PUT`s and `GET`s served in
+    /// `timings`.
+    pub async fn serve_timed<R, W>(
+        &self,
+        reader: R,
+        writer: W,
+        git: Option<&dyn crate::session::GitService>,
+        timings: Option<&crate::session::Timings>,
+    ) -> Result<CloseReason>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
         let start = match self.auth {
             None => Start::Preauthenticated { mode: self.mode },
             Some(_) => Start::RequireAuth,
@@ -231,6 +247,7 @@ impl Gateway<'_> {
         let ctx = ServeContext {
             auth: self.auth,
             git,
+            timings,
         };
         let mut session = backend::GatewaySession::new(self);
         crate::session::serve_backend(server, reader, writer, &mut session, &ctx).await

@@ -70,7 +70,11 @@ where
         },
         max_version: i64::from(MAX_VERSION),
     });
-    let ctx = ServeContext { auth, git };
+    let ctx = ServeContext {
+        auth,
+        git,
+        timings: None,
+    };
     match node {
         GatewayNode::Local(n, _) => {
             let mut store = n.store.clone();

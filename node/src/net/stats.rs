@@ -25,6 +25,8 @@ pub struct PeerCounters {
 #[derive(Debug, Default)]
 pub struct Stats {
     peers: Mutex<HashMap<String, Arc<PeerCounters>>>,
+    /// The served `PUT`s' and `GET`s' durations.
+    pub timings: crate::session::Timings,
 }
 
 impl Stats {

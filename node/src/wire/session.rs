@@ -94,6 +94,27 @@ pub trait RelayIo {
 pub struct ServeContext<'a> {
     pub auth: Option<&'a dyn Authenticator>,
     pub git: Option<&'a dyn GitService>,
+    /// Where the served `PUT`s and `GET`s are timed, if anywhere.
+    pub timings: Option<&'a Timings>,
+}
+
+/// How long the served requests took: a `PUT` from the request to its
+/// content committed, a `GET` the sending of its content (seconds).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub put: prometheus_client::metrics::histogram::Histogram,
+    pub get: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        // 1 ms to about 65 s.
+        let buckets = || prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17);
+        Timings {
+            put: prometheus_client::metrics::histogram::Histogram::new(buckets()),
+            get: prometheus_client::metrics::histogram::Histogram::new(buckets()),
+        }
+    }
 }
 
 struct Stream<R, W> {
@@ -155,9 +176,12 @@ where
         writer: BufWriter::with_capacity(IO_BUFFER, writer),
     };
     let mut line = Vec::with_capacity(256);
+    let mut put_since = None;
     loop {
         while let Some(out) = server.poll_output() {
-            if let Some(reason) = perform(&mut server, out, &mut io, backend, ctx).await? {
+            if let Some(reason) =
+                perform(&mut server, out, &mut io, backend, ctx, &mut put_since).await?
+            {
                 let _ = io.writer.flush().await;
                 let _ = io.writer.shutdown().await;
                 return Ok(reason);
@@ -198,6 +222,7 @@ async fn perform<R, W, B>(
     io: &mut Stream<R, W>,
     backend: &mut B,
     ctx: &ServeContext<'_>,
+    put_since: &mut Option<std::time::Instant>,
 ) -> Result<Option<CloseReason>>
 where
     R: AsyncRead + Unpin + Send,
@@ -225,9 +250,13 @@ where
         },
         ServerOutput::GetTimestamp => server.handle_timestamp(backend.timestamp().await),
         ServerOutput::PreparePut { key, file } => {
+            *put_since = Some(std::time::Instant::now());
             server.handle_put_start(backend.prepare_put(&key, &file).await)
         }
-        ServerOutput::AbandonPut { key } => backend.abandon_put(&key).await,
+        ServerOutput::AbandonPut { key } => {
+            *put_since = None;
+            backend.abandon_put(&key).await
+        }
         ServerOutput::ReceivePayload { key, offset, len } => {
             let complete = backend
                 .receive_payload(&mut io.reader, &key, offset, len)
@@ -236,20 +265,24 @@ where
         }
         ServerOutput::CommitPut { key, validity } => {
             let done = backend.commit(&key, validity).await;
+            observe(ctx.timings.map(|t| &t.put), put_since.take());
             server.handle_stored_plus(done.ok, done.also);
         }
         ServerOutput::ConfirmPresent { key } => {
             let done = backend.confirm_present(&key).await;
+            observe(ctx.timings.map(|t| &t.put), put_since.take());
             server.handle_stored_plus(done.ok, done.also);
         }
         ServerOutput::ContentSize { key, offset } => {
             server.handle_content_size(backend.content_size(&key, offset).await)
         }
         ServerOutput::SendPayload { key, offset, len } => {
-            match backend
+            let since = std::time::Instant::now();
+            let sent = backend
                 .send_payload(&mut io.writer, &key, offset, len)
-                .await?
-            {
+                .await?;
+            observe(ctx.timings.map(|t| &t.get), Some(since));
+            match sent {
                 Sent::Complete { valid } => server.handle_payload_sent(valid),
                 Sent::Broken(why) => {
                     tracing::info!("sending {key}: {why}");
@@ -273,6 +306,16 @@ where
         ServerOutput::Close(reason) => return Ok(Some(reason)),
     }
     Ok(None)
+}
+
+/// Records the time since `since` in `histogram`.
+fn observe(
+    histogram: Option<&prometheus_client::metrics::histogram::Histogram>,
+    since: Option<std::time::Instant>,
+) {
+    if let (Some(h), Some(t)) = (histogram, since) {
+        h.observe(t.elapsed().as_secs_f64());
+    }
 }
 
 /// Drives `server` only until the client is authenticated (at once when it
