@@ -390,6 +390,23 @@ fn every_endpoint_answers_with_a_token() {
     );
     assert_eq!(std::fs::read(&back).expect("got it"), vec![7u8; 50_000]);
     let text2 = get("/metrics").body;
+    // The gateway's bytes to and from its node M1, by its uuid.
+    let of_m1 = |text: &str, name: &str| -> f64 {
+        metric(text, name)
+            .iter()
+            .filter(|s| s.labels.get("node") == Some(uuid_m.as_str()))
+            .map(value)
+            .sum()
+    };
+    assert!(
+        of_m1(&text2, "annexmesh_gateway_node_bytes_out_total") >= 50_000.0,
+        "{text2}"
+    );
+    assert!(
+        of_m1(&text2, "annexmesh_gateway_node_bytes_in_total")
+            >= of_m1(&text1, "annexmesh_gateway_node_bytes_in_total") + 50_000.0,
+        "{text1}\n{text2}"
+    );
     assert!(
         observations(&text2, gets) >= observations(&text1, gets) + 1.0,
         "{text1}\n{text2}"

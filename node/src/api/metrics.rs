@@ -195,6 +195,23 @@ pub async fn render(st: &super::ApiState) -> String {
         sessions,
     );
     r.register("peer_sessions_open", "Sessions open, per peer", open);
+    let node_out: Family<Labels, Counter> = Family::default();
+    let node_in: Family<Labels, Counter> = Family::default();
+    for (node, sent, received) in crate::net::stats::node_bytes().snapshot() {
+        let l = vec![("node".to_owned(), node)];
+        node_out.get_or_create(&l).inc_by(sent);
+        node_in.get_or_create(&l).inc_by(received);
+    }
+    r.register(
+        "gateway_node_bytes_out",
+        "Content bytes this gateway sent to a cluster node (PUTs fanned out), per node uuid",
+        node_out,
+    );
+    r.register(
+        "gateway_node_bytes_in",
+        "Content bytes this gateway received from a remote cluster node (GETs relayed), per node uuid",
+        node_in,
+    );
     r.register(
         "put_duration_seconds",
         "Served PUTs, from the request to the content committed",

@@ -49,6 +49,56 @@ impl Stats {
     }
 }
 
+/// What this process's cluster gateways moved, per node uuid: content sent
+/// to nodes (`PUT`s fanned out) and received from them (`GET`s relayed).
+/// Bounded as [`Stats`] is.
+#[derive(Debug, Default)]
+pub struct NodeBytes {
+    nodes: Mutex<HashMap<String, Arc<(AtomicU64, AtomicU64)>>>,
+}
+
+impl NodeBytes {
+    fn node(&self, uuid: &str) -> Arc<(AtomicU64, AtomicU64)> {
+        let mut map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(uuid) {
+            return c.clone();
+        }
+        let name = if map.len() < MAX_PEERS { uuid } else { "other" };
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    pub fn sent(&self, uuid: &str, n: usize) {
+        self.node(uuid).0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn received(&self, uuid: &str, n: usize) {
+        self.node(uuid).1.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// (node uuid, bytes sent, bytes received), for a scrape.
+    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        let map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    c.0.load(Ordering::Relaxed),
+                    c.1.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// The process's gateway byte counters.
+pub fn node_bytes() -> &'static NodeBytes {
+    static NODES: std::sync::OnceLock<NodeBytes> = std::sync::OnceLock::new();
+    NODES.get_or_init(NodeBytes::default)
+}
+
 /// A session's claim: counted served and open while it lives.
 pub struct Session(Arc<PeerCounters>);
 

@@ -662,9 +662,12 @@ impl<'g> PendingPut<'g> {
             let Some(up) = t.upload.as_mut() else {
                 return;
             };
-            if let Err(e) = up.write(&chunk[skip..]) {
+            let part = chunk.get(skip..).unwrap_or_default();
+            if let Err(e) = up.write(part) {
                 tracing::info!("node {} cannot store {}: {e}", t.node.remote, up.key());
                 t.upload = None;
+            } else {
+                crate::net::stats::node_bytes().sent(t.node.uuid.as_str(), part.len());
             }
             t.have = start + n as u64;
         });

@@ -510,6 +510,8 @@ impl<'a> PutTarget<'a> {
                             && !part.is_empty()
                         {
                             on_session!(conn, s => s.put_stream_write(part).await)?;
+                            crate::net::stats::node_bytes()
+                                .sent(key_node.uuid.as_str(), part.len());
                         }
                     }
                     Some(Feed::End { valid }) => {
@@ -574,7 +576,8 @@ impl Fetch<'_> {
 
     pub(super) fn consume(&mut self, n: usize) {
         if let Some(c) = self.guard.as_mut() {
-            on_session!(c, s => s.relay_consume(n))
+            on_session!(c, s => s.relay_consume(n));
+            crate::net::stats::node_bytes().received(self.node.uuid.as_str(), n);
         }
     }
 
