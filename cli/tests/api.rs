@@ -738,6 +738,14 @@ fn verbs_without_a_daemon_say_there_is_none() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no daemon is running"), "{args:?}: {err}");
     }
+    // `peers` reads the repository instead, and says so.
+    let out = lab.run("R", &["peers"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("membership log") && err.contains("no daemon is running"),
+        "{err}"
+    );
     // The token is there to read (made on first use).
     let t = lab.token("R");
     assert_eq!(t.len(), 64);
