@@ -482,6 +482,7 @@ fn every_endpoint_answers_with_a_token() {
         "{text}"
     );
     assert!(!metric(&text, "annexmesh_gossip_messages_rejected_total").is_empty());
+    assert!(!metric(&text, "annexmesh_metadata_lines_rejected_total").is_empty());
     let unauthorized = value(&metric(&text, "annexmesh_api_unauthorized_total")[0]);
     assert!(unauthorized >= 3.0);
 

@@ -873,3 +873,101 @@ fn a_put_places_the_policy_max_copies() {
     );
     drop(daemons);
 }
+
+/// Writes `line` into the git-annex journal of `repo` for branch file `file`
+/// (what the branch or the journal holds, plus the line), atomically.
+fn journal_append(repo: &Path, file: &str, line: &str) {
+    let dir = repo.join("annex/journal");
+    std::fs::create_dir_all(&dir).expect("journal dir");
+    let name = file.replace('_', "__").replace('/', "_");
+    let path = dir.join(&name);
+    let mut content = std::fs::read_to_string(&path).unwrap_or_else(|_| branch_file(repo, file));
+    if !content.is_empty() && !content.ends_with('\n') {
+        content.push('\n');
+    }
+    content.push_str(line);
+    content.push('\n');
+    let tmp = repo.join(format!("annex/{name}.tmp"));
+    std::fs::write(&tmp, content).expect("write journal file");
+    std::fs::rename(&tmp, &path).expect("rename journal file");
+}
+
+#[test]
+fn a_read_only_member_writes_no_metadata() {
+    let m = Mesh::new();
+    m.init("alpha");
+    let pb = m.init("beta");
+    let pc = m.init("gamma");
+    let (mut da, _) = m.daemon("alpha");
+    let (_db, _) = m.daemon("beta");
+    let (_dc, _) = m.daemon("gamma");
+    m.ok("beta", &["join", &m.invite("alpha")]);
+    m.ok("gamma", &["join", &m.invite("alpha")]);
+    m.wait_connected("alpha", &pb);
+    m.wait_connected("alpha", &pc);
+    m.wait_connected("beta", &pc);
+    let uuid = |n: &str| git_config(&m.repo(n), "annex.uuid");
+    let (ua, ub, uc) = (uuid("alpha"), uuid("beta"), uuid("gamma"));
+
+    // alpha makes gamma read-only; beta hears of it.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 5;
+    journal_append(
+        &m.repo("alpha"),
+        "annexmesh/members.log",
+        &format!("{later}s {pc} member {uc} read-only"),
+    );
+    m.wait_for_line("beta", "annexmesh/members.log", &format!("{uc} read-only"));
+    m.wait_for_peer("alpha", "-- gamma [read-only]");
+
+    // gamma claims alpha holds a key, and that it proxies alpha.
+    let key_log = "fbd/530/SHA256E-s3--forged.txt.log";
+    let forged = format!("{later}s 1 {ua}");
+    journal_append(&m.repo("gamma"), key_log, &forged);
+    let proxy = format!("{later}s {uc} {ua}:alpha");
+    journal_append(&m.repo("gamma"), "proxy.log", &proxy);
+    // alpha refuses what gamma sent, and says so.
+    let deadline = Instant::now() + TIMEOUT;
+    while !(da.stdout() + &da.stderr()).contains("metadata: refused") {
+        assert!(
+            Instant::now() < deadline,
+            "alpha never refused gamma's lines:\n{}\n{}",
+            da.stdout(),
+            da.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // beta, read-write, still spreads its own location lines, written after.
+    let own_log = "aaa/bbb/SHA256E-s3--own.txt.log";
+    let own = format!("{later}s 1 {ub}");
+    journal_append(&m.repo("beta"), own_log, &own);
+    m.wait_for_line("alpha", own_log, &own);
+    // Anti-entropy on a fresh connection brings gamma's lines again: a
+    // restart of alpha's daemon still takes none of them.
+    da.terminate(TIMEOUT);
+    let (_da, _) = m.daemon("alpha");
+    m.wait_connected("alpha", &pc);
+    m.wait_connected("alpha", &pb);
+    let marker_log = "ccc/ddd/SHA256E-s3--marker.txt.log";
+    let marker = format!("{later}s 1 {ub}");
+    journal_append(&m.repo("beta"), marker_log, &marker);
+    m.wait_for_line("alpha", marker_log, &marker);
+    for repo in ["alpha", "beta"] {
+        assert!(
+            !branch_file(&m.repo(repo), key_log).contains(&ua),
+            "{repo} took a read-only member's location line"
+        );
+        assert!(
+            !branch_file(&m.repo(repo), "proxy.log").contains(&proxy),
+            "{repo} took a read-only member's proxy line"
+        );
+    }
+    assert!(
+        branch_file(&m.repo("gamma"), key_log).contains(&forged),
+        "gamma kept its own journal line (the test wrote what it meant to)"
+    );
+}

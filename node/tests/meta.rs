@@ -81,3 +81,90 @@ async fn unauthorized_peers_are_ignored() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(mb.file_lines("uuid.log").is_empty());
 }
+
+/// A peer with its own key, starting from `catalog`.
+async fn keyed_peer(
+    key: Keypair,
+    allowed: Allowed,
+    catalog: Catalog,
+) -> (Net, Arc<Meta>, libp2p::Multiaddr) {
+    let net = Net::spawn(build_swarm(key.clone(), memory_transport(&key).unwrap()).unwrap());
+    let addr = net.listen("/memory/0".parse().unwrap()).await.unwrap();
+    let meta = Meta::start(
+        net.clone(),
+        catalog,
+        MetaOptions {
+            allowed,
+            ..MetaOptions::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    (net, meta, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_write_only_what_their_role_allows() {
+    use node::members::Members;
+    use std::sync::atomic::Ordering;
+    let (ka, kb, kc) = (
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+    );
+    let (pa, pb, pc) = (
+        ka.public().to_peer_id(),
+        kb.public().to_peer_id(),
+        kc.public().to_peer_id(),
+    );
+    let ua = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+    let ub = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
+    let uc = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
+    let mut catalog = Catalog::new();
+    for line in [
+        format!("1s {pa} member {ua} read-only"),
+        format!("1s {pb} member {ub} read-write"),
+        format!("1s {pc} member {uc} read-write"),
+    ] {
+        catalog.insert_line("annexmesh/members.log", &line);
+    }
+    let members = |me| Allowed::Members(Arc::new(Members::new(me, HashSet::new())));
+    let (a, ma, _) = keyed_peer(ka, members(pa), catalog.clone()).await;
+    let (_b, mb, addr_b) = keyed_peer(kb, members(pb), catalog.clone()).await;
+    let (c, mc, _) = keyed_peer(kc, members(pc), catalog).await;
+    a.dial(&addr_b).await.unwrap();
+    c.dial(&addr_b).await.unwrap();
+
+    // The read-only member claims C holds a key, and that it proxies C.
+    let key_log = "fbd/530/SHA256E-s3--x.txt.log";
+    let forged = format!("1700000000s 1 {uc}");
+    ma.record_local(key_log, format!("{forged}\n").as_bytes());
+    ma.record_local("proxy.log", format!("1700000000s {ua} {uc}:c\n").as_bytes());
+    // C, read-write, may not speak for B's location, nor describe B's proxying.
+    let forged_b = format!("1700000001s 1 {ub}");
+    mc.record_local("aaa/bbb/K.log", format!("{forged_b}\n").as_bytes());
+    mc.record_local("proxy.log", format!("1700000001s {ub} {uc}:c\n").as_bytes());
+    // Its own location line spreads.
+    let own = format!("1700000002s 1 {uc}");
+    mc.record_local("ccc/ddd/K.log", format!("{own}\n").as_bytes());
+    wait_for(&mb, "ccc/ddd/K.log", &own).await;
+
+    // Every forged line reaches B (by gossip or anti-entropy) and is refused.
+    let start = Instant::now();
+    while mb.counters.lines_rejected.load(Ordering::Relaxed) < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {} line(s) refused",
+            mb.counters.lines_rejected.load(Ordering::Relaxed)
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), mb.changed()).await;
+    }
+    assert!(mb.file_lines(key_log).is_empty());
+    assert!(mb.file_lines("aaa/bbb/K.log").is_empty());
+    assert!(mb.file_lines("proxy.log").is_empty());
+    // An anti-entropy round with each changes nothing more.
+    assert_eq!(mb.sync_with(pa).await.unwrap(), 0);
+    assert_eq!(mb.sync_with(pc).await.unwrap(), 0);
+    assert!(mb.file_lines(key_log).is_empty());
+}

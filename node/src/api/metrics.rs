@@ -147,6 +147,11 @@ pub async fn render(st: &super::ApiState) -> String {
                 &c.gossip_rejected,
             ),
             (
+                "metadata_lines_rejected",
+                "Branch lines from peers refused: their author may not write them",
+                &c.lines_rejected,
+            ),
+            (
                 "anti_entropy_rounds",
                 "Anti-entropy rounds started",
                 &c.sync_rounds,

@@ -20,10 +20,11 @@ pub mod keeper;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
+use protocol::logs::authorize::{self, Author, Authority};
 use protocol::logs::catalog::Catalog;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
@@ -63,6 +64,26 @@ impl Allowed {
             Allowed::Any => true,
             Allowed::Peers(set) => peer.is_some_and(|p| set.contains(p)),
             Allowed::Members(m) => peer.is_some_and(|p| m.trusts(p)),
+        }
+    }
+
+    /// Who a change from `peer` counts as, for [`authorize`]: a member with
+    /// its uuid and role; a peer fixed by a grant or the configuration with
+    /// no membership line is unrestricted (as before membership); anyone
+    /// else writes nothing.
+    fn author(&self, peer: Option<&PeerId>) -> Author {
+        match self {
+            Allowed::Any | Allowed::Peers(_) => Author::Unrestricted,
+            Allowed::Members(m) => {
+                let Some(p) = peer else {
+                    return Author::Outsider;
+                };
+                match (m.uuid_of(p), m.role(p)) {
+                    (Some(uuid), Some(role)) => Author::Member { uuid, role },
+                    _ if m.trusts(p) => Author::Unrestricted,
+                    _ => Author::Outsider,
+                }
+            }
         }
     }
 }
@@ -134,6 +155,9 @@ pub struct MetaCounters {
     pub gossip_out: AtomicU64,
     /// From peers not trusted, too large, or undecodable.
     pub gossip_rejected: AtomicU64,
+    /// Branch lines refused because their author may not write them
+    /// ([`authorize`]), from gossip and anti-entropy.
+    pub lines_rejected: AtomicU64,
     pub sync_rounds: AtomicU64,
     pub sync_failed: AtomicU64,
 }
@@ -152,7 +176,12 @@ pub struct Meta {
     /// The paths each merge changed, for services that follow the catalog
     /// ([`Meta::subscribe`]).
     changes: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
+    /// When refused lines were last logged, and how many since.
+    reject_log: Mutex<(Option<Instant>, u64)>,
 }
+
+/// How often refused lines are logged at most.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Merges a subscriber may fall behind by before it must reload.
 const CHANGES_BACKLOG: usize = 4096;
@@ -217,6 +246,7 @@ impl Meta {
             changed: Notify::new(),
             persist_now: Arc::new(Notify::new()),
             changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
+            reject_log: Mutex::new((None, 0)),
         });
         meta.members_changed();
         net.subscribe(META_TOPIC).await?;
@@ -235,18 +265,54 @@ impl Meta {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Merges lines into the catalog; returns the paths that changed.
-    fn merge_lines(&self, files: &[(String, Vec<String>)], mark_dirty: bool) -> Vec<String> {
+    /// Merges lines `author` may write into the catalog ([`authorize`]);
+    /// returns the paths that changed. The others are counted and logged.
+    fn merge_lines(
+        &self,
+        author: &Author,
+        files: &[(String, Vec<String>)],
+        mark_dirty: bool,
+    ) -> Vec<String> {
         let mut changed = Vec::new();
+        let mut rejected = 0u64;
+        let mut example = None;
         {
             let mut st = self.lock();
-            for (path, lines) in files {
+            // Who proxies whom decides location lines: take the gateways'
+            // own proxy and cluster lines of this batch first.
+            let mut order: Vec<&(String, Vec<String>)> = files.iter().collect();
+            order.sort_by_key(|(p, _)| match p.as_str() {
+                "proxy.log" => 0,
+                "cluster.log" => 1,
+                _ => 2,
+            });
+            let mut authority: Option<Authority> = None;
+            for (path, lines) in order {
                 if !valid_path(path) {
                     continue;
                 }
+                if authorize::needs_authority(author) && authority.is_none() {
+                    authority = Some(Authority::from_catalog(&st.catalog));
+                }
+                let verdict = authorize::judge(
+                    author,
+                    authority.as_ref().unwrap_or(&Authority::default()),
+                    path,
+                    st.catalog.file(path),
+                    lines.iter().map(String::as_str).filter(|l| valid_line(l)),
+                );
+                if !verdict.rejected.is_empty() {
+                    rejected += verdict.rejected.len() as u64;
+                    if example.is_none() {
+                        example = Some(format!("{path}: {}", verdict.rejected[0]));
+                    }
+                }
                 let mut any = false;
-                for l in lines.iter().filter(|l| valid_line(l)) {
+                for l in verdict.accepted {
                     any |= st.catalog.insert_line(path, l);
+                }
+                if any && (path == "proxy.log" || path == "cluster.log") {
+                    authority = None;
                 }
                 if any {
                     let content = st
@@ -262,6 +328,9 @@ impl Meta {
                 }
             }
         }
+        if rejected > 0 {
+            self.rejected(author, rejected, example.unwrap_or_default());
+        }
         if changed.iter().any(|p| p == MEMBERS_LOG) {
             self.members_changed();
         }
@@ -273,6 +342,26 @@ impl Meta {
             let _ = self.changes.send(Arc::new(changed.clone()));
         }
         changed
+    }
+
+    /// Counts refused lines, and logs them at most once per
+    /// [`REJECT_LOG_EVERY`] (with how many were refused since).
+    fn rejected(&self, author: &Author, n: u64, example: String) {
+        self.counters.lines_rejected.fetch_add(n, Ordering::Relaxed);
+        let mut log = self.reject_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 += n;
+        let now = Instant::now();
+        if log
+            .0
+            .is_some_and(|t| now.duration_since(t) < REJECT_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            "metadata: refused {} line(s) their author may not write (latest from {author:?}: {example})",
+            log.1
+        );
+        *log = (Some(now), 0);
     }
 
     /// The paths every later merge changes, in order. A receiver that falls
@@ -306,7 +395,10 @@ impl Meta {
     pub fn record_local(&self, path: &str, content: &[u8]) {
         let lines: Vec<String> = protocol::logs::lines(content).map(str::to_owned).collect();
         let files = vec![(path.to_owned(), lines)];
-        if self.merge_lines(&files, false).is_empty() {
+        if self
+            .merge_lines(&Author::Unrestricted, &files, false)
+            .is_empty()
+        {
             return;
         }
         self.publish_files(files);
@@ -418,11 +510,13 @@ impl Meta {
             return Ok(0);
         }
         let stream = self.net.open_to(peer, SYNC_PROTOCOL).await?;
-        self.exchange(stream).await
+        self.exchange(peer, stream).await
     }
 
-    /// The symmetric exchange both sides run.
-    async fn exchange(&self, stream: libp2p::Stream) -> Result<usize> {
+    /// The symmetric exchange both sides run. What `peer` sends is judged
+    /// as written by `peer` ([`authorize`]): a line it relays from a third
+    /// repository is taken only if `peer` could have written it itself.
+    async fn exchange(&self, peer: PeerId, stream: libp2p::Stream) -> Result<usize> {
         let (mut r, mut w) = stream.split();
         let mine = self.level1();
         let frame = Frame::Level1(mine.clone());
@@ -477,7 +571,8 @@ impl Meta {
                             .into_iter()
                             .filter(|(p, _)| cells.contains(&bucket_of(p)))
                             .collect();
-                        let changed = self.merge_lines(&files, true);
+                        let author = self.options.allowed.author(Some(&peer));
+                        let changed = self.merge_lines(&author, &files, true);
                         merged += changed.len();
                         let spread: Vec<(String, Vec<String>)> = changed
                             .iter()
@@ -605,7 +700,7 @@ async fn serve_syncs(meta: std::sync::Weak<Meta>, mut incoming: libp2p_stream::I
         };
         tokio::spawn(async move {
             let _permit = permit;
-            match m.exchange(stream).await {
+            match m.exchange(peer, stream).await {
                 Ok(n) => tracing::debug!("sync from {peer}: {n} file(s) changed"),
                 Err(e) => tracing::debug!("sync from {peer} failed: {e}"),
             }
@@ -638,7 +733,8 @@ async fn event_loop(meta: std::sync::Weak<Meta>, mut events: broadcast::Receiver
                 match ciborium::from_reader::<Delta, _>(&data[..]) {
                     Ok(delta) => {
                         m.counters.gossip_in.fetch_add(1, Ordering::Relaxed);
-                        m.merge_lines(&delta.files, true);
+                        let who = m.options.allowed.author(author.as_ref());
+                        m.merge_lines(&who, &delta.files, true);
                     }
                     Err(e) => {
                         m.counters.gossip_rejected.fetch_add(1, Ordering::Relaxed);

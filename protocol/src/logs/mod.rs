@@ -5,6 +5,7 @@
 //! union of their lines and resolves "newest per field" when reading. That makes
 //! each log a state-based CRDT, which is how annexmesh gossips them.
 
+pub mod authorize;
 pub mod catalog;
 pub mod members;
 pub mod presence;
