@@ -133,10 +133,11 @@ fn run() -> Result<()> {
     annexmesh(&g, &["initcluster", "c"])?;
     for i in 1..=3 {
         let name = format!("M{i}");
-        await_true(&format!("G to know {name}"), || {
-            Ok(annexmesh(&g, &["peers"])?.contains(&format!("-- {name} [")))
+        // `peers` (from the daemon) can list a member before the journal
+        // that `cluster add-node` reads does: retried until it takes it.
+        await_true(&format!("G to add {name}"), || {
+            Ok(annexmesh(&g, &["cluster", "add-node", &name, &name]).is_ok())
         })?;
-        annexmesh(&g, &["cluster", "add-node", &name, &name])?;
     }
     annexmesh(&g, &["updatecluster"])?;
     let cluster = run_ok(

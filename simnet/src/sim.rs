@@ -26,7 +26,7 @@ use crate::rng::SimRng;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a crashing node may take to stop.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The environment variable that fixes the seed.
 pub const SEED_VAR: &str = "SIMNET_SEED";
