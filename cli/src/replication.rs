@@ -151,7 +151,7 @@ fn alerts_from_api(
             last_seen_unix_ms: num(n, "last_seen_unix_ms"),
             free_bytes: num(n, "free_bytes"),
             transfers_in_flight: num(n, "transfers_in_flight"),
-            reserved_bytes: 0,
+            reserved_bytes: num(n, "reserved_bytes"),
             metrics_known: n["free_bytes"].is_u64(),
         })
         .collect();

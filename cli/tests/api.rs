@@ -456,13 +456,14 @@ fn every_endpoint_answers_with_a_token() {
             .then_some(a)
     });
     assert!(alerts["alerts"].is_array());
-    let hm = json(&get("/health/metrics").body);
-    assert!(
-        hm.as_array()
-            .expect("a list")
+    // Its heartbeat's values, once one is heard (null before: unknown).
+    wait("M1's heartbeat values", || {
+        json(&get("/health/metrics").body)
+            .as_array()?
             .iter()
             .any(|n| n["uuid"] == uuid_m.as_str() && n["free_bytes"].as_u64().is_some())
-    );
+            .then_some(())
+    });
 
     // Metrics: parsed; the catalog counts the key; the request counter moves.
     let text = get("/metrics").body;

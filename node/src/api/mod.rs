@@ -350,18 +350,7 @@ async fn alerts(State(st): State<Shared>) -> Answer {
     if st.members.is_none() {
         return Err(not_found("this daemon has no peer monitor"));
     }
-    let nodes: Vec<Value> = nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "uuid": n.uuid,
-                "state": n.state,
-                "last_seen_unix_ms": n.last_seen_unix_ms,
-                "free_bytes": n.free_bytes,
-                "transfers_in_flight": n.transfers_in_flight,
-            })
-        })
-        .collect();
+    let nodes: Vec<Value> = nodes.iter().map(node_json).collect();
     let alerts: Vec<Value> = alerts
         .iter()
         .map(|a| json!({ "at_unix_ms": a.at_unix_ms, "kind": a.kind, "uuid": a.uuid }))
@@ -371,20 +360,27 @@ async fn alerts(State(st): State<Shared>) -> Answer {
 
 async fn health_metrics(State(st): State<Shared>) -> Answer {
     let (nodes, _) = crate::health::read_state(&st.state_dir);
-    let nodes: Vec<Value> = nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "uuid": n.uuid,
-                "state": n.state,
-                "last_seen_unix_ms": n.last_seen_unix_ms,
-                "free_bytes": n.free_bytes,
-                "transfers_in_flight": n.transfers_in_flight,
-                "reserved_bytes": n.reserved_bytes,
-            })
-        })
-        .collect();
-    Ok(Json(Value::Array(nodes)))
+    Ok(Json(Value::Array(nodes.iter().map(node_json).collect())))
+}
+
+/// One node as the monitor sees it; metrics not heard yet are `null`, not
+/// zeros (which would read as a full disk).
+fn node_json(n: &crate::health::NodeHealth) -> Value {
+    let known = |v: u64| {
+        if n.metrics_known {
+            json!(v)
+        } else {
+            Value::Null
+        }
+    };
+    json!({
+        "uuid": n.uuid,
+        "state": n.state,
+        "last_seen_unix_ms": n.last_seen_unix_ms,
+        "free_bytes": known(n.free_bytes),
+        "transfers_in_flight": known(n.transfers_in_flight),
+        "reserved_bytes": known(n.reserved_bytes),
+    })
 }
 
 /// The mesh as dot: members (with the monitor's states), gateways and
