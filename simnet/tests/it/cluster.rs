@@ -257,6 +257,16 @@ async fn a_crashed_gateway_is_routed_around_and_back_through_after_a_restart() {
     })
     .await
     .unwrap();
+    // g0 may see the restarted gateway before that one's daemon sees its own
+    // links up again (each keeper notices a connection at its next tick): a
+    // PUT in that window reaches the far nodes it routes to by the restarted
+    // one on the repairer's next pass only. Back means routing again too.
+    let want = c.all_nodes().len();
+    simnet::wait_until("the restarted gateway to route to every node", LIMIT, || {
+        c.routed_from(&sim, down).is_ok_and(|n| n == want)
+    })
+    .await
+    .unwrap();
     put_once(&mut sim, &c, "g0", &[]).await;
 }
 
