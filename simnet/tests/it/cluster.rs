@@ -79,6 +79,17 @@ async fn partitioned_halves_serve_their_own_nodes_then_converge() {
             sim.partition(a, b).unwrap();
         }
     }
+    // The PUTs come once each side sees the split: a PUT planned while its
+    // gateway still routes to the far half sends that half's share into the
+    // cut (the copies the cap gave it are made by the repairer later).
+    for (g, far) in [("g0", "g1n0"), ("g1", "g0n0")] {
+        let far = sim.uuid(far).unwrap();
+        simnet::wait_until("each side to route around the split", LIMIT, || {
+            c.routes_to(&sim, g, &far).is_ok_and(|r| !r)
+        })
+        .await
+        .unwrap();
+    }
     let left = put_through(&mut sim, &c, "g0").await;
     let right = put_through(&mut sim, &c, "g1").await;
     assert!(sim.store("g0n0").unwrap().contains(&left));
@@ -262,9 +273,11 @@ async fn a_crashed_gateway_is_routed_around_and_back_through_after_a_restart() {
     // PUT in that window reaches the far nodes it routes to by the restarted
     // one on the repairer's next pass only. Back means routing again too.
     let want = c.all_nodes().len();
-    simnet::wait_until("the restarted gateway to route to every node", LIMIT, || {
-        c.routed_from(&sim, down).is_ok_and(|n| n == want)
-    })
+    simnet::wait_until(
+        "the restarted gateway to route to every node",
+        LIMIT,
+        || c.routed_from(&sim, down).is_ok_and(|n| n == want),
+    )
     .await
     .unwrap();
     put_once(&mut sim, &c, "g0", &[]).await;
@@ -311,6 +324,17 @@ async fn after_a_partition_heals_each_sides_keys_reach_min_on_the_other() {
         for b in halves[1] {
             sim.partition(a, b).unwrap();
         }
+    }
+    // The PUTs come once each side sees the split: a PUT planned while its
+    // gateway still routes to the far half sends that half's share into the
+    // cut (the copies the cap gave it are made by the repairer later).
+    for (g, far) in [("g0", "g1n0"), ("g1", "g0n0")] {
+        let far = sim.uuid(far).unwrap();
+        simnet::wait_until("each side to route around the split", LIMIT, || {
+            c.routes_to(&sim, g, &far).is_ok_and(|r| !r)
+        })
+        .await
+        .unwrap();
     }
     let left = put_through(&mut sim, &c, "g0").await;
     let right = put_through(&mut sim, &c, "g1").await;
