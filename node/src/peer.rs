@@ -6,7 +6,7 @@
 //! `NOTIFYCHANGE` included. Streams are bounded per peer and in total; excess
 //! streams are refused at once rather than queued. A stream counts against
 //! the sessions' limits only once authenticated: before, it holds one of a few
-//! pending slots (bounded per peer and in total), for at most the
+//! pending slots (bounded per peer, per IP address and in total), for at most the
 //! authentication deadline (`annexmesh.authtimeout`), so idle streams cannot
 //! lock anyone out. An authenticated session waiting on its client longer than
 //! `annexmesh.idletimeout` is closed.
@@ -41,6 +41,9 @@ pub struct Limits {
     /// Streams not yet authenticated.
     pub pending_total: usize,
     pub pending_per_peer: usize,
+    /// Streams not yet authenticated from one IP address, whatever the
+    /// PeerIds (which cost nothing to make).
+    pub pending_per_address: usize,
     /// `AUTH` (and the `TARGET` line) must have arrived within this.
     pub auth_timeout: Duration,
     /// An authenticated session waiting this long for its client is closed.
@@ -55,6 +58,7 @@ impl Default for Limits {
             streams_per_peer: 32,
             pending_total: 64,
             pending_per_peer: 8,
+            pending_per_address: 32,
             auth_timeout: protocol::deadline::DEFAULT_AUTH_TIMEOUT,
             idle_timeout: protocol::deadline::DEFAULT_IDLE_TIMEOUT,
         }
@@ -194,8 +198,16 @@ fn accept_loop(
         store,
         rules,
         serve_git,
-        sessions: Arc::new(Pool::new(limits.streams_total, limits.streams_per_peer)),
-        pending: Arc::new(Pool::new(limits.pending_total, limits.pending_per_peer)),
+        sessions: Arc::new(Pool::new(
+            limits.streams_total,
+            limits.streams_per_peer,
+            usize::MAX,
+        )),
+        pending: Arc::new(Pool::new(
+            limits.pending_total,
+            limits.pending_per_peer,
+            limits.pending_per_address,
+        )),
         limits,
         stats: stats.clone(),
     });
@@ -214,8 +226,12 @@ fn accept_loop(
                 }
                 next = incoming.next() => {
                     let Some((peer, stream, protocol)) = next else { break };
-                    let Some(slot) = Slot::take(&shared.pending, peer) else {
-                        tracing::warn!("refusing a stream from {peer}: too many unauthenticated streams");
+                    let host = net.host_of(&peer);
+                    let Some(slot) = Slot::take(&shared.pending, peer, host) else {
+                        tracing::warn!(
+                            "refusing a stream from {peer} ({}): too many unauthenticated streams",
+                            host.map_or("-".to_owned(), |h| h.to_string())
+                        );
                         drop(stream);
                         continue;
                     };
@@ -277,19 +293,35 @@ struct Shared {
     stats: Arc<crate::net::stats::Stats>,
 }
 
-/// Slots bounded in total and per peer.
+/// Slots bounded in total, per peer and per IP address.
 struct Pool {
     total: Semaphore,
-    per_peer: Mutex<HashMap<PeerId, usize>>,
+    counts: Mutex<HashMap<Claim, usize>>,
     per_peer_limit: usize,
+    per_host_limit: usize,
+}
+
+/// What a slot is counted against besides the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Claim {
+    Peer(PeerId),
+    Host(std::net::IpAddr),
 }
 
 impl Pool {
-    fn new(total: usize, per_peer: usize) -> Pool {
+    fn new(total: usize, per_peer: usize, per_host: usize) -> Pool {
         Pool {
             total: Semaphore::new(total),
-            per_peer: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
             per_peer_limit: per_peer,
+            per_host_limit: per_host,
+        }
+    }
+
+    fn limit(&self, claim: &Claim) -> usize {
+        match claim {
+            Claim::Peer(_) => self.per_peer_limit,
+            Claim::Host(_) => self.per_host_limit,
         }
     }
 }
@@ -297,22 +329,31 @@ impl Pool {
 /// One stream's claim on a pool; released on drop.
 struct Slot {
     pool: Arc<Pool>,
-    peer: PeerId,
+    claims: Vec<Claim>,
 }
 
 impl Slot {
-    fn take(pool: &Arc<Pool>, peer: PeerId) -> Option<Slot> {
+    /// A slot for `peer` (connected from `host`), unless the total, the
+    /// peer's or the address's limit is reached.
+    fn take(pool: &Arc<Pool>, peer: PeerId, host: Option<std::net::IpAddr>) -> Option<Slot> {
+        let claims: Vec<Claim> = std::iter::once(Claim::Peer(peer))
+            .chain(host.map(Claim::Host))
+            .collect();
         let permit = pool.total.try_acquire().ok()?;
-        let mut map = pool.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(peer).or_insert(0);
-        if *count >= pool.per_peer_limit {
+        let mut map = pool.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if claims
+            .iter()
+            .any(|c| map.get(c).copied().unwrap_or(0) >= pool.limit(c))
+        {
             return None;
         }
-        *count += 1;
+        for c in &claims {
+            *map.entry(*c).or_insert(0) += 1;
+        }
         permit.forget();
         Some(Slot {
             pool: pool.clone(),
-            peer,
+            claims,
         })
     }
 }
@@ -320,11 +361,13 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.pool.total.add_permits(1);
-        let mut map = self.pool.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.peer);
+        let mut map = self.pool.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &self.claims {
+            if let Some(count) = map.get_mut(c) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(c);
+                }
             }
         }
     }
@@ -359,7 +402,7 @@ impl crate::session::Authenticator for Gate<'_> {
         let mode = self.access.check(client, token)?;
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            let Some(taken) = Slot::take(self.sessions, self.peer) else {
+            let Some(taken) = Slot::take(self.sessions, self.peer, None) else {
                 tracing::warn!("refusing AUTH from {}: too many sessions", self.peer);
                 return None;
             };

@@ -253,6 +253,67 @@ async fn idle_unauthenticated_streams_lock_no_one_out() {
     assert!(!late.check_present(&key).await.unwrap());
 }
 
+/// Fresh PeerIds cost nothing: streams not yet authenticated are bounded per
+/// IP address too. Three "peers" on 127.0.0.1 open 12 idle streams against a
+/// limit of 8 per address: 8 are held (they get an answer to `AUTH`), the
+/// other 4 are refused at once (closed before any answer).
+#[tokio::test]
+async fn unauthenticated_streams_are_bounded_per_address() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let init = node::init::init(&tmp.path().join("server"), "server", [9; 16]).unwrap();
+    let key = Keypair::generate_ed25519();
+    let peer = Peer::start(PeerOptions {
+        store: Store::new(init.repo),
+        transport: node::net::tcp_transport(&key).unwrap(),
+        keypair: key,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        grants: Vec::new(),
+        limits: Limits {
+            pending_per_address: 8,
+            auth_timeout: std::time::Duration::from_secs(60),
+            ..Limits::default()
+        },
+        serve_git: false,
+        members: None,
+    })
+    .await
+    .unwrap();
+    let mut streams = Vec::new();
+    let mut nets = Vec::new();
+    for _ in 0..3 {
+        let k = Keypair::generate_ed25519();
+        let net =
+            Net::spawn(build_swarm(k.clone(), node::net::tcp_transport(&k).unwrap()).unwrap());
+        for _ in 0..4 {
+            let s = net.open(&peer.addrs[0], P2P_PROTOCOL).await.unwrap();
+            streams.push(tokio::io::BufReader::new(s.compat()));
+        }
+        nets.push(net);
+    }
+    let (mut answered, mut refused) = (0, 0);
+    for s in &mut streams {
+        // A refused stream may already be reset: writing then fails too.
+        let _ = s
+            .get_mut()
+            .write_all(b"AUTH aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa 0\n")
+            .await;
+        let _ = s.get_mut().flush().await;
+        let mut line = String::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), s.read_line(&mut line))
+            .await
+            .expect("every stream is answered or closed");
+        match read {
+            Ok(n) if n > 0 => {
+                assert!(line.starts_with("AUTH-FAILURE"), "{line:?}");
+                answered += 1;
+            }
+            _ => refused += 1,
+        }
+    }
+    assert_eq!((answered, refused), (8, 4));
+}
+
 #[tokio::test]
 async fn an_idle_session_is_closed() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

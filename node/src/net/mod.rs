@@ -13,6 +13,8 @@ pub mod remote;
 pub mod stats;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -158,6 +160,20 @@ pub struct Net {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     events: tokio::sync::broadcast::Sender<NetEvent>,
+    /// The IP address of each connected peer's newest connection.
+    hosts: Hosts,
+}
+
+/// Connected peers' IP addresses, kept by the swarm's task.
+type Hosts = Arc<Mutex<HashMap<PeerId, IpAddr>>>;
+
+/// The IP address a multiaddr starts with (none for the memory transport).
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 impl Net {
@@ -168,13 +184,22 @@ impl Net {
         let control = swarm.behaviour().stream.new_control();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
-        tokio::spawn(drive(swarm, rx, events.clone()));
+        let hosts = Hosts::default();
+        tokio::spawn(drive(swarm, rx, events.clone(), hosts.clone()));
         Net {
             peer_id,
             commands: tx,
             control,
             events,
+            hosts,
         }
+    }
+
+    /// The IP address `peer` is connected from (its newest connection's), if
+    /// it is connected over IP.
+    pub fn host_of(&self, peer: &PeerId) -> Option<IpAddr> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get(peer).copied()
     }
 
     /// Whether the swarm's task still runs (it ends with its runtime).
@@ -291,6 +316,7 @@ async fn drive(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     events: tokio::sync::broadcast::Sender<NetEvent>,
+    hosts: Hosts,
 ) {
     let mut pending_listen: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr>>> =
         HashMap::new();
@@ -372,8 +398,11 @@ async fn drive(
                         let _ = reply.send(Err(Error::Protocol(format!("listener closed: {reason:?}"))));
                     }
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                     tracing::debug!("connection established with {peer_id} ({num_established} now)");
+                    if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                        hosts.lock().unwrap_or_else(|p| p.into_inner()).insert(peer_id, ip);
+                    }
                     for r in pending_dial.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(Ok(()));
                     }
@@ -389,6 +418,7 @@ async fn drive(
                     });
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    hosts.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer_id);
                     for r in pending_disconnect.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(());
                     }
