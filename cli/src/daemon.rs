@@ -16,8 +16,9 @@ use node::net::tcp_transport;
 use node::peer::{Limits, PeerOptions};
 use node::store::{Store, write_atomic};
 use protocol::AuthToken;
+use protocol::server::ServeMode;
 use rand::RngCore;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use node::members::Members;
@@ -77,12 +78,17 @@ pub async fn run(
     }
     let grants = config.peer_grants()?;
     // Metadata is taken from granted and configured peers only.
-    let mut trusted: HashSet<PeerId> = grants.iter().map(|(p, _)| *p).collect();
+    // A configured peer (`--peer`, annexmesh.peer) is trusted read-write;
+    // a grant, with its mode (a read-only one writes no metadata).
+    let mut trusted: HashMap<PeerId, ServeMode> = HashMap::new();
     for p in &config.peers {
-        if let Ok(addr) = node::net::PeerAddress::parse(&p.address) {
-            trusted.extend(node::net::peer_of(&addr.addr).ok());
+        if let Ok(addr) = node::net::PeerAddress::parse(&p.address)
+            && let Ok(peer) = node::net::peer_of(&addr.addr)
+        {
+            trusted.insert(peer, ServeMode::ReadWrite);
         }
     }
+    trusted.extend(grants.iter().copied());
     // Members of the mesh (the membership log) are trusted too, and reach
     // the repository with their roles; the set follows the log as it changes.
     let members = Arc::new(Members::new(key.public().to_peer_id(), trusted));

@@ -2,7 +2,7 @@
 //! Metadata over the mesh: gossip spreads a change at once, anti-entropy brings
 //! a latecomer up to date, and unauthorized peers are ignored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,7 @@ async fn members_write_only_what_their_role_allows() {
     ] {
         catalog.insert_line("annexmesh/members.log", &line);
     }
-    let members = |me| Allowed::Members(Arc::new(Members::new(me, HashSet::new())));
+    let members = |me| Allowed::Members(Arc::new(Members::new(me, HashMap::new())));
     let (a, ma, _) = keyed_peer(ka, members(pa), catalog.clone()).await;
     let (_b, mb, addr_b) = keyed_peer(kb, members(pb), catalog.clone()).await;
     let (c, mc, _) = keyed_peer(kc, members(pc), catalog).await;
@@ -167,4 +167,45 @@ async fn members_write_only_what_their_role_allows() {
     assert_eq!(mb.sync_with(pa).await.unwrap(), 0);
     assert_eq!(mb.sync_with(pc).await.unwrap(), 0);
     assert!(mb.file_lines(key_log).is_empty());
+}
+
+/// Peers let in by a grant rather than membership: a read-write grant's
+/// lines are taken (as before membership), a read-only grant's are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_grant_writes_no_metadata() {
+    use node::members::Members;
+    use protocol::server::ServeMode;
+    use std::sync::atomic::Ordering;
+    let (ka, kb, kc) = (
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+    );
+    let (pa, pb, pc) = (
+        ka.public().to_peer_id(),
+        kb.public().to_peer_id(),
+        kc.public().to_peer_id(),
+    );
+    let grants = HashMap::from([(pa, ServeMode::ReadOnly), (pc, ServeMode::ReadWrite)]);
+    let b_allows = Allowed::Members(Arc::new(Members::new(pb, grants)));
+    let (a, ma, _) = keyed_peer(ka, Allowed::Any, Catalog::new()).await;
+    let (_b, mb, addr_b) = keyed_peer(kb, b_allows, Catalog::new()).await;
+    let (c, mc, _) = keyed_peer(kc, Allowed::Any, Catalog::new()).await;
+    a.dial(&addr_b).await.unwrap();
+    c.dial(&addr_b).await.unwrap();
+    let forged = "1700000000s u1 from a read-only grant timestamp=1s";
+    ma.record_local("uuid.log", format!("{forged}\n").as_bytes());
+    let fine = "1700000001s u2 from a read-write grant timestamp=1s";
+    mc.record_local("uuid.log", format!("{fine}\n").as_bytes());
+    wait_for(&mb, "uuid.log", fine).await;
+    let start = Instant::now();
+    while mb.counters.lines_rejected.load(Ordering::Relaxed) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the read-only grant's line was never refused"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), mb.changed()).await;
+    }
+    assert_eq!(mb.sync_with(pa).await.unwrap(), 0);
+    assert!(!mb.file_lines("uuid.log").iter().any(|l| l == forged));
 }

@@ -34,6 +34,7 @@ use crate::members::Members;
 use crate::net::{Net, NetEvent};
 use crate::store::StoreObserver;
 use protocol::logs::members::MEMBERS_LOG;
+use protocol::server::ServeMode;
 
 pub const META_TOPIC: &str = "annexmesh/meta/1";
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/annexmesh/sync/1");
@@ -68,9 +69,9 @@ impl Allowed {
     }
 
     /// Who a change from `peer` counts as, for [`authorize`]: a member with
-    /// its uuid and role; a peer fixed by a grant or the configuration with
-    /// no membership line is unrestricted (as before membership); anyone
-    /// else writes nothing.
+    /// its uuid and role; a peer fixed by a read-write or append-only grant
+    /// or by the configuration, with no membership line, is unrestricted (as
+    /// before membership); a read-only grant and anyone else write nothing.
     fn author(&self, peer: Option<&PeerId>) -> Author {
         match self {
             Allowed::Any | Allowed::Peers(_) => Author::Unrestricted,
@@ -80,6 +81,7 @@ impl Allowed {
                 };
                 match (m.uuid_of(p), m.role(p)) {
                     (Some(uuid), Some(role)) => Author::Member { uuid, role },
+                    _ if m.fixed_role(p) == Some(ServeMode::ReadOnly) => Author::Outsider,
                     _ if m.trusts(p) => Author::Unrestricted,
                     _ => Author::Outsider,
                 }
@@ -777,12 +779,33 @@ async fn publisher(meta: std::sync::Weak<Meta>) {
         for batch in batches(files) {
             let mut buf = Vec::new();
             if ciborium::into_writer(&batch, &mut buf).is_ok() {
-                match m.net.publish(META_TOPIC, buf).await {
-                    Ok(_) => {
-                        m.counters.gossip_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::debug!("publish: {e}"),
-                }
+                publish(&m, buf).await;
+            }
+        }
+    }
+}
+
+/// Tries to publish a delta this many times while peers are connected but
+/// none has told gossipsub it subscribes yet (a connection just made, on a
+/// loaded machine), [`PUBLISH_RETRY`] apart; past that, or with no peer at
+/// all, anti-entropy carries the change (at the next connection or tick).
+const PUBLISH_ATTEMPTS: usize = 10;
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+async fn publish(m: &Meta, delta: Vec<u8>) {
+    for _ in 0..PUBLISH_ATTEMPTS {
+        match m.net.publish(META_TOPIC, delta.clone()).await {
+            Ok(true) => {
+                m.counters.gossip_out.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(false) if m.net.connected_peers().await.is_ok_and(|p| !p.is_empty()) => {
+                tokio::time::sleep(PUBLISH_RETRY).await;
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!("publish: {e}");
+                return;
             }
         }
     }

@@ -16,7 +16,7 @@
 //!   newcomer (and itself) as members, and answers with the membership,
 //!   addresses and uuid logs, which the newcomer writes into its journal.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -48,8 +48,10 @@ const MAX_INVITES: usize = 1000;
 #[derive(Debug)]
 pub struct Members {
     me: PeerId,
-    /// Granted and configured peers: trusted for metadata whatever the log says.
-    fixed: HashSet<PeerId>,
+    /// Granted and configured peers, with the access they were given:
+    /// trusted for metadata whatever the log says (a read-only one writes
+    /// nothing, [`Members::fixed_role`]).
+    fixed: HashMap<PeerId, ServeMode>,
     current: RwLock<BTreeMap<PeerId, (String, ServeMode)>>,
 }
 
@@ -62,7 +64,7 @@ pub struct Member {
 }
 
 impl Members {
-    pub fn new(me: PeerId, fixed: HashSet<PeerId>) -> Members {
+    pub fn new(me: PeerId, fixed: HashMap<PeerId, ServeMode>) -> Members {
         Members {
             me,
             fixed,
@@ -84,12 +86,17 @@ impl Members {
 
     /// Whether metadata from `peer` is taken.
     pub fn trusts(&self, peer: &PeerId) -> bool {
-        self.fixed.contains(peer)
+        self.fixed.contains_key(peer)
             || self
                 .current
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(peer)
+    }
+
+    /// The access a granted or configured peer was given, if it is one.
+    pub fn fixed_role(&self, peer: &PeerId) -> Option<ServeMode> {
+        self.fixed.get(peer).copied()
     }
 
     /// The access a member has to this repository.

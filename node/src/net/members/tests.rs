@@ -72,7 +72,7 @@ fn admission_records_both_and_removal_revokes_trust() {
     assert!(!changed.is_empty());
     accept(&jb, &files).unwrap();
 
-    let members = Members::new(pb, HashSet::new());
+    let members = Members::new(pb, HashMap::new());
     let log = String::from_utf8(jb.read(MEMBERS_LOG).unwrap()).unwrap();
     members.update(log.lines());
     assert!(members.trusts(&pa) && members.trusts(&pb));
@@ -82,7 +82,7 @@ fn admission_records_both_and_removal_revokes_trust() {
     // A removes B: B is trusted no more.
     let log = record(&ja, &pb, &Entry::Removed).unwrap();
     let text = String::from_utf8(log).unwrap();
-    let a_view = Members::new(pa, HashSet::new());
+    let a_view = Members::new(pa, HashMap::new());
     let mut f = protocol::logs::catalog::LogFile::new(protocol::logs::catalog::Family::Map);
     f.insert_content(text.as_bytes());
     let lines: Vec<String> = f.lines().map(|l| l.into_owned()).collect();
