@@ -67,6 +67,7 @@ mod error;
 mod link;
 pub mod metadata;
 mod network;
+pub mod repair;
 mod rng;
 mod sim;
 

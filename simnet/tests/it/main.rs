@@ -7,5 +7,6 @@ mod crash;
 mod determinism;
 mod metadata;
 mod partition;
+mod repair;
 mod transfer;
 mod util;
