@@ -102,8 +102,8 @@ async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> Result<boo
 
 /// Stores `keys` keys straight into the nodes (object files, and one
 /// commit of their location logs to each node's branch, as a `PUT` long
-/// ago would have left them), `copies` each on consecutive nodes from one
-/// drawn from the seed. Before the nodes' services start: their metadata
+/// ago would have left them), `copies` each on distinct nodes drawn from
+/// the seed. Before the nodes' services start: their metadata
 /// service then reads the branch and spreads it.
 fn seed(sim: &mut Sim, nodes: &[String], s: &Scenario) -> Result<Vec<Key>> {
     let stores = nodes
@@ -116,9 +116,14 @@ fn seed(sim: &mut Sim, nodes: &[String], s: &Scenario) -> Result<Vec<Key>> {
         let mut data = sim.rng().vec(s.size.max(16));
         data[..8].copy_from_slice(&(i as u64).to_be_bytes());
         let key = key_of(&data)?;
-        let first = sim.rng().below(nodes.len() as u64) as usize;
-        for c in 0..s.copies as usize {
-            let n = (first + c) % nodes.len();
+        let mut holders: Vec<usize> = Vec::new();
+        while holders.len() < (s.copies as usize).min(nodes.len()) {
+            let n = sim.rng().below(nodes.len() as u64) as usize;
+            if !holders.contains(&n) {
+                holders.push(n);
+            }
+        }
+        for n in holders {
             let [path, _] = stores[n].object_paths(&key);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;

@@ -127,6 +127,12 @@ pub async fn run(store: Store, meta: Weak<Meta>, health: Weak<Health>, config: R
             Some(done) = done_rx.recv() => {
                 let Some(h) = health.upgrade() else { return };
                 d.finished(done, h.now_ms());
+                // Its slot is free: the next transfer starts now, not at
+                // the next tick.
+                let transfers = h.with_monitor(|monitor| d.poll(monitor, h.now_ms()));
+                for (cluster, t) in transfers {
+                    d.spawn(cluster, t);
+                }
                 continue;
             }
         }
