@@ -538,6 +538,18 @@ impl Planner {
         true
     }
 
+    /// A check of `node`'s copy (fsck) found something that needs a person:
+    /// the key shows `msg` as its error (on `node`) until a transfer of it
+    /// succeeds or it is recovered. Returns false for an unknown key or node.
+    pub fn report_error(&mut self, key: &Key, node: &Uuid, msg: &str) -> bool {
+        let (Some(&k), Some(&n)) = (self.key_ids.get(key), self.node_ids.get(node)) else {
+            return false;
+        };
+        self.keys[k as usize].set_error(Some(n), msg);
+        self.dirty.insert(k);
+        true
+    }
+
     /// A monitor transition. `Down` and `Recovered` re-evaluate exactly the
     /// keys the node holds; `Suspected` and `Alive` change nothing planned
     /// (an `Alive` retries keys that had no alive holder).
