@@ -66,8 +66,9 @@ pub enum Step {
     RecordAbsent(Uuid),
     /// Move a local node's bad content aside (`annex/bad/`).
     MoveAside(Uuid),
-    /// Remove a remote node's bad content (`REMOVE`).
-    Drop(Uuid),
+    /// Remove a remote node's bad content (`REMOVE`), the good copy on
+    /// `keep` locked meanwhile.
+    Drop { node: Uuid, keep: Uuid },
     /// Copy the key from a verified-good holder onto `to`.
     Copy { from: Uuid, to: Uuid },
     /// A bad copy that stays where it is: no good one exists to replace it.
@@ -92,6 +93,7 @@ pub fn plan(checks: &[Checked], spread: u64) -> Plan {
         .filter(|c| c.found == Found::Good)
         .map(|c| &c.node)
         .collect();
+    let pick = |i: usize| good[(spread as usize).wrapping_add(i) % good.len()].clone();
     let mut out = Plan::default();
     let mut bad = 0usize;
     for (i, c) in checks.iter().enumerate() {
@@ -106,13 +108,15 @@ pub fn plan(checks: &[Checked], spread: u64) -> Plan {
                     out.steps.push(Step::KeepBad(c.node.clone()));
                     continue;
                 } else {
-                    out.steps.push(Step::Drop(c.node.clone()));
+                    out.steps.push(Step::Drop {
+                        node: c.node.clone(),
+                        keep: pick(i),
+                    });
                 }
                 out.steps.push(Step::RecordAbsent(c.node.clone()));
                 if !good.is_empty() {
-                    let pick = (spread as usize).wrapping_add(i) % good.len();
                     out.steps.push(Step::Copy {
-                        from: good[pick].clone(),
+                        from: pick(i),
                         to: c.node.clone(),
                     });
                 }

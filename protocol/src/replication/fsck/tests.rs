@@ -35,7 +35,10 @@ fn a_bad_remote_copy_is_dropped_then_replaced_from_a_good_one() {
     assert_eq!(
         p.steps,
         vec![
-            Step::Drop(u(1)),
+            Step::Drop {
+                node: u(1),
+                keep: u(2)
+            },
             Step::RecordAbsent(u(1)),
             Step::Copy {
                 from: u(2),
@@ -81,7 +84,7 @@ fn with_no_good_copy_nothing_is_lost_and_the_key_is_in_error() {
             Step::RecordAbsent(u(3)),
         ]
     );
-    assert!(!p.steps.iter().any(|s| matches!(s, Step::Drop(_))));
+    assert!(!p.steps.iter().any(|s| matches!(s, Step::Drop { .. })));
     assert!(p.error.is_some_and(|e| e.contains("2 bad copies")));
 }
 
