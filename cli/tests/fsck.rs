@@ -1,0 +1,173 @@
+//! `annexmesh fsck --cluster` (issue 10, item 6) with real daemons on
+//! loopback: a gateway G and mesh nodes M1, M2 each holding the keys. A
+//! clean cluster is all good; a corrupted object is found bad, removed and
+//! replaced by a good copy (its bytes right again on disk); a deleted object
+//! is reported missing and the location log fixed; bad copies with no good
+//! one are kept and the key is shown in error by `annexmesh status`.
+//!
+//! Run: `cargo test -p annexmesh-cli --test fsck`.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::mesh::{Mesh, TIMEOUT, cluster_of, git_config, object_path, upload, wait_copies};
+
+/// `annexmesh fsck --cluster c --wait --json` at G: whether it exited 0,
+/// and the finished job.
+fn fsck(m: &Mesh) -> (bool, serde_json::Value) {
+    let out = m.run("G", &["fsck", "--cluster", "c", "--wait", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let job = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "fsck printed no job ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), job)
+}
+
+fn n(job: &serde_json::Value, k: &str) -> u64 {
+    job[k].as_u64().unwrap_or_else(|| panic!("{k} in {job}"))
+}
+
+/// Makes a frozen git-annex object writable (its directory and itself).
+fn thaw(object: &Path) {
+    let dir = object.parent().expect("key directory");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    std::fs::set_permissions(object, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// The uuids `whereis` at G lists for `key`.
+fn whereis(m: &Mesh, key: &str) -> String {
+    m.ok("G", &["whereis", key, "--json"])
+}
+
+#[test]
+fn fsck_finds_and_repairs_bad_and_missing_copies() {
+    let quick = ["--suspect-after", "3s"];
+    // min 1: a copy recorded absent leaves the key at its replication, so
+    // the repairer adds nothing of its own while fsck's effects are checked.
+    let (m, daemons, target) = cluster_of(&["M1", "M2"], &quick, &["--min", "1", "--max", "2"]);
+    let keys = upload(&m, &target, 3);
+    let nodes = ["M1", "M2"];
+    wait_copies(&m, &daemons["G"], &keys, &nodes, 2, "placed on both");
+    let (u1, u2) = (
+        git_config(&m.repo("M1"), "annex.uuid"),
+        git_config(&m.repo("M2"), "annex.uuid"),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !keys.iter().all(|k| {
+        let w = whereis(&m, k);
+        w.contains(&u1) && w.contains(&u2)
+    }) {
+        assert!(Instant::now() < deadline, "G's log never had both holders");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let original = |i: usize| std::fs::read(m.root.join(format!("f{i}.bin"))).expect("original");
+    let sizes: u64 = (0..3).map(|i| original(i).len() as u64).sum();
+
+    // A clean cluster: every copy read and good.
+    let (ok, job) = fsck(&m);
+    assert!(ok, "{job}");
+    assert_eq!(
+        (n(&job, "keys_total"), n(&job, "keys_checked"), n(&job, "copies")),
+        (3, 3, 6),
+        "{job}"
+    );
+    assert_eq!(n(&job, "good"), 6, "{job}");
+    assert_eq!(n(&job, "bytes"), 2 * sizes, "{job}");
+    assert_eq!(job["findings"].as_array().map(Vec::len), Some(0), "{job}");
+
+    // A corrupted copy on M1: same size, other bytes.
+    let bad = object_path(&m.repo("M1"), &keys[0]);
+    thaw(&bad);
+    let mut bytes = original(0);
+    bytes[100] ^= 0xff;
+    std::fs::write(&bad, &bytes).expect("corrupt");
+    let (ok, job) = fsck(&m);
+    assert!(!ok, "found something wrong: exits 1 as git-annex's fsck");
+    assert_eq!(
+        (n(&job, "bad"), n(&job, "repaired"), n(&job, "missing")),
+        (1, 1, 0),
+        "{job}"
+    );
+    let finding = &job["findings"][0];
+    assert_eq!(finding["key"], keys[0].as_str(), "{job}");
+    assert_eq!(finding["node"], u1.as_str(), "{job}");
+    assert_eq!(finding["found"], "bad", "{job}");
+    assert!(
+        finding["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("removed") && a.contains("repaired from")),
+        "{job}"
+    );
+    assert_eq!(
+        std::fs::read(&bad).expect("M1's copy is back"),
+        original(0),
+        "the replaced copy hashes right"
+    );
+    let w = whereis(&m, &keys[0]);
+    assert!(w.contains(&u1) && w.contains(&u2), "{w}");
+
+    // A deleted copy on M2: missing, and the log says so afterwards.
+    let gone = object_path(&m.repo("M2"), &keys[1]);
+    thaw(&gone);
+    std::fs::remove_file(&gone).expect("delete");
+    let (ok, job) = fsck(&m);
+    assert!(!ok);
+    assert_eq!(
+        (n(&job, "missing"), n(&job, "bad"), n(&job, "repaired")),
+        (1, 0, 0),
+        "{job}"
+    );
+    let finding = &job["findings"][0];
+    assert_eq!(
+        (&finding["key"], &finding["node"], &finding["found"]),
+        (
+            &keys[1].as_str().into(),
+            &u2.as_str().into(),
+            &"missing".into()
+        ),
+        "{job}"
+    );
+    assert_eq!(finding["action"], "recorded absent", "{job}");
+    let w = whereis(&m, &keys[1]);
+    assert!(w.contains(&u1) && !w.contains(&u2), "{w}");
+
+    // Clean again: the repaired copy is good, the missing one no longer
+    // listed.
+    let (ok, job) = fsck(&m);
+    assert!(ok, "{job}");
+    assert_eq!((n(&job, "copies"), n(&job, "good")), (5, 5), "{job}");
+
+    // Both copies of a key bad: nothing is dropped, the key is in error.
+    for node in nodes {
+        let p = object_path(&m.repo(node), &keys[2]);
+        thaw(&p);
+        let mut bytes = original(2);
+        bytes[0] ^= 0x01;
+        std::fs::write(&p, &bytes).expect("corrupt");
+    }
+    let (ok, job) = fsck(&m);
+    assert!(!ok);
+    assert_eq!((n(&job, "bad"), n(&job, "repaired")), (2, 0), "{job}");
+    for node in nodes {
+        let p = object_path(&m.repo(node), &keys[2]);
+        assert!(p.exists(), "{node}'s bad copy is kept: {job}");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = m.ok("G", &["status", &keys[2]]);
+        if status.contains("error: fsck:") && status.contains("no good copy") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never showed it: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = m.ok("G", &["fsck", "--cluster", "c", "--status"]);
+    assert!(status.contains("2 bad"), "{status}");
+    drop(daemons);
+}
