@@ -5,6 +5,10 @@
 //! is reported missing and the location log fixed; bad copies with no good
 //! one are kept and the key is shown in error by `annexmesh status`.
 //!
+//! A second test has a local node (a git-annex repository the gateway
+//! writes directly) beside a mesh node: its bad copy is hashed in place and
+//! moved aside into `annex/bad/`, never lost.
+//!
 //! Run: `cargo test -p annexmesh-cli --test fsck`.
 
 mod support;
@@ -14,6 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::mesh::{Mesh, TIMEOUT, cluster_of, git_config, object_path, upload, wait_copies};
+use support::{command_in, run_ok};
 
 /// `annexmesh fsck --cluster c --wait --json` at G: whether it exited 0,
 /// and the finished job.
@@ -169,5 +174,106 @@ fn fsck_finds_and_repairs_bad_and_missing_copies() {
     }
     let status = m.ok("G", &["fsck", "--cluster", "c", "--status"]);
     assert!(status.contains("2 bad"), "{status}");
+    drop(daemons);
+}
+
+/// A local git-annex repository `name` as a node of G's cluster `c`.
+fn add_local_node(m: &Mesh, name: &str) -> std::path::PathBuf {
+    let dir = m.root.join(name);
+    let home = m.root.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    run_ok(command_in("git", &m.root, &home).args(["init", "-q", name]));
+    run_ok(command_in("git", &dir, &home).args(["annex", "init", name]));
+    let g = m.repo("G");
+    let url = dir.to_str().expect("utf-8");
+    run_ok(command_in("git", &g, &home).args(["--git-dir", ".", "remote", "add", name, url]));
+    run_ok(command_in("git", &g, &home).args([
+        "--git-dir",
+        ".",
+        "config",
+        &format!("remote.{name}.annex-cluster-node"),
+        "c",
+    ]));
+    m.ok("G", &["updatecluster"]);
+    dir
+}
+
+/// A non-bare repository's object path.
+fn local_object(dir: &Path, key: &str) -> std::path::PathBuf {
+    let key = protocol::Key::parse(key).expect("key");
+    dir.join(".git/annex/objects")
+        .join(key.hash_dir_mixed())
+        .join(key.file())
+        .join(key.file())
+}
+
+#[test]
+fn a_local_nodes_bad_copy_is_moved_aside_and_replaced() {
+    let quick = ["--suspect-after", "3s"];
+    let (m, daemons, target) = cluster_of(&["M1"], &quick, &["--min", "1", "--max", "2"]);
+    let n1 = add_local_node(&m, "N1");
+    let u1 = git_config(&m.repo("M1"), "annex.uuid");
+    let un = git_config(&n1.join(".git"), "annex.uuid");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let c = m.ok("G", &["info", "--json"]);
+        if c.contains(&un) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "G never listed N1: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let keys = upload(&m, &target, 2);
+    let on_n1 = |k: &str| local_object(&n1, k);
+    for k in &keys {
+        assert!(on_n1(k).exists(), "the PUT reached the local node N1");
+        assert!(object_path(&m.repo("M1"), k).exists());
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, job) = fsck(&m);
+        if n(&job, "copies") == 4 {
+            assert_eq!(n(&job, "good"), 4, "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon never knew both copies: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let original = std::fs::read(m.root.join("f0.bin")).expect("original");
+
+    // N1's copy corrupted: hashed in place, moved aside, replaced.
+    let bad = on_n1(&keys[0]);
+    thaw(&bad);
+    std::fs::write(&bad, b"not the content").expect("corrupt");
+    let (ok, job) = fsck(&m);
+    assert!(!ok);
+    assert_eq!((n(&job, "bad"), n(&job, "repaired")), (1, 1), "{job}");
+    let action = job["findings"][0]["action"].as_str().unwrap_or_default();
+    assert!(action.contains("moved aside"), "{job}");
+    assert_eq!(job["findings"][0]["node"], un.as_str(), "{job}");
+    assert!(job["findings"][0]["message"].as_str().unwrap_or_default().contains("wrong size"));
+    assert_eq!(std::fs::read(&bad).expect("N1's copy is back"), original);
+    let kept = n1.join(".git/annex/bad").join(protocol::Key::parse(&keys[0]).expect("key").file());
+    assert_eq!(std::fs::read(&kept).expect("kept aside"), b"not the content");
+    let w = whereis(&m, &keys[0]);
+    assert!(w.contains(&un) && w.contains(&u1), "{w}");
+
+    // Both copies of the other key bad: N1's is moved aside (its bytes
+    // kept), M1's stays where it is; the key is in error.
+    let other = std::fs::read(m.root.join("f1.bin")).expect("original");
+    let mut wrong = other.clone();
+    wrong[5] ^= 0x10;
+    for p in [on_n1(&keys[1]), object_path(&m.repo("M1"), &keys[1])] {
+        thaw(&p);
+        std::fs::write(&p, &wrong).expect("corrupt");
+    }
+    let (ok, job) = fsck(&m);
+    assert!(!ok);
+    assert_eq!((n(&job, "bad"), n(&job, "repaired")), (2, 0), "{job}");
+    assert!(job["errors"].as_u64().unwrap_or(0) > 0, "{job}");
+    assert!(object_path(&m.repo("M1"), &keys[1]).exists(), "M1's copy kept");
+    let kept = n1.join(".git/annex/bad").join(protocol::Key::parse(&keys[1]).expect("key").file());
+    assert_eq!(std::fs::read(&kept).expect("N1's kept aside"), wrong);
+    assert!(!on_n1(&keys[1]).exists());
     drop(daemons);
 }
