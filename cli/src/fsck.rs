@@ -133,6 +133,15 @@ fn follow(api: &crate::api::Client, id: u64, quiet: bool) -> anyhow::Result<Valu
     }
 }
 
+/// The running or last job's counts, for `annexmesh status`.
+pub fn last_job(api: &crate::api::Client) -> Option<String> {
+    let (code, body) = api.call("GET", "/fsck").ok()?;
+    if code != 200 {
+        return None;
+    }
+    Some(progress_line(&serde_json::from_str(&body).ok()?))
+}
+
 fn progress_line(job: &Value) -> String {
     let n = |k: &str| job[k].as_u64().unwrap_or(0);
     format!(

@@ -174,7 +174,37 @@ fn fsck_finds_and_repairs_bad_and_missing_copies() {
     }
     let status = m.ok("G", &["fsck", "--cluster", "c", "--status"]);
     assert!(status.contains("2 bad"), "{status}");
+    let status = m.ok("G", &["status"]);
+    assert!(status.contains("fsck job 5 of"), "{status}");
+    // Counted in the metrics too (one bad copy repaired, one missing, two
+    // kept).
+    let api = std::fs::read_to_string(m.repo("G").join("annex/annexmesh/api")).expect("api file");
+    let token = m.ok("G", &["api", "token"]);
+    let metrics = http_get(api.trim(), "/metrics", token.trim());
+    for line in [
+        "annexmesh_fsck_bad_total 3",
+        "annexmesh_fsck_missing_total 1",
+        "annexmesh_fsck_repaired_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     drop(daemons);
+}
+
+/// A `GET` of the daemon's API at `url` (`http://host:port`).
+fn http_get(url: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").expect("an http URL");
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the API");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("answer");
+    out
 }
 
 /// A local git-annex repository `name` as a node of G's cluster `c`.
