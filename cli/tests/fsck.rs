@@ -78,7 +78,11 @@ fn fsck_finds_and_repairs_bad_and_missing_copies() {
     let (ok, job) = fsck(&m);
     assert!(ok, "{job}");
     assert_eq!(
-        (n(&job, "keys_total"), n(&job, "keys_checked"), n(&job, "copies")),
+        (
+            n(&job, "keys_total"),
+            n(&job, "keys_checked"),
+            n(&job, "copies")
+        ),
         (3, 3, 6),
         "{job}"
     );
@@ -169,7 +173,10 @@ fn fsck_finds_and_repairs_bad_and_missing_copies() {
         if status.contains("error: fsck:") && status.contains("no good copy") {
             break;
         }
-        assert!(Instant::now() < deadline, "status never showed it: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "status never showed it: {status}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let status = m.ok("G", &["fsck", "--cluster", "c", "--status"]);
@@ -266,7 +273,10 @@ fn a_local_nodes_bad_copy_is_moved_aside_and_replaced() {
             assert_eq!(n(&job, "good"), 4, "{job}");
             break;
         }
-        assert!(Instant::now() < deadline, "the daemon never knew both copies: {job}");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never knew both copies: {job}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let original = std::fs::read(m.root.join("f0.bin")).expect("original");
@@ -281,10 +291,20 @@ fn a_local_nodes_bad_copy_is_moved_aside_and_replaced() {
     let action = job["findings"][0]["action"].as_str().unwrap_or_default();
     assert!(action.contains("moved aside"), "{job}");
     assert_eq!(job["findings"][0]["node"], un.as_str(), "{job}");
-    assert!(job["findings"][0]["message"].as_str().unwrap_or_default().contains("wrong size"));
+    assert!(
+        job["findings"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wrong size")
+    );
     assert_eq!(std::fs::read(&bad).expect("N1's copy is back"), original);
-    let kept = n1.join(".git/annex/bad").join(protocol::Key::parse(&keys[0]).expect("key").file());
-    assert_eq!(std::fs::read(&kept).expect("kept aside"), b"not the content");
+    let kept = n1
+        .join(".git/annex/bad")
+        .join(protocol::Key::parse(&keys[0]).expect("key").file());
+    assert_eq!(
+        std::fs::read(&kept).expect("kept aside"),
+        b"not the content"
+    );
     let w = whereis(&m, &keys[0]);
     assert!(w.contains(&un) && w.contains(&u1), "{w}");
 
@@ -301,8 +321,13 @@ fn a_local_nodes_bad_copy_is_moved_aside_and_replaced() {
     assert!(!ok);
     assert_eq!((n(&job, "bad"), n(&job, "repaired")), (2, 0), "{job}");
     assert!(job["errors"].as_u64().unwrap_or(0) > 0, "{job}");
-    assert!(object_path(&m.repo("M1"), &keys[1]).exists(), "M1's copy kept");
-    let kept = n1.join(".git/annex/bad").join(protocol::Key::parse(&keys[1]).expect("key").file());
+    assert!(
+        object_path(&m.repo("M1"), &keys[1]).exists(),
+        "M1's copy kept"
+    );
+    let kept = n1
+        .join(".git/annex/bad")
+        .join(protocol::Key::parse(&keys[1]).expect("key").file());
     assert_eq!(std::fs::read(&kept).expect("N1's kept aside"), wrong);
     assert!(!on_n1(&keys[1]).exists());
     drop(daemons);

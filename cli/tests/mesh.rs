@@ -12,11 +12,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::branch_file;
 use support::mesh::{
     Mesh, TIMEOUT, copies, git_config, object_path, repair_cluster, upload, wait_copies,
 };
-use support::branch_file;
-
 
 #[test]
 fn members_join_by_invitation_and_gossip_without_grants() {
@@ -95,7 +94,6 @@ fn members_join_by_invitation_and_gossip_without_grants() {
     );
     assert!(!branch_file(&m.repo("alpha"), "uuid.log").contains("cluster ignored"));
 }
-
 
 /// A cluster set up over the mesh alone (issue 9, item 3): gateway G with
 /// mesh node M1, gateway H extends G's cluster by naming G (no git remote,

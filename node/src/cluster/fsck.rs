@@ -150,12 +150,7 @@ impl Fsck {
     }
 
     fn update(&self, f: impl FnOnce(&mut JobView)) {
-        if let Some(j) = self
-            .job
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(j) = self.job.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             f(j);
         }
     }

@@ -505,7 +505,10 @@ impl Store {
             return Ok(None);
         };
         let Some(key_dir) = path.parent().map(Path::to_path_buf) else {
-            return Err(Error::Protocol(format!("{} has no directory", path.display())));
+            return Err(Error::Protocol(format!(
+                "{} has no directory",
+                path.display()
+            )));
         };
         let handle = File::open(&key_dir).context(|| format!("opening {}", key_dir.display()))?;
         if handle.try_lock().is_err() || self.retained(key) {

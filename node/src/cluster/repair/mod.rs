@@ -407,7 +407,8 @@ impl Driver {
             c.planner.on_missing(&f.key, &f.node);
         }
         if let Some(e) = &f.error {
-            c.planner.report_error(&f.key, &f.node, &format!("fsck: {e}"));
+            c.planner
+                .report_error(&f.key, &f.node, &format!("fsck: {e}"));
         }
     }
 

@@ -91,7 +91,10 @@ fn with_no_good_copy_nothing_is_lost_and_the_key_is_in_error() {
 #[test]
 fn an_unchecked_copy_is_neither_a_source_nor_touched() {
     let p = plan(
-        &[c(1, false, bad()), c(2, false, Found::Unchecked("timed out".into()))],
+        &[
+            c(1, false, bad()),
+            c(2, false, Found::Unchecked("timed out".into())),
+        ],
         0,
     );
     assert_eq!(p.steps, vec![Step::KeepBad(u(1))]);
@@ -106,10 +109,13 @@ fn sources_spread_over_the_good_copies() {
         c(3, false, bad()),
     ];
     let from = |spread| {
-        plan(&checks, spread).steps.into_iter().find_map(|s| match s {
-            Step::Copy { from, .. } => Some(from),
-            _ => None,
-        })
+        plan(&checks, spread)
+            .steps
+            .into_iter()
+            .find_map(|s| match s {
+                Step::Copy { from, .. } => Some(from),
+                _ => None,
+            })
     };
     assert_ne!(from(0), from(1));
     assert!([Some(u(1)), Some(u(2))].contains(&from(0)));
@@ -119,7 +125,10 @@ fn sources_spread_over_the_good_copies() {
 fn verdicts_become_findings() {
     assert_eq!(Found::of_verdict(&Verdict::Good), Found::Good);
     assert_eq!(Found::of_verdict(&Verdict::SizeOnly), Found::Good);
-    assert!(matches!(Found::of_verdict(&Verdict::WrongHash), Found::Bad(_)));
+    assert!(matches!(
+        Found::of_verdict(&Verdict::WrongHash),
+        Found::Bad(_)
+    ));
     assert!(matches!(
         Found::of_verdict(&Verdict::WrongSize {
             expected: 3,
