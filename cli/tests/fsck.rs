@@ -74,6 +74,14 @@ fn fsck_finds_and_repairs_bad_and_missing_copies() {
     let original = |i: usize| std::fs::read(m.root.join(format!("f{i}.bin"))).expect("original");
     let sizes: u64 = (0..3).map(|i| original(i).len() as u64).sum();
 
+    // Nothing has run yet; a cluster G does not serve is refused.
+    let none = m.ok("G", &["fsck", "--cluster", "c", "--status"]);
+    assert!(none.contains("no fsck job has run"), "{none}");
+    let out = m.run("G", &["fsck", "--cluster", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serves no cluster \"nope\""), "{err}");
+
     // A clean cluster: every copy read and good.
     let (ok, job) = fsck(&m);
     assert!(ok, "{job}");

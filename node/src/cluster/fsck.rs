@@ -15,7 +15,9 @@
 //!   key is reported to the repairer as in error, for `annexmesh status`.
 //!
 //! At most [`CONCURRENCY`] keys are checked at once, one copy at a time
-//! each, so user traffic keeps the rest of the nodes' and the disk's time.
+//! each, so user traffic keeps the rest of the nodes' and the disk's time;
+//! a copy being read counts as a transfer of its node (`busy`), so clients'
+//! downloads through the gateway go to other holders meanwhile.
 //! One job runs at a time; its progress and findings are kept in memory
 //! (at most [`MAX_FINDINGS`] findings) until the next job starts.
 
@@ -355,6 +357,8 @@ impl Fsck {
         count(&mut self.totals.lock().unwrap_or_else(|p| p.into_inner()));
         self.update(|j| {
             count(&mut j.progress);
+            // Keys logged since the count are checked too.
+            j.progress.keys_total = j.progress.keys_total.max(j.progress.keys_checked);
             for l in lines {
                 if j.findings.len() < MAX_FINDINGS {
                     j.findings.push(l);
@@ -375,6 +379,9 @@ impl Fsck {
 
     /// One copy's finding, and the bytes read for it.
     async fn check_copy(&self, key: &Key, node: &Uuid) -> (Checked, u64) {
+        // Counted as a transfer of the node's, so the gateway's downloads
+        // prefer its other holders meanwhile.
+        let _busy = crate::busy::start(&crate::busy::dir(&self.gateway.repo().annex_dir()), node);
         let (local, result) = match self.sessions.node(node).await {
             Err(e) => (false, Err(e.to_string())),
             Ok(GatewayNode::Local(n, _)) => {

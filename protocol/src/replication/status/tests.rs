@@ -156,7 +156,10 @@ fn a_reported_error_shows_until_recovered() {
     w.planner.on_presence(&key(0), &u("n1"), true);
     w.planner.on_presence(&key(0), &u("n2"), true);
     let p = uniform(eff(1, 2));
-    assert!(w.planner.report_error(&key(0), &u("n2"), "fsck: no good copy"));
+    assert!(
+        w.planner
+            .report_error(&key(0), &u("n2"), "fsck: no good copy")
+    );
     assert!(!w.planner.report_error(&key(9), &u("n2"), "unknown key"));
     let all = statuses(&w, &p, &Filter::default());
     assert_eq!(all.len(), 1);
