@@ -81,7 +81,13 @@ pub fn fsck(path: &Path, ask: &Ask<'_>) -> anyhow::Result<ExitCode> {
                 ask.cluster
             )
         }
-        _ => bail!("the daemon's API answered {code}: {}", body.trim()),
+        _ => {
+            let said = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| body.trim().to_owned());
+            bail!("the daemon's API answered {code}: {said}")
+        }
     }
     let job = parse(&body)?;
     if !ask.wait {

@@ -454,7 +454,7 @@ impl Fsck {
     async fn step(&self, key: &Key, step: &Step) -> Result<String, String> {
         match step {
             Step::RecordAbsent(node) => {
-                self.record_absent(key, node).await?;
+                self.record(key, node, Status::Absent).await?;
                 Ok("recorded absent".into())
             }
             Step::MoveAside(node) => {
@@ -488,6 +488,8 @@ impl Fsck {
                     to: to.clone(),
                 };
                 self.transfer(&action).await?;
+                // The proxy recorded it in the journal; the catalog now too.
+                self.record(key, to, Status::Present).await?;
                 Ok(format!("repaired from {from}"))
             }
             Step::KeepBad(_) => Ok("kept: no good copy to replace it".into()),
@@ -502,23 +504,29 @@ impl Fsck {
     }
 
     /// Records in the gateway's location log, and a local node's own, that
-    /// `node` lacks `key`.
-    async fn record_absent(&self, key: &Key, node: &Uuid) -> Result<(), String> {
+    /// `node` has (or lacks) `key`, and merges it into the daemon's catalog
+    /// at once (the journal watcher would take up to its interval), so the
+    /// repairer and the next job see it.
+    async fn record(&self, key: &Key, node: &Uuid, status: Status) -> Result<(), String> {
         let local = match self.sessions.node(node).await {
             Ok(GatewayNode::Local(n, _)) => Some(n.store.clone()),
             _ => None,
         };
         let (gateway, k, n) = (self.gateway.clone(), key.clone(), node.clone());
-        tokio::task::spawn_blocking(move || {
-            gateway.record_presence(&k, &n, Status::Absent)?;
+        let content = tokio::task::spawn_blocking(move || {
             if let Some(s) = local {
-                s.record_presence(&k, &n, Status::Absent)?;
+                s.record_presence(&k, &n, status)?;
             }
-            crate::Result::Ok(())
+            gateway.record_presence(&k, &n, status)
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e: crate::Error| e.to_string())
+        .map_err(|e: crate::Error| e.to_string())?;
+        if let Some(meta) = self.meta.upgrade() {
+            let path = protocol::logs::presence::location_log_path(key);
+            meta.record_local(&path, &content);
+        }
+        Ok(())
     }
 }
 
