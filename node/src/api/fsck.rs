@@ -65,6 +65,7 @@ pub async fn start(
         Ok(job) => Ok((StatusCode::ACCEPTED, Json(job_json(&job)))),
         Err(StartError::Running(job)) => Ok((StatusCode::CONFLICT, Json(job_json(&job)))),
         Err(StartError::NoCluster(e)) => Err(not_found(e)),
+        Err(StartError::Failed(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
 }
 

@@ -96,6 +96,8 @@ pub enum StartError {
     Running(Box<JobView>),
     /// No cluster of this gateway has that name or uuid.
     NoCluster(String),
+    /// The gateway's configuration could not be read.
+    Failed(String),
 }
 
 /// The gateway's fsck jobs.
@@ -199,44 +201,34 @@ impl Fsck {
         Ok(view)
     }
 
-    /// The cluster named `name` that this gateway serves, and its nodes.
+    /// The cluster named `name` (or with that uuid) that this gateway
+    /// serves, as its git config says, and its nodes: the configured ones
+    /// and those `cluster.log` adds (behind other gateways).
     async fn cluster(&self, name: &str) -> Result<(Uuid, Vec<Uuid>), StartError> {
         let no = || StartError::NoCluster(format!("this gateway serves no cluster {name:?}"));
-        let meta = self.meta.upgrade().ok_or_else(no)?;
-        let mut catalog = protocol::logs::catalog::Catalog::new();
-        for p in ["uuid.log", "cluster.log"] {
-            if let Some(f) = meta.file(p) {
-                catalog.insert_content(p, &f.content());
-            }
-        }
-        let view = protocol::logs::view::View::new(&catalog);
-        let names = view.descriptions();
-        let (uuid, nodes) = view
-            .clusters()
-            .into_iter()
-            .find(|(c, _)| {
-                c == name
-                    || names
-                        .get(c)
-                        .is_some_and(|d| d.strip_prefix("cluster ").unwrap_or(d) == name)
-            })
-            .ok_or_else(no)?;
-        let uuid = Uuid::parse(&uuid).map_err(|_| no())?;
-        let (store, want) = (self.gateway.clone(), uuid.to_string());
-        let served = tokio::task::spawn_blocking(move || crate::cluster::resolve(&store, &want))
+        let repo = self.gateway.repo().clone();
+        let clusters = tokio::task::spawn_blocking(move || crate::cluster::configured(&repo))
             .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        if !matches!(served, Some(crate::cluster::Served::Cluster { .. })) {
-            return Err(no());
+            .map_err(|e| StartError::Failed(e.to_string()))?
+            .map_err(|e| StartError::Failed(format!("reading the clusters: {e}")))?;
+        let cluster = clusters
+            .into_iter()
+            .find(|c| c.name == name || c.uuid.as_str() == name)
+            .ok_or_else(no)?;
+        let mut nodes: Vec<Uuid> = cluster.nodes.iter().map(|n| n.uuid.clone()).collect();
+        if let Some(f) = self.meta.upgrade().and_then(|m| m.file("cluster.log")) {
+            let mut catalog = protocol::logs::catalog::Catalog::new();
+            catalog.insert_content("cluster.log", &f.content());
+            let listed = protocol::logs::view::View::new(&catalog)
+                .clusters()
+                .remove(cluster.uuid.as_str())
+                .unwrap_or_default();
+            nodes.extend(listed.iter().filter_map(|n| Uuid::parse(n).ok()));
         }
-        let nodes = nodes
-            .iter()
-            .filter_map(|n| Uuid::parse(n).ok())
-            .filter(|n| !n.is_cluster())
-            .collect();
-        Ok((uuid, nodes))
+        nodes.retain(|n| !n.is_cluster());
+        nodes.sort();
+        nodes.dedup();
+        Ok((cluster.uuid, nodes))
     }
 
     /// The keys of one page of location logs after `after` that `nodes`
