@@ -72,14 +72,27 @@ impl Client {
 
     /// One request; the status and the body.
     pub fn call(&self, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        self.call_json(method, path, "")
+    }
+
+    /// One request with a JSON body (none when empty); the status and the
+    /// body.
+    pub fn call_json(&self, method: &str, path: &str, json: &str) -> anyhow::Result<(u16, String)> {
         let mut s = TcpStream::connect(&self.host)
             .with_context(|| format!("connecting to the daemon's API at {}", self.url()))?;
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let kind = if json.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/json\r\n"
+        };
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.host, self.token
+             {kind}Content-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            self.host,
+            self.token,
+            json.len()
         )?;
         let mut r = BufReader::new(s.take(MAX_ANSWER));
         let mut status = String::new();

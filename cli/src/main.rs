@@ -13,6 +13,7 @@ mod client;
 mod cluster;
 mod daemon;
 mod duration;
+mod fsck;
 mod mesh;
 mod query;
 mod repair;
@@ -153,6 +154,24 @@ enum Command {
     /// gateways, nodes, clusters, links, the paths in use, each one's state
     /// (`annexmesh graph | dot -Tsvg > mesh.svg`).
     Graph,
+    /// Check, in the running gateway daemon and in the background, every
+    /// copy a cluster's nodes hold (or KEYs'): a bad copy is replaced by a
+    /// good one, a missing one recorded absent (as `git annex fsck --from`).
+    Fsck {
+        /// The cluster, by name or uuid.
+        #[arg(long, value_name = "CLUSTER")]
+        cluster: String,
+        keys: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        /// Follow the job until it is done and print its findings (exits 1
+        /// if anything was found wrong, as git-annex's fsck).
+        #[arg(long, conflicts_with = "status")]
+        wait: bool,
+        /// Show the running (or last) job's progress and findings.
+        #[arg(long)]
+        status: bool,
+    },
     /// Retry now the repairs of KEYs (or of every key, with --all) that failed.
     Recover {
         keys: Vec<String>,
@@ -347,6 +366,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repair::status(&repo, key.as_deref(), json, filter.as_deref())
         }
         Command::Recover { keys, all } => repair::recover(&repo, &keys, all),
+        Command::Fsck {
+            cluster,
+            keys,
+            json,
+            wait,
+            status,
+        } => fsck::fsck(
+            &repo,
+            &fsck::Ask {
+                cluster: &cluster,
+                keys: &keys,
+                json,
+                wait,
+                status,
+            },
+        ),
         Command::Graph => api::graph(&repo),
         // Transfers run on a runtime worker: a future polled by `block_on` on
         // the main thread moves bytes markedly slower (measured by the libp2p

@@ -221,9 +221,10 @@ pub fn status(
              daemon has just started"
         )
     };
-    let (summaries, keys, names) = if let Some(client) = crate::api::Client::find(&repo) {
+    let api = crate::api::Client::find(&repo);
+    let (summaries, keys, names) = if let Some(client) = &api {
         eprintln!("(from the daemon's API at {})", client.url());
-        status_from_api(&client)?.ok_or_else(no_state)?
+        status_from_api(client)?.ok_or_else(no_state)?
     } else {
         eprintln!("(the daemon's API does not answer: read the repairer's state file)");
         let (summaries, keys) =
@@ -267,6 +268,9 @@ pub fn status(
                     s.errors,
                     s.missing
                 );
+            }
+            if let Some(line) = api.as_ref().and_then(crate::fsck::last_job) {
+                println!("{line}");
             }
             keys.iter().for_each(|k| print_key(k, &names));
         }

@@ -734,6 +734,7 @@ fn verbs_without_a_daemon_say_there_is_none() {
         &["graph"],
         &["status"],
         &["recover", "--all"],
+        &["fsck", "--cluster", "c"],
     ] {
         let out = lab.run("R", args);
         assert!(!out.status.success(), "{args:?} succeeded");

@@ -8,143 +8,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{ProcessGuard, annexmesh_bin, branch_file};
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Mesh {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Mesh {
-    fn new() -> Mesh {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().to_path_buf();
-        Mesh { _tmp: tmp, root }
-    }
-
-    fn repo(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-
-    fn run(&self, name: &str, args: &[&str]) -> std::process::Output {
-        Command::new(annexmesh_bin())
-            .arg("--repo")
-            .arg(self.repo(name))
-            .args(args)
-            .current_dir(&self.root)
-            .env_remove("ANNEXMESH_LOG")
-            .output()
-            .expect("run annexmesh")
-    }
-
-    fn ok(&self, name: &str, args: &[&str]) -> String {
-        support::succeeded(
-            self.run(name, args),
-            &format!("annexmesh --repo {name} {args:?}"),
-        )
-    }
-
-    fn init(&self, name: &str) -> String {
-        let out = self.ok(name, &["init", "--description", name]);
-        out.rsplit("peer ")
-            .next()
-            .and_then(|s| s.strip_suffix(")\n"))
-            .expect("peer id in init output")
-            .to_owned()
-    }
-
-    /// Starts the daemon; returns it and its address.
-    fn daemon(&self, name: &str) -> (ProcessGuard, String) {
-        self.daemon_with(name, &[])
-    }
-
-    /// [`Mesh::daemon`] with more daemon arguments.
-    fn daemon_with(&self, name: &str, extra: &[&str]) -> (ProcessGuard, String) {
-        let mut cmd = Command::new(annexmesh_bin());
-        cmd.arg("--repo")
-            .arg(self.repo(name))
-            .args(["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(extra)
-            .env("ANNEXMESH_LOG", "annexmesh=info,node=info");
-        let mut d = ProcessGuard::spawn(&mut cmd);
-        let addr = d.wait_for(TIMEOUT, |out| {
-            out.lines()
-                .find_map(|l| l.strip_prefix("listening on "))
-                .map(str::to_owned)
-        });
-        (d, addr)
-    }
-
-    fn invite(&self, name: &str) -> String {
-        self.ok(name, &["invite"]).trim().to_owned()
-    }
-
-    /// Waits (bounded) until `git show git-annex:<file>` in `name` has `text`.
-    fn wait_for_line(&self, name: &str, file: &str, text: &str) {
-        support::wait_for_branch_line(&self.repo(name), file, text, TIMEOUT);
-    }
-
-    /// Runs a command that names members (`cluster add-node`,
-    /// `extendcluster`) until it succeeds: it reads the journal, which
-    /// follows the daemon's view (what `peers` shows) by its persist
-    /// interval.
-    fn ok_once_known(&self, name: &str, args: &[&str]) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let out = self.run(name, args);
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} {args:?} kept failing: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits until `peers` in `name` prints `text`.
-    fn wait_for_peer(&self, name: &str, text: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let list = self.ok(name, &["peers"]);
-            if list.contains(text) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}'s peers never showed {text:?}: {list}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits until `peers --json` in `name` says `peer` is connected.
-    fn wait_connected(&self, name: &str, peer: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let json = self.ok(name, &["peers", "--json"]);
-            let connected = json
-                .split("},{")
-                .any(|m| m.contains(peer) && m.contains("\"state\":\"connected\""));
-            if connected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never connected to {peer}: {json}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
+use support::branch_file;
+use support::mesh::{
+    Mesh, TIMEOUT, copies, git_config, object_path, repair_cluster, upload, wait_copies,
+};
 
 #[test]
 fn members_join_by_invitation_and_gossip_without_grants() {
@@ -222,24 +93,6 @@ fn members_join_by_invitation_and_gossip_without_grants() {
         "a removed member's write was taken"
     );
     assert!(!branch_file(&m.repo("alpha"), "uuid.log").contains("cluster ignored"));
-}
-
-fn object_path(repo: &Path, key: &str) -> PathBuf {
-    let key = protocol::Key::parse(key).expect("key");
-    repo.join("annex/objects")
-        .join(key.hash_dir_lower())
-        .join(key.file())
-        .join(key.file())
-}
-
-fn git_config(repo: &Path, key: &str) -> String {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .args(["config", key])
-        .output()
-        .expect("git config");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A cluster set up over the mesh alone (issue 9, item 3): gateway G with
@@ -482,97 +335,6 @@ fn branches_pushed_to_one_gateway_are_pulled_from_another() {
     );
     assert_eq!(rev(&h, "refs/heads/main").as_deref(), Some(other.as_str()));
     assert_eq!(rev(&g, "refs/heads/main").as_deref(), Some(three.as_str()));
-}
-
-/// A gateway G and three mesh nodes, all daemons (`extra` daemon arguments)
-/// joined by invitation, the nodes in G's cluster `c` with `policy`
-/// (`replication c …` arguments). Returns the mesh, the daemons by name and
-/// the cluster's libp2p address on G.
-fn repair_cluster(
-    extra: &[&str],
-    policy: &[&str],
-) -> (
-    Mesh,
-    std::collections::BTreeMap<String, ProcessGuard>,
-    String,
-) {
-    let m = Mesh::new();
-    let mut daemons = std::collections::BTreeMap::new();
-    for name in ["G", "M1", "M2", "M3"] {
-        m.init(name);
-    }
-    let (dg, addr_g) = m.daemon_with("G", extra);
-    daemons.insert("G".to_owned(), dg);
-    for name in ["M1", "M2", "M3"] {
-        daemons.insert(name.to_owned(), m.daemon_with(name, extra).0);
-        m.ok(name, &["join", &m.invite("G")]);
-    }
-    m.ok("G", &["initcluster", "c"]);
-    for name in ["M1", "M2", "M3"] {
-        m.wait_for_peer("G", &format!("-- {name} ["));
-        m.ok_once_known("G", &["cluster", "add-node", name, name]);
-    }
-    m.ok("G", &["updatecluster"]);
-    let mut args = vec!["replication", "c"];
-    args.extend_from_slice(policy);
-    m.ok("G", &args);
-    let cluster = git_config(&m.repo("G"), "annex.cluster.c");
-    (m, daemons, format!("{addr_g}/annex-uuid/{cluster}"))
-}
-
-/// Uploads `n` files of 20–60 KiB to `target` (from M1's repository, as a
-/// client); returns their keys.
-fn upload(m: &Mesh, target: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let file = m.root.join(format!("f{i}.bin"));
-            let data: Vec<u8> = (0..20_000 + 4_000 * i as u32)
-                .map(|b| (b.wrapping_mul(31).wrapping_add(i as u32) % 251) as u8)
-                .collect();
-            std::fs::write(&file, data).expect("write");
-            let key = m.ok("M1", &["put", file.to_str().expect("utf8"), "--to", target]);
-            key.trim().to_owned()
-        })
-        .collect()
-}
-
-/// On which of `nodes` each key's object is, by disk.
-fn copies(m: &Mesh, keys: &[String], nodes: &[&str]) -> Vec<Vec<String>> {
-    keys.iter()
-        .map(|k| {
-            nodes
-                .iter()
-                .filter(|n| object_path(&m.repo(n), k).exists())
-                .map(|n| (*n).to_owned())
-                .collect()
-        })
-        .collect()
-}
-
-/// Waits (bounded) until every key is on exactly `want` of `nodes`.
-fn wait_copies(
-    m: &Mesh,
-    g: &ProcessGuard,
-    keys: &[String],
-    nodes: &[&str],
-    want: usize,
-    what: &str,
-) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let now = copies(m, keys, nodes);
-        if now.iter().all(|c| c.len() == want) {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let log = g.stderr();
-            panic!(
-                "{what}: not every key on {want} of {nodes:?}: {now:?}\nstatus: {}\nG's log: {log}",
-                m.ok("G", &["status"])
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Automatic repair (issue 10) with real daemons: min 2, max 2 over three

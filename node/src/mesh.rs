@@ -27,6 +27,9 @@ const TOPOLOGY_FILES: [&str; 3] = [protocol::cluster::TOPOLOGY_LOG, "proxy.log",
 /// How long topology changes are gathered before a gateway follows them.
 const FOLLOW_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// fsck findings waiting for the repairer.
+const FSCK_FINDINGS: usize = 256;
+
 /// How often the journal and the branch are looked at for changes made by
 /// other processes (annex-shell sessions, setup commands, stock git-annex).
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -68,6 +71,8 @@ pub struct Mesh {
     /// The relay socket, removed at shutdown.
     relay: Option<PathBuf>,
     members: Option<Arc<crate::members::Members>>,
+    /// `annexmesh fsck --cluster`'s jobs.
+    pub fsck: Arc<crate::cluster::fsck::Fsck>,
 }
 
 impl Mesh {
@@ -130,9 +135,22 @@ impl Mesh {
         }
         let mut health = None;
         let kept_members = members.clone();
+        let (findings_tx, findings_rx) = tokio::sync::mpsc::channel(FSCK_FINDINGS);
+        let fsck = crate::cluster::fsck::Fsck::new(
+            peer.store.clone(),
+            Arc::downgrade(&meta),
+            members.is_some().then_some(findings_tx),
+        );
         if let Some(members) = members {
-            let (h, more) =
-                start_member_services(&peer, &meta, members, state_dir, services.monitor).await?;
+            let (h, more) = start_member_services(
+                &peer,
+                &meta,
+                members,
+                state_dir,
+                services.monitor,
+                findings_rx,
+            )
+            .await?;
             health = Some(h);
             tasks.extend(more);
         }
@@ -146,6 +164,7 @@ impl Mesh {
             health,
             relay,
             members: kept_members,
+            fsck,
         })
     }
 
@@ -172,6 +191,7 @@ impl Mesh {
             addrs: self.peer.addrs.iter().map(ToString::to_string).collect(),
             metrics: crate::api::metrics::Metrics::default(),
             stats: self.peer.stats.clone(),
+            fsck: self.fsck.clone(),
         });
         self.tasks
             .push(tokio::spawn(crate::api::serve(listener, state)));
@@ -328,6 +348,7 @@ async fn start_member_services(
     members: Arc<crate::members::Members>,
     state_dir: PathBuf,
     monitor: protocol::replication::MonitorConfig,
+    fsck: tokio::sync::mpsc::Receiver<crate::cluster::fsck::Finding>,
 ) -> Result<(Arc<crate::health::Health>, Vec<tokio::task::JoinHandle<()>>)> {
     let health = crate::health::Health::start(
         peer.net.clone(),
@@ -364,7 +385,7 @@ async fn start_member_services(
         Arc::downgrade(meta),
         state_dir,
     ));
-    let repairer = tokio::spawn(crate::cluster::repair::run(
+    let repairer = tokio::spawn(crate::cluster::repair::run_with(
         peer.store.clone(),
         Arc::downgrade(meta),
         Arc::downgrade(&health),
@@ -373,6 +394,7 @@ async fn start_member_services(
             settle_ms: crate::cluster::repair::SETTLE.as_millis() as u64,
             ..protocol::replication::repair::RepairConfig::default()
         },
+        Some(fsck),
     ));
     Ok((health, vec![joiner, keeper, repairer]))
 }

@@ -167,6 +167,35 @@ pub async fn render(st: &super::ApiState) -> String {
             r.register(name, help, counter);
         }
     }
+    let t = st.fsck.totals();
+    for (name, help, v) in [
+        (
+            "fsck_copies_checked",
+            "Copies fsck read and verified",
+            t.copies,
+        ),
+        (
+            "fsck_bytes_checked",
+            "Bytes fsck read to verify copies",
+            t.bytes,
+        ),
+        ("fsck_bad", "Copies fsck found bad", t.bad),
+        ("fsck_missing", "Copies fsck found missing", t.missing),
+        (
+            "fsck_repaired",
+            "Bad copies fsck replaced with a good one",
+            t.repaired,
+        ),
+        (
+            "fsck_errors",
+            "fsck steps that failed, and keys with no good copy",
+            t.errors,
+        ),
+    ] {
+        let counter: Counter = Counter::default();
+        counter.inc_by(v);
+        r.register(name, help, counter);
+    }
     let bytes_in: Family<Labels, Counter> = Family::default();
     let bytes_out: Family<Labels, Counter> = Family::default();
     let sessions: Family<Labels, Counter> = Family::default();

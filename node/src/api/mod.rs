@@ -5,8 +5,9 @@
 //! What it tells comes from the daemon's own state: the catalog ([`Meta`]),
 //! the membership, the health file (`meta::health`) and the repairer's
 //! state file (`cluster::repair::state`); a recover request goes to the
-//! running repairer.
+//! running repairer, an fsck request starts a job of `cluster::fsck`.
 
+pub mod fsck;
 pub mod keys;
 pub mod metrics;
 pub mod token;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub metrics: metrics::Metrics,
     /// What the served sessions moved, per peer.
     pub stats: Arc<crate::net::stats::Stats>,
+    /// `annexmesh fsck --cluster`'s jobs.
+    pub fsck: Arc<crate::cluster::fsck::Fsck>,
 }
 
 type Shared = Arc<ApiState>;
@@ -87,6 +90,7 @@ pub fn router(state: Shared) -> axum::Router {
         .route("/health/metrics", get(health_metrics))
         .route("/health/graph", get(graph))
         .route("/recover", post(keys::recover_all))
+        .route("/fsck", post(fsck::start).get(fsck::status))
         .route("/status", get(status))
         .route("/metrics", get(metrics::serve))
         .fallback(|| async { not_found("no such endpoint") })

@@ -9,6 +9,7 @@
 //! there: one `git` process per session, not one per key and node.
 
 pub mod cost;
+pub mod fsck;
 pub mod gateway;
 pub mod heads;
 pub mod nodes;

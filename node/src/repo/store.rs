@@ -496,6 +496,36 @@ impl Store {
         Ok(true)
     }
 
+    /// Moves content found bad aside, into `annex/bad/<keyFile>` as
+    /// git-annex's fsck does (the bytes are kept), and records it absent.
+    /// `None` when it is not here. Locked content is not moved (an error),
+    /// so nothing moves under a reader.
+    pub fn move_aside(&self, key: &Key) -> Result<Option<PathBuf>> {
+        let Some(path) = self.content_path(key) else {
+            return Ok(None);
+        };
+        let Some(key_dir) = path.parent().map(Path::to_path_buf) else {
+            return Err(Error::Protocol(format!(
+                "{} has no directory",
+                path.display()
+            )));
+        };
+        let handle = File::open(&key_dir).context(|| format!("opening {}", key_dir.display()))?;
+        if handle.try_lock().is_err() || self.retained(key) {
+            return Err(Error::Protocol(format!("{key} is locked: not moved aside")));
+        }
+        let bad = self.repo.annex_dir().join("bad");
+        fs::create_dir_all(&bad).context(|| format!("creating {}", bad.display()))?;
+        let to = bad.join(key.file());
+        set_mode(&key_dir, 0o755)?;
+        fs::rename(&path, &to).context(|| format!("moving {} aside", path.display()))?;
+        sync_dir(&bad)?;
+        sync_dir(&key_dir)?;
+        let _ = fs::remove_dir(&key_dir);
+        self.record(key, Status::Absent);
+        Ok(Some(to))
+    }
+
     /// Opens present content for reading.
     pub fn open_content(&self, key: &Key) -> Result<Option<(File, u64)>> {
         let Some(path) = self.content_path(key) else {

@@ -16,6 +16,8 @@
 //!   `Drop` plans above `max` once it is back, one coordinator gateway per
 //!   key, bounded transfers in flight, retries with backoff.
 //! * [`status`]: per key and node, for `annexmesh status`.
+//! * [`fsck`]: what to do with a checked copy (missing, bad, with or
+//!   without a good copy elsewhere), for `annexmesh fsck --cluster`.
 //!
 //! # What others do, and where we differ
 //!
@@ -50,6 +52,7 @@
 //!   (`max(min, numcopies)`).
 
 pub mod alloc;
+pub mod fsck;
 pub mod monitor;
 pub mod policy;
 pub mod repair;

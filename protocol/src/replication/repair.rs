@@ -210,6 +210,10 @@ struct Trouble {
     error: Option<(Option<NodeId>, Box<str>)>,
     /// Holders that reported they do not have it.
     missing: Vec<NodeId>,
+    /// What a check of the copies (fsck) found that needs a person, on
+    /// which node: kept across evaluations, until the key is recovered or
+    /// that node gets a copy again.
+    found: Option<(NodeId, Box<str>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,21 +247,51 @@ impl Entry {
     }
 
     fn set_error(&mut self, node: Option<NodeId>, msg: &str) {
-        let mut end = msg.len().min(MAX_ERROR_BYTES);
-        while !msg.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.trouble().error = Some((node, msg[..end].into()));
+        self.trouble().error = Some((node, bounded(msg).into()));
     }
 
     fn clear_error(&mut self) {
         if let Some(t) = &mut self.trouble {
             t.error = None;
-            if t.missing.is_empty() {
-                self.trouble = None;
-            }
+            self.tidy();
         }
     }
+
+    fn clear_found(&mut self) {
+        if let Some(t) = &mut self.trouble {
+            t.found = None;
+            self.tidy();
+        }
+    }
+
+    fn tidy(&mut self) {
+        if self
+            .trouble
+            .as_ref()
+            .is_some_and(|t| t.error.is_none() && t.missing.is_empty() && t.found.is_none())
+        {
+            self.trouble = None;
+        }
+    }
+
+    /// The key's error to show: the last one, else a check's finding.
+    fn shown_error(&self) -> Option<(Option<NodeId>, &str)> {
+        let t = self.trouble.as_ref()?;
+        match (&t.error, &t.found) {
+            (Some((n, m)), _) => Some((*n, m)),
+            (None, Some((n, m))) => Some((Some(*n), m)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `msg`, cut to [`MAX_ERROR_BYTES`] at a character boundary.
+fn bounded(msg: &str) -> &str {
+    let mut end = msg.len().min(MAX_ERROR_BYTES);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,6 +506,16 @@ impl Planner {
             t.missing.remove(i);
             changed = true;
         }
+        // A new copy on the node a check found wrong.
+        if changed
+            && present
+            && e.trouble
+                .as_ref()
+                .and_then(|t| t.found.as_ref())
+                .is_some_and(|(m, _)| *m == n)
+        {
+            e.clear_found();
+        }
         if changed {
             self.dirty.insert(k);
         }
@@ -535,6 +579,17 @@ impl Planner {
         }
         e.trouble().missing.push(n);
         self.dirty.insert(k);
+        true
+    }
+
+    /// A check of `node`'s copy (fsck) found something that needs a person:
+    /// the key shows `msg` as its error (on `node`) until a transfer of it
+    /// succeeds or it is recovered. Returns false for an unknown key or node.
+    pub fn report_error(&mut self, key: &Key, node: &Uuid, msg: &str) -> bool {
+        let (Some(&k), Some(&n)) = (self.key_ids.get(key), self.node_ids.get(node)) else {
+            return false;
+        };
+        self.keys[k as usize].trouble().found = Some((n, bounded(msg).into()));
         true
     }
 
@@ -1250,6 +1305,7 @@ impl Planner {
         }
         e.attempts = 0;
         e.clear_error();
+        e.clear_found();
         self.dirty.insert(k);
     }
 
@@ -1275,7 +1331,10 @@ impl Planner {
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| {
-                        e.attempts > 0 || e.trouble.as_ref().is_some_and(|t| t.error.is_some())
+                        e.attempts > 0
+                            || e.trouble
+                                .as_ref()
+                                .is_some_and(|t| t.error.is_some() || t.found.is_some())
                     })
                     .map(|(k, _)| k as KeyId),
             )
@@ -1299,10 +1358,10 @@ impl Planner {
                 Kind::Drop { from } if from == n => Some(NodeState::Dropping),
                 _ => None,
             });
-        let error = e.trouble.as_ref().and_then(|t| match &t.error {
-            Some((Some(m), msg)) if *m == n => Some(NodeState::Error(msg.to_string())),
+        let error = match e.shown_error() {
+            Some((Some(m), msg)) if m == n => Some(NodeState::Error(msg.to_string())),
             _ => None,
-        });
+        };
         let state = if e.in_flight > 0 && flight.is_some() {
             flight?
         } else if e.missing(n) {
@@ -1337,11 +1396,7 @@ impl Planner {
             max: eff.max,
             under_replicated: j.live < eff.min,
             queued: e.queued.is_some(),
-            error: e
-                .trouble
-                .as_ref()
-                .and_then(|t| t.error.as_ref())
-                .map(|(_, m)| m.to_string()),
+            error: e.shown_error().map(|(_, m)| m.to_owned()),
             attempts: e.attempts,
             retry_at: (e.not_before > 0).then_some(e.not_before),
         }

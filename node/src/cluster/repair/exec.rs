@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::message::{MAX_VERSION, Version};
+use protocol::replication::fsck::Found;
 use protocol::replication::repair::Action;
+use protocol::verify::Verifier;
 use protocol::{AssociatedFile, Key, Uuid};
 use tokio::io::{BufReader, DuplexStream, ReadHalf, WriteHalf};
 
@@ -50,7 +52,7 @@ impl Sessions {
         }
     }
 
-    async fn node(&self, uuid: &Uuid) -> Result<crate::gateway::GatewayNode> {
+    pub(crate) async fn node(&self, uuid: &Uuid) -> Result<crate::gateway::GatewayNode> {
         {
             let cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, node)) = cache.get(uuid)
@@ -163,6 +165,40 @@ impl Sessions {
         } else {
             Err(node_error(from, "did not remove its copy"))
         }
+    }
+}
+
+impl Sessions {
+    /// Reads `node`'s copy of `key` in a session, as a client's `GET`
+    /// through the gateway would (with the node's deadlines), and verifies
+    /// it as it streams: `CHECKPRESENT`, then `GET` from byte 0, hashed.
+    /// The finding and the bytes read.
+    pub async fn verify(&self, key: &Key, node: &Uuid) -> Result<(Found, u64)> {
+        let mut s = self.open(node).await?;
+        if !s.check_present(key).await? {
+            let _ = s.close().await;
+            return Ok((Found::Missing, 0));
+        }
+        let len = s.get_relay_start(key, 0).await?;
+        let mut check = Verifier::new(key);
+        let mut left = len;
+        while left > 0 {
+            let chunk = s.relay_chunk(left.min(CHUNK)).await?;
+            if chunk.is_empty() {
+                return Err(node_error(node, "its stream ended mid-transfer"));
+            }
+            let n = chunk.len();
+            check.update(chunk);
+            s.relay_consume(n);
+            left -= n as u64;
+        }
+        // The node's own VALID/INVALID says nothing about its bytes here:
+        // the hash does.
+        let _ = s.relay_validity().await?;
+        let found = Found::of_verdict(&check.finish());
+        s.relay_finish(found == Found::Good).await?;
+        let _ = s.close().await;
+        Ok((found, len))
     }
 }
 

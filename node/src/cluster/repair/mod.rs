@@ -99,6 +99,19 @@ struct Driver {
 
 /// Runs the repairer for the gateway `store` until `meta` or `health` is gone.
 pub async fn run(store: Store, meta: Weak<Meta>, health: Weak<Health>, config: RepairConfig) {
+    run_with(store, meta, health, config, None).await;
+}
+
+/// [`run`], also taking the findings of `annexmesh fsck --cluster`
+/// ([`crate::cluster::fsck`]): a missing copy stops counting, a bad copy
+/// with no good one puts the key in error.
+pub async fn run_with(
+    store: Store,
+    meta: Weak<Meta>,
+    health: Weak<Health>,
+    config: RepairConfig,
+    mut fsck: Option<mpsc::Receiver<crate::cluster::fsck::Finding>>,
+) {
     let Some(m) = meta.upgrade() else { return };
     let mut changes = m.subscribe();
     let (done_tx, mut done_rx) = mpsc::channel(config.max_in_flight as usize + 16);
@@ -133,6 +146,10 @@ pub async fn run(store: Store, meta: Weak<Meta>, health: Weak<Health>, config: R
                 for (cluster, t) in transfers {
                     d.spawn(cluster, t);
                 }
+                continue;
+            }
+            Some(f) = next_finding(&mut fsck) => {
+                d.on_fsck(&f);
                 continue;
             }
         }
@@ -388,6 +405,19 @@ impl Driver {
         }
     }
 
+    fn on_fsck(&mut self, f: &crate::cluster::fsck::Finding) {
+        let Some(c) = self.clusters.get_mut(&f.cluster) else {
+            return;
+        };
+        if f.missing {
+            c.planner.on_missing(&f.key, &f.node);
+        }
+        if let Some(e) = &f.error {
+            c.planner
+                .report_error(&f.key, &f.node, &format!("fsck: {e}"));
+        }
+    }
+
     fn take_recover_requests(&mut self) {
         for request in state::take_recover_requests(&self.state_dir) {
             for c in self.clusters.values_mut() {
@@ -425,6 +455,16 @@ impl Driver {
             }
             self.written = text;
         }
+    }
+}
+
+/// The next fsck finding; never, without a channel.
+async fn next_finding(
+    rx: &mut Option<mpsc::Receiver<crate::cluster::fsck::Finding>>,
+) -> Option<crate::cluster::fsck::Finding> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

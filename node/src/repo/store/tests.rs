@@ -524,3 +524,27 @@ fn many_threads_many_stores_one_file_system() {
         assert!(tmp_files(store).is_empty());
     }
 }
+
+#[test]
+fn bad_content_is_moved_aside_not_while_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = bare_repo(tmp.path());
+    put(&store, b"soon bad");
+    let key = key_for(b"soon bad");
+    assert!(located(&store, &key));
+    let lock = store.lock_shared(&key).unwrap().unwrap();
+    let other = Store::open(tmp.path()).unwrap();
+    assert!(other.move_aside(&key).is_err(), "locked: not moved");
+    assert!(store.contains(&key));
+    drop(lock);
+    let to = store.move_aside(&key).unwrap().expect("moved");
+    assert_eq!(to, tmp.path().join("annex/bad").join(key.file()));
+    assert_eq!(fs::read(&to).unwrap(), b"soon bad", "the bytes are kept");
+    assert!(!store.contains(&key));
+    assert!(!located(&store, &key), "recorded absent");
+    assert_eq!(
+        store.move_aside(&key).unwrap(),
+        None,
+        "nothing left to move"
+    );
+}

@@ -147,3 +147,44 @@ fn queued_keys_and_state_names() {
     assert_eq!(StateKind::parse("pinned"), None);
     assert_eq!(NodeState::Dropping.kind(), StateKind::Transferring);
 }
+
+/// An fsck finding that needs a person (no good copy) shows as the key's
+/// error, on the node, until the key is recovered.
+#[test]
+fn a_reported_error_shows_until_recovered() {
+    let mut w = World::new(3, RepairConfig::default());
+    w.planner.on_presence(&key(0), &u("n1"), true);
+    w.planner.on_presence(&key(0), &u("n2"), true);
+    let p = uniform(eff(1, 2));
+    assert!(
+        w.planner
+            .report_error(&key(0), &u("n2"), "fsck: no good copy")
+    );
+    assert!(!w.planner.report_error(&key(9), &u("n2"), "unknown key"));
+    // Evaluations that find the key at its replication keep it.
+    for _ in 0..3 {
+        w.poll(&p);
+        w.planner.reevaluate_all();
+    }
+    let all = statuses(&w, &p, &Filter::default());
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].error.as_deref(), Some("fsck: no good copy"));
+    assert!(all[0].has(StateKind::Error, None));
+    // Recorded absent there (a local node's copy moved aside): the node's
+    // own state is the error.
+    w.planner.on_presence(&key(0), &u("n2"), false);
+    let all = statuses(&w, &p, &Filter::default());
+    assert!(all[0].has(StateKind::Error, Some(&u("n2"))), "{all:?}");
+    assert!(w.planner.recover(&key(0)));
+    let all = statuses(&w, &p, &Filter::default());
+    assert!(all[0].error.is_none() && !all[0].has(StateKind::Error, None));
+    // A new copy on the node clears it too.
+    w.planner.report_error(&key(0), &u("n2"), "fsck: bad");
+    w.planner.on_presence(&key(0), &u("n3"), true);
+    assert!(
+        statuses(&w, &p, &Filter::default())[0].error.is_some(),
+        "another node's copy changes nothing"
+    );
+    w.planner.on_presence(&key(0), &u("n2"), true);
+    assert!(statuses(&w, &p, &Filter::default())[0].error.is_none());
+}
