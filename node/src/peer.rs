@@ -9,9 +9,11 @@
 //! pending slots (bounded per peer and in total), for at most the
 //! authentication deadline (`annexmesh.authtimeout`), so idle streams cannot
 //! lock anyone out. An authenticated session waiting on its client longer than
-//! `annexmesh.idletimeout` is closed.
+//! `annexmesh.idletimeout` is closed: for its next bytes, or for it to take
+//! ours (a client that stops reading mid-`GET` without closing).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +45,8 @@ pub struct Limits {
     pub pending_per_peer: usize,
     /// `AUTH` (and the `TARGET` line) must have arrived within this.
     pub auth_timeout: Duration,
-    /// An authenticated session waiting this long for its client is closed.
+    /// An authenticated session waiting this long for its client (to send,
+    /// or to take what it is sent) is closed.
     pub idle_timeout: Duration,
 }
 
@@ -194,8 +197,16 @@ fn accept_loop(
         store,
         rules,
         serve_git,
-        sessions: Arc::new(Pool::new(limits.streams_total, limits.streams_per_peer)),
-        pending: Arc::new(Pool::new(limits.pending_total, limits.pending_per_peer)),
+        sessions: Arc::new(Pool::new(
+            limits.streams_total,
+            limits.streams_per_peer,
+            stats.sessions_authenticated.clone(),
+        )),
+        pending: Arc::new(Pool::new(
+            limits.pending_total,
+            limits.pending_per_peer,
+            stats.streams_pending.clone(),
+        )),
         limits,
         stats: stats.clone(),
     });
@@ -282,14 +293,17 @@ struct Pool {
     total: Semaphore,
     per_peer: Mutex<HashMap<PeerId, usize>>,
     per_peer_limit: usize,
+    /// Slots held now (a gauge of [`crate::net::stats::Stats`]).
+    held: Arc<AtomicU64>,
 }
 
 impl Pool {
-    fn new(total: usize, per_peer: usize) -> Pool {
+    fn new(total: usize, per_peer: usize, held: Arc<AtomicU64>) -> Pool {
         Pool {
             total: Semaphore::new(total),
             per_peer: Mutex::new(HashMap::new()),
             per_peer_limit: per_peer,
+            held,
         }
     }
 }
@@ -310,6 +324,7 @@ impl Slot {
         }
         *count += 1;
         permit.forget();
+        pool.held.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             pool: pool.clone(),
             peer,
@@ -319,6 +334,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.pool.held.fetch_sub(1, Ordering::Relaxed);
         self.pool.total.add_permits(1);
         let mut map = self.pool.per_peer.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = map.get_mut(&self.peer) {
@@ -381,8 +397,9 @@ async fn serve_stream(
     counters: Arc<crate::net::stats::PeerCounters>,
 ) -> Result<CloseReason> {
     let stream = crate::net::stats::Counted::new(stream.compat(), counters);
-    let (reader, mut writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
     let reader = crate::session::IdleReader::new(reader, shared.limits.idle_timeout);
+    let mut writer = crate::session::IdleWriter::new(writer, shared.limits.idle_timeout);
     let mut reader = tokio::io::BufReader::new(reader);
     let store = &shared.store;
     if protocol == TARGET_PROTOCOL {

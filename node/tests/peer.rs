@@ -288,6 +288,99 @@ async fn an_idle_session_is_closed() {
     until_closed(stream.get_mut()).await;
 }
 
+/// A client that stops reading mid-`GET` without closing its stream (its
+/// window stays full, so the server's writes wait) loses its session at the
+/// idle deadline: its slot is free again, its stream is reset, and others
+/// are served.
+#[tokio::test]
+async fn a_client_that_stops_reading_mid_get_loses_its_session() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let limits = Limits {
+        idle_timeout: std::time::Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let peer = server_with(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+        limits,
+    )
+    .await;
+    let net = client_net(client_key);
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    // 16 MiB: far more than the stream's window and the server's buffers.
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 253) as u8).collect();
+    let src = tmp.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    let key = key_of(&data);
+    let mut s = open(&net, &peer.addrs[0]).await;
+    s.auth(me.clone(), AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    s.negotiate_version(4).await.unwrap();
+    assert!(
+        s.put(&key, AssociatedFile::none(), &src, &mut |_| {})
+            .await
+            .unwrap()
+            .stored
+    );
+    s.close().await.unwrap();
+
+    let mut stuck = open(&net, &peer.addrs[0]).await;
+    stuck
+        .auth(me.clone(), AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    stuck.negotiate_version(4).await.unwrap();
+    let len = stuck.get_relay_start(&key, 0).await.unwrap();
+    assert_eq!(len, data.len() as u64);
+    let first = stuck.relay_chunk(len).await.unwrap().len();
+    assert!(first > 0);
+    stuck.relay_consume(first);
+    // Then it reads nothing more, and keeps the stream open.
+    let authenticated = || peer.stats.sessions_authenticated.load(Relaxed);
+    assert!(authenticated() >= 1);
+    let freed = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while authenticated() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the session of a client not reading stayed");
+    let open_now: u64 = peer
+        .stats
+        .snapshot()
+        .iter()
+        .map(|(_, c)| c.open.load(Relaxed))
+        .sum();
+    assert_eq!(open_now, 0);
+    // Its stream ends short of the content (reset, or closed).
+    let mut got = first as u64;
+    loop {
+        match stuck.relay_chunk(len - got).await {
+            Ok([]) | Err(_) => break,
+            Ok(b) => {
+                let n = b.len();
+                stuck.relay_consume(n);
+                got += n as u64;
+            }
+        }
+    }
+    assert!(got < len, "the whole content came through: {got}");
+    // Others are served.
+    let mut fresh = open(&net, &peer.addrs[0]).await;
+    fresh
+        .auth(me, AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    fresh.negotiate_version(4).await.unwrap();
+    assert!(fresh.check_present(&key).await.unwrap());
+}
+
 #[tokio::test]
 async fn a_lying_data_is_refused_before_a_byte_is_written() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

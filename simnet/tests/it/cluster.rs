@@ -262,9 +262,11 @@ async fn a_crashed_gateway_is_routed_around_and_back_through_after_a_restart() {
     // PUT in that window reaches the far nodes it routes to by the restarted
     // one on the repairer's next pass only. Back means routing again too.
     let want = c.all_nodes().len();
-    simnet::wait_until("the restarted gateway to route to every node", LIMIT, || {
-        c.routed_from(&sim, down).is_ok_and(|n| n == want)
-    })
+    simnet::wait_until(
+        "the restarted gateway to route to every node",
+        LIMIT,
+        || c.routed_from(&sim, down).is_ok_and(|n| n == want),
+    )
     .await
     .unwrap();
     put_once(&mut sim, &c, "g0", &[]).await;
