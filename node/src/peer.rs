@@ -4,7 +4,9 @@
 //! `AUTH` first (a token from git-annex's `p2pauth`, or a granted PeerId), then
 //! it gets the protocol as git-annex's remotedaemon serves it, `CONNECT` and
 //! `NOTIFYCHANGE` included. Streams are bounded per peer and in total; excess
-//! streams are refused at once rather than queued. A stream counts against
+//! streams are refused at once rather than queued (a read-write member of the
+//! mesh, a gateway carrying its clients' sessions, is bounded by the totals
+//! only). A stream counts against
 //! the sessions' limits only once authenticated: before, it holds one of a few
 //! pending slots (bounded per peer and in total), for at most the
 //! authentication deadline (`annexmesh.authtimeout`), so idle streams cannot
@@ -225,7 +227,8 @@ fn accept_loop(
                 }
                 next = incoming.next() => {
                     let Some((peer, stream, protocol)) = next else { break };
-                    let Some(slot) = Slot::take(&shared.pending, peer) else {
+                    let wide = shared.carries_many(&peer);
+                    let Some(slot) = Slot::take(&shared.pending, peer, wide) else {
                         tracing::warn!("refusing a stream from {peer}: too many unauthenticated streams");
                         drop(stream);
                         continue;
@@ -238,6 +241,7 @@ fn accept_loop(
                             access: shared.rules.for_peer(peer),
                             sessions: &shared.sessions,
                             peer,
+                            wide,
                             pending: Mutex::new(Some(slot)),
                             slot: Mutex::new(None),
                         };
@@ -288,6 +292,21 @@ struct Shared {
     stats: Arc<crate::net::stats::Stats>,
 }
 
+impl Shared {
+    /// Whether `peer` is a read-write member of the mesh: a gateway, whose
+    /// one identity carries the sessions of all its clients to this node
+    /// (one per client session). Its streams are bounded by the totals
+    /// only, not per peer, or a gateway with more clients than the per-peer
+    /// limit would find its nodes refusing it and its `PUT`s storing
+    /// nowhere.
+    fn carries_many(&self, peer: &PeerId) -> bool {
+        self.rules
+            .members
+            .as_ref()
+            .is_some_and(|m| m.role(peer) == Some(protocol::server::ServeMode::ReadWrite))
+    }
+}
+
 /// Slots bounded in total and per peer.
 struct Pool {
     total: Semaphore,
@@ -315,11 +334,12 @@ struct Slot {
 }
 
 impl Slot {
-    fn take(pool: &Arc<Pool>, peer: PeerId) -> Option<Slot> {
+    /// A slot of `pool` for `peer`; `wide`: bounded by the total only.
+    fn take(pool: &Arc<Pool>, peer: PeerId, wide: bool) -> Option<Slot> {
         let permit = pool.total.try_acquire().ok()?;
         let mut map = pool.per_peer.lock().unwrap_or_else(|p| p.into_inner());
         let count = map.entry(peer).or_insert(0);
-        if *count >= pool.per_peer_limit {
+        if *count >= pool.per_peer_limit && !wide {
             return None;
         }
         *count += 1;
@@ -353,6 +373,8 @@ struct Gate<'a> {
     access: crate::auth::StreamAccess<'a>,
     sessions: &'a Arc<Pool>,
     peer: PeerId,
+    /// Bounded by the totals only (see [`Shared::carries_many`]).
+    wide: bool,
     pending: Mutex<Option<Slot>>,
     slot: Mutex<Option<Slot>>,
 }
@@ -375,7 +397,7 @@ impl crate::session::Authenticator for Gate<'_> {
         let mode = self.access.check(client, token)?;
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            let Some(taken) = Slot::take(self.sessions, self.peer) else {
+            let Some(taken) = Slot::take(self.sessions, self.peer, self.wide) else {
                 tracing::warn!("refusing AUTH from {}: too many sessions", self.peer);
                 return None;
             };

@@ -381,6 +381,63 @@ async fn a_client_that_stops_reading_mid_get_loses_its_session() {
     assert!(fresh.check_present(&key).await.unwrap());
 }
 
+/// A read-write member of the mesh (a gateway, carrying its clients'
+/// sessions to this node over its one identity) is bounded by the sessions'
+/// total only; a granted peer that is no member, by the per-peer limit.
+#[tokio::test]
+async fn a_gateway_member_may_hold_more_sessions_than_one_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = Keypair::generate_ed25519();
+    let other = Keypair::generate_ed25519();
+    let init = node::init::init(&tmp.path().join("server"), "server", [9; 16]).unwrap();
+    let key = Keypair::generate_ed25519();
+    let members = std::sync::Arc::new(node::members::Members::new(
+        key.public().to_peer_id(),
+        Default::default(),
+    ));
+    let line = format!(
+        "1700000000s {} member aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa read-write",
+        gateway.public().to_peer_id()
+    );
+    members.update([line.as_str()]);
+    let limits = Limits::default();
+    let peer = Peer::start(PeerOptions {
+        store: Store::new(init.repo),
+        transport: memory_transport(&key).unwrap(),
+        keypair: key,
+        listen: vec!["/memory/0".parse().unwrap()],
+        grants: vec![(other.public().to_peer_id(), ServeMode::ReadWrite)],
+        limits,
+        serve_git: false,
+        members: Some(members),
+    })
+    .await
+    .unwrap();
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    let token = AuthToken::parse("").unwrap();
+    let wanted = limits.streams_per_peer + 8;
+    for (who, member) in [(gateway, true), (other, false)] {
+        let net = client_net(who);
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..wanted {
+            let mut s = open(&net, &peer.addrs[0]).await;
+            match s.auth(me.clone(), token.clone()).await {
+                Ok(Some(_)) => held.push(s),
+                _ => refused += 1,
+            }
+        }
+        if member {
+            assert_eq!((held.len(), refused), (wanted, 0));
+        } else {
+            assert_eq!(held.len(), limits.streams_per_peer);
+        }
+        for s in held {
+            s.close().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_lying_data_is_refused_before_a_byte_is_written() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
