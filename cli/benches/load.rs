@@ -31,6 +31,8 @@
 //!
 //! Knobs: ANNEXMESH_BENCH_CLIENTS (100), ANNEXMESH_BENCH_SECS (30, each
 //! load), ANNEXMESH_BENCH_IDLE (N, 40), ANNEXMESH_BENCH_KILL_PCT (30),
+//! ANNEXMESH_BENCH_ROUNDS (1: how many times run 3 is done, to see whether
+//! the gateway's memory after each settles keeps growing),
 //! ANNEXMESH_BENCH_DIR (where the temp dir goes), ANNEXMESH_BENCH_DEBUG
 //! (daemons' logs to stderr).
 
@@ -72,6 +74,9 @@ struct Daemon {
     token: String,
     /// Lines of its log saying a stream or an `AUTH` was refused.
     refusals: Arc<AtomicU64>,
+    /// Lines of its log saying a node missed a deadline (no reply in time,
+    /// a stalled transfer).
+    missed: Arc<AtomicU64>,
 }
 
 impl Daemon {
@@ -103,7 +108,10 @@ fn daemon(repo: &Path) -> Result<Daemon> {
         .arg(repo)
         .args(["daemon", "--no-git", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--api-listen", "127.0.0.1:0"])
-        .env("ANNEXMESH_LOG", "annexmesh=warn,node=warn")
+        .env(
+            "ANNEXMESH_LOG",
+            std::env::var("ANNEXMESH_LOG").unwrap_or_else(|_| "annexmesh=warn,node=info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("starting a daemon")?;
@@ -111,6 +119,8 @@ fn daemon(repo: &Path) -> Result<Daemon> {
     let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
     let refusals = Arc::new(AtomicU64::new(0));
     let seen = refusals.clone();
+    let missed = Arc::new(AtomicU64::new(0));
+    let late = missed.clone();
     let echo = std::env::var_os("ANNEXMESH_BENCH_DEBUG").is_some();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
@@ -120,6 +130,9 @@ fn daemon(repo: &Path) -> Result<Daemon> {
             }
             if line.contains("refusing") {
                 seen.fetch_add(1, Ordering::Relaxed);
+            }
+            if line.contains("no reply within") || line.contains("stalled: ") {
+                late.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
@@ -145,6 +158,7 @@ fn daemon(repo: &Path) -> Result<Daemon> {
         api: api.unwrap_or_default(),
         token,
         refusals,
+        missed,
     })
 }
 
@@ -296,6 +310,7 @@ fn run() -> Result<()> {
     let secs = env_number("ANNEXMESH_BENCH_SECS", 30)?;
     let idle_n = usize::try_from(env_number("ANNEXMESH_BENCH_IDLE", 40)?)?;
     let kill_pct = env_number("ANNEXMESH_BENCH_KILL_PCT", 30)?;
+    let rounds = env_number("ANNEXMESH_BENCH_ROUNDS", 1)?;
     let tmp = match std::env::var_os("ANNEXMESH_BENCH_DIR") {
         Some(d) => tempfile::Builder::new()
             .prefix("annexmesh-load-bench-")
@@ -357,16 +372,19 @@ fn run() -> Result<()> {
 
     // 2. and 3. The loads.
     let mut runs = Vec::new();
-    for (label, kill, seed) in [
-        (format!("{clients} clients {secs} s, no kills"), 0.0, 2),
-        (
-            format!("{clients} clients {secs} s, {kill_pct} % killed"),
+    let mut loads = vec![(format!("{clients} clients {secs} s, no kills"), 0.0, 2)];
+    for round in 0..rounds.max(1) {
+        let again = if round == 0 { "" } else { ", again" };
+        loads.push((
+            format!("{clients} clients {secs} s, {kill_pct} % killed{again}"),
             kill_pct as f64 / 100.0,
-            3,
-        ),
-    ] {
+            3 + round,
+        ));
+    }
+    for (label, kill, seed) in loads {
         let before = g.held();
         let refused = g.refusals.load(Ordering::Relaxed);
+        let missed = g.missed.load(Ordering::Relaxed);
         let node_refused: u64 = daemons[1..]
             .iter()
             .map(|d| d.refusals.load(Ordering::Relaxed))
@@ -398,6 +416,11 @@ fn run() -> Result<()> {
                 .map(|d| d.refusals.load(Ordering::Relaxed))
                 .sum::<u64>()
                 - node_refused
+        );
+        println!(
+            "  {:<34} node deadlines missed, logged by the gateway: {}",
+            "",
+            g.missed.load(Ordering::Relaxed) - missed
         );
         runs.push(out);
     }

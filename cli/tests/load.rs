@@ -16,7 +16,6 @@
 
 mod support;
 
-#[allow(dead_code)]
 #[path = "../benches/common/load.rs"]
 mod load;
 

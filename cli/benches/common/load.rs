@@ -271,7 +271,7 @@ async fn client_loop(
     let mut out = Outcome::default();
     let mut n = 0usize;
     while Instant::now() < deadline && plan.max_per_client.is_none_or(|m| n < m) {
-        let op = if n % 2 == 0 || plan.stored.is_empty() {
+        let op = if n.is_multiple_of(2) || plan.stored.is_empty() {
             Op::Put
         } else {
             Op::Get
