@@ -4,14 +4,18 @@
 //! `AUTH` first (a token from git-annex's `p2pauth`, or a granted PeerId), then
 //! it gets the protocol as git-annex's remotedaemon serves it, `CONNECT` and
 //! `NOTIFYCHANGE` included. Streams are bounded per peer and in total; excess
-//! streams are refused at once rather than queued. A stream counts against
+//! streams are refused at once rather than queued (a read-write member of the
+//! mesh, a gateway carrying its clients' sessions, is bounded by the totals
+//! only). A stream counts against
 //! the sessions' limits only once authenticated: before, it holds one of a few
 //! pending slots (bounded per peer, per IP address and in total), for at most the
 //! authentication deadline (`annexmesh.authtimeout`), so idle streams cannot
 //! lock anyone out. An authenticated session waiting on its client longer than
-//! `annexmesh.idletimeout` is closed.
+//! `annexmesh.idletimeout` is closed: for its next bytes, or for it to take
+//! ours (a client that stops reading mid-`GET` without closing).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +50,8 @@ pub struct Limits {
     pub pending_per_address: usize,
     /// `AUTH` (and the `TARGET` line) must have arrived within this.
     pub auth_timeout: Duration,
-    /// An authenticated session waiting this long for its client is closed.
+    /// An authenticated session waiting this long for its client (to send,
+    /// or to take what it is sent) is closed.
     pub idle_timeout: Duration,
 }
 
@@ -202,11 +207,13 @@ fn accept_loop(
             limits.streams_total,
             limits.streams_per_peer,
             usize::MAX,
+            stats.sessions_authenticated.clone(),
         )),
         pending: Arc::new(Pool::new(
             limits.pending_total,
             limits.pending_per_peer,
             limits.pending_per_address,
+            stats.streams_pending.clone(),
         )),
         limits,
         stats: stats.clone(),
@@ -227,7 +234,8 @@ fn accept_loop(
                 next = incoming.next() => {
                     let Some((peer, stream, protocol)) = next else { break };
                     let host = net.host_of(&peer);
-                    let Some(slot) = Slot::take(&shared.pending, peer, host) else {
+                    let wide = shared.carries_many(&peer);
+                    let Some(slot) = Slot::take(&shared.pending, peer, host, wide) else {
                         tracing::warn!(
                             "refusing a stream from {peer} ({}): too many unauthenticated streams",
                             host.map_or("-".to_owned(), |h| h.to_string())
@@ -243,6 +251,7 @@ fn accept_loop(
                             access: shared.rules.for_peer(peer),
                             sessions: &shared.sessions,
                             peer,
+                            wide,
                             pending: Mutex::new(Some(slot)),
                             slot: Mutex::new(None),
                         };
@@ -293,12 +302,29 @@ struct Shared {
     stats: Arc<crate::net::stats::Stats>,
 }
 
+impl Shared {
+    /// Whether `peer` is a read-write member of the mesh: a gateway, whose
+    /// one identity carries the sessions of all its clients to this node
+    /// (one per client session). Its streams are bounded by the totals
+    /// only, not per peer, or a gateway with more clients than the per-peer
+    /// limit would find its nodes refusing it and its `PUT`s storing
+    /// nowhere.
+    fn carries_many(&self, peer: &PeerId) -> bool {
+        self.rules
+            .members
+            .as_ref()
+            .is_some_and(|m| m.role(peer) == Some(protocol::server::ServeMode::ReadWrite))
+    }
+}
+
 /// Slots bounded in total, per peer and per IP address.
 struct Pool {
     total: Semaphore,
     counts: Mutex<HashMap<Claim, usize>>,
     per_peer_limit: usize,
     per_host_limit: usize,
+    /// Slots held now (a gauge of [`crate::net::stats::Stats`]).
+    held: Arc<AtomicU64>,
 }
 
 /// What a slot is counted against besides the total.
@@ -309,12 +335,13 @@ enum Claim {
 }
 
 impl Pool {
-    fn new(total: usize, per_peer: usize, per_host: usize) -> Pool {
+    fn new(total: usize, per_peer: usize, per_host: usize, held: Arc<AtomicU64>) -> Pool {
         Pool {
             total: Semaphore::new(total),
             counts: Mutex::new(HashMap::new()),
             per_peer_limit: per_peer,
             per_host_limit: per_host,
+            held,
         }
     }
 
@@ -334,23 +361,28 @@ struct Slot {
 
 impl Slot {
     /// A slot for `peer` (connected from `host`), unless the total, the
-    /// peer's or the address's limit is reached.
-    fn take(pool: &Arc<Pool>, peer: PeerId, host: Option<std::net::IpAddr>) -> Option<Slot> {
+    /// peer's or the address's limit is reached; `wide`: bounded by the
+    /// total only.
+    fn take(
+        pool: &Arc<Pool>,
+        peer: PeerId,
+        host: Option<std::net::IpAddr>,
+        wide: bool,
+    ) -> Option<Slot> {
         let claims: Vec<Claim> = std::iter::once(Claim::Peer(peer))
             .chain(host.map(Claim::Host))
             .collect();
         let permit = pool.total.try_acquire().ok()?;
         let mut map = pool.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if claims
-            .iter()
-            .any(|c| map.get(c).copied().unwrap_or(0) >= pool.limit(c))
-        {
+        let full = |c: &Claim| map.get(c).copied().unwrap_or(0) >= pool.limit(c);
+        if !wide && claims.iter().any(full) {
             return None;
         }
         for c in &claims {
             *map.entry(*c).or_insert(0) += 1;
         }
         permit.forget();
+        pool.held.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             pool: pool.clone(),
             claims,
@@ -360,6 +392,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.pool.held.fetch_sub(1, Ordering::Relaxed);
         self.pool.total.add_permits(1);
         let mut map = self.pool.counts.lock().unwrap_or_else(|p| p.into_inner());
         for c in &self.claims {
@@ -380,6 +413,8 @@ struct Gate<'a> {
     access: crate::auth::StreamAccess<'a>,
     sessions: &'a Arc<Pool>,
     peer: PeerId,
+    /// Bounded by the totals only (see [`Shared::carries_many`]).
+    wide: bool,
     pending: Mutex<Option<Slot>>,
     slot: Mutex<Option<Slot>>,
 }
@@ -402,7 +437,7 @@ impl crate::session::Authenticator for Gate<'_> {
         let mode = self.access.check(client, token)?;
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            let Some(taken) = Slot::take(self.sessions, self.peer, None) else {
+            let Some(taken) = Slot::take(self.sessions, self.peer, None, self.wide) else {
                 tracing::warn!("refusing AUTH from {}: too many sessions", self.peer);
                 return None;
             };
@@ -424,8 +459,9 @@ async fn serve_stream(
     counters: Arc<crate::net::stats::PeerCounters>,
 ) -> Result<CloseReason> {
     let stream = crate::net::stats::Counted::new(stream.compat(), counters);
-    let (reader, mut writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
     let reader = crate::session::IdleReader::new(reader, shared.limits.idle_timeout);
+    let mut writer = crate::session::IdleWriter::new(writer, shared.limits.idle_timeout);
     let mut reader = tokio::io::BufReader::new(reader);
     let store = &shared.store;
     if protocol == TARGET_PROTOCOL {

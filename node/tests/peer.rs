@@ -349,6 +349,156 @@ async fn an_idle_session_is_closed() {
     until_closed(stream.get_mut()).await;
 }
 
+/// A client that stops reading mid-`GET` without closing its stream (its
+/// window stays full, so the server's writes wait) loses its session at the
+/// idle deadline: its slot is free again, its stream is reset, and others
+/// are served.
+#[tokio::test]
+async fn a_client_that_stops_reading_mid_get_loses_its_session() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir().unwrap();
+    let client_key = Keypair::generate_ed25519();
+    let limits = Limits {
+        idle_timeout: std::time::Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let peer = server_with(
+        &tmp.path().join("server"),
+        vec![(client_key.public().to_peer_id(), ServeMode::ReadWrite)],
+        limits,
+    )
+    .await;
+    let net = client_net(client_key);
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    // 16 MiB: far more than the stream's window and the server's buffers.
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 253) as u8).collect();
+    let src = tmp.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    let key = key_of(&data);
+    let mut s = open(&net, &peer.addrs[0]).await;
+    s.auth(me.clone(), AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    s.negotiate_version(4).await.unwrap();
+    assert!(
+        s.put(&key, AssociatedFile::none(), &src, &mut |_| {})
+            .await
+            .unwrap()
+            .stored
+    );
+    s.close().await.unwrap();
+
+    let mut stuck = open(&net, &peer.addrs[0]).await;
+    stuck
+        .auth(me.clone(), AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    stuck.negotiate_version(4).await.unwrap();
+    let len = stuck.get_relay_start(&key, 0).await.unwrap();
+    assert_eq!(len, data.len() as u64);
+    let first = stuck.relay_chunk(len).await.unwrap().len();
+    assert!(first > 0);
+    stuck.relay_consume(first);
+    // Then it reads nothing more, and keeps the stream open.
+    let authenticated = || peer.stats.sessions_authenticated.load(Relaxed);
+    assert!(authenticated() >= 1);
+    let freed = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while authenticated() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the session of a client not reading stayed");
+    let open_now: u64 = peer
+        .stats
+        .snapshot()
+        .iter()
+        .map(|(_, c)| c.open.load(Relaxed))
+        .sum();
+    assert_eq!(open_now, 0);
+    // Its stream ends short of the content (reset, or closed).
+    let mut got = first as u64;
+    loop {
+        match stuck.relay_chunk(len - got).await {
+            Ok([]) | Err(_) => break,
+            Ok(b) => {
+                let n = b.len();
+                stuck.relay_consume(n);
+                got += n as u64;
+            }
+        }
+    }
+    assert!(got < len, "the whole content came through: {got}");
+    // Others are served.
+    let mut fresh = open(&net, &peer.addrs[0]).await;
+    fresh
+        .auth(me, AuthToken::parse("").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    fresh.negotiate_version(4).await.unwrap();
+    assert!(fresh.check_present(&key).await.unwrap());
+}
+
+/// A read-write member of the mesh (a gateway, carrying its clients'
+/// sessions to this node over its one identity) is bounded by the sessions'
+/// total only; a granted peer that is no member, by the per-peer limit.
+#[tokio::test]
+async fn a_gateway_member_may_hold_more_sessions_than_one_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = Keypair::generate_ed25519();
+    let other = Keypair::generate_ed25519();
+    let init = node::init::init(&tmp.path().join("server"), "server", [9; 16]).unwrap();
+    let key = Keypair::generate_ed25519();
+    let members = std::sync::Arc::new(node::members::Members::new(
+        key.public().to_peer_id(),
+        Default::default(),
+    ));
+    let line = format!(
+        "1700000000s {} member aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa read-write",
+        gateway.public().to_peer_id()
+    );
+    members.update([line.as_str()]);
+    let limits = Limits::default();
+    let peer = Peer::start(PeerOptions {
+        store: Store::new(init.repo),
+        transport: memory_transport(&key).unwrap(),
+        keypair: key,
+        listen: vec!["/memory/0".parse().unwrap()],
+        grants: vec![(other.public().to_peer_id(), ServeMode::ReadWrite)],
+        limits,
+        serve_git: false,
+        members: Some(members),
+    })
+    .await
+    .unwrap();
+    let me = Uuid::parse("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa").unwrap();
+    let token = AuthToken::parse("").unwrap();
+    let wanted = limits.streams_per_peer + 8;
+    for (who, member) in [(gateway, true), (other, false)] {
+        let net = client_net(who);
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..wanted {
+            let mut s = open(&net, &peer.addrs[0]).await;
+            match s.auth(me.clone(), token.clone()).await {
+                Ok(Some(_)) => held.push(s),
+                _ => refused += 1,
+            }
+        }
+        if member {
+            assert_eq!((held.len(), refused), (wanted, 0));
+        } else {
+            assert_eq!(held.len(), limits.streams_per_peer);
+        }
+        for s in held {
+            s.close().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_lying_data_is_refused_before_a_byte_is_written() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

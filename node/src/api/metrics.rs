@@ -257,6 +257,31 @@ pub async fn render(st: &super::ApiState) -> String {
         st.stats.timings.get.clone(),
     );
     gauge(&mut r, "sessions_open", "Sessions open", open_total);
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        gauge(
+            &mut r,
+            "streams_pending",
+            "Served streams not authenticated yet (holding a pending slot)",
+            count(st.stats.streams_pending.load(Relaxed)),
+        );
+        gauge(
+            &mut r,
+            "sessions_authenticated",
+            "Served sessions authenticated (holding a session slot)",
+            count(st.stats.sessions_authenticated.load(Relaxed)),
+        );
+    }
+    gauge(
+        &mut r,
+        "runtime_tasks_alive",
+        "Tasks alive in the daemon's async runtime",
+        count(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+        ),
+    );
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &r) {
         tracing::warn!("encoding metrics: {e}");

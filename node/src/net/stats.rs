@@ -1,5 +1,6 @@
 //! What a daemon's served sessions move, per peer: bytes in and out,
-//! sessions served and open (read by the HTTP API's `/metrics`). Bounded:
+//! sessions served and open, and the streams holding a pending or a
+//! session slot (read by the HTTP API's `/metrics`). Bounded:
 //! past [`MAX_PEERS`] distinct peers, the rest are counted under `other`.
 
 use std::collections::HashMap;
@@ -27,6 +28,10 @@ pub struct Stats {
     peers: Mutex<HashMap<String, Arc<PeerCounters>>>,
     /// The served `PUT`s' and `GET`s' durations.
     pub timings: crate::session::Timings,
+    /// Streams holding a pending slot now (not authenticated yet).
+    pub streams_pending: Arc<AtomicU64>,
+    /// Sessions holding a session slot now (authenticated).
+    pub sessions_authenticated: Arc<AtomicU64>,
 }
 
 impl Stats {

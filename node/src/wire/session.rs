@@ -1010,6 +1010,64 @@ pub async fn record_state(message: &'static str) {
     }
 }
 
+/// The clock of a served stream's half: how long it has been kept waiting
+/// on the client ([`IdleReader`], [`IdleWriter`]).
+struct IdleClock {
+    idle: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleClock {
+    fn new(idle: std::time::Duration) -> IdleClock {
+        IdleClock { idle, timer: None }
+    }
+
+    /// The client moved: the wait is over.
+    fn moved(&mut self) {
+        self.timer = None;
+    }
+
+    /// The client keeps us waiting: `Ready` with the error once it has for
+    /// `idle` (`what` the half's wait: reading, its taking our bytes).
+    fn waiting(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        what: &str,
+    ) -> std::task::Poll<std::io::Error> {
+        use std::future::Future;
+        let idle = self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                self.timer = None;
+                std::task::Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{what} for {}s", idle.as_secs()),
+                ))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    /// `poll` of an inner half, with the deadline.
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        what: &str,
+        poll: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match poll {
+            std::task::Poll::Ready(r) => {
+                self.moved();
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => self.waiting(cx, what).map(Err),
+        }
+    }
+}
+
 /// A served stream's reader with the idle-session deadline: a read that
 /// waits longer than `idle` for the client's next bytes fails with
 /// `TimedOut`, which ends the session like a broken stream. Only waiting
@@ -1017,16 +1075,14 @@ pub async fn record_state(message: &'static str) {
 /// reader is not polled and the clock does not run.
 pub struct IdleReader<R> {
     inner: R,
-    idle: std::time::Duration,
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    clock: IdleClock,
 }
 
 impl<R> IdleReader<R> {
     pub fn new(inner: R, idle: std::time::Duration) -> Self {
         IdleReader {
             inner,
-            idle,
-            timer: None,
+            clock: IdleClock::new(idle),
         }
     }
 }
@@ -1037,30 +1093,84 @@ impl<R: AsyncRead + Unpin> AsyncRead for IdleReader<R> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        use std::future::Future;
-        use std::task::Poll;
         let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.timer = None;
-                        Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("idle for {}s", idle.as_secs()),
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.clock.guard(cx, "idle", poll)
+    }
+}
+
+/// A served stream's writer with the same deadline: a write, flush or
+/// shutdown that waits longer than `idle` for the client to take bytes
+/// (a client that stopped reading mid-`GET` without closing: its stream's
+/// window stays full) fails with `TimedOut` and ends the session, so such a
+/// client cannot hold a session slot, and the node sessions a gateway
+/// relays from, for ever. Only waiting on the client counts.
+pub struct IdleWriter<W> {
+    inner: W,
+    clock: IdleClock,
+}
+
+impl<W> IdleWriter<W> {
+    pub fn new(inner: W, idle: std::time::Duration) -> Self {
+        IdleWriter {
+            inner,
+            clock: IdleClock::new(idle),
         }
+    }
+}
+
+const NOT_READING: &str = "client not reading";
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for IdleWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.clock.guard(cx, NOT_READING, poll)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.clock.guard(cx, NOT_READING, poll)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.clock.guard(cx, NOT_READING, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose reader never reads fails once kept waiting `idle`;
+    /// one that is read goes on.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_takes_times_out() {
+        let idle = std::time::Duration::from_secs(5);
+        let (a, mut b) = tokio::io::duplex(16);
+        let mut w = IdleWriter::new(a, idle);
+        w.write_all(b"0123456789abcdef").await.expect("fits");
+        let start = tokio::time::Instant::now();
+        let err = w.write_all(b"more").await.expect_err("not read");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= idle, "{:?}", start.elapsed());
+        let mut got = [0u8; 16];
+        tokio::io::AsyncReadExt::read_exact(&mut b, &mut got)
+            .await
+            .expect("read");
+        w.write_all(b"more").await.expect("read now");
     }
 }
