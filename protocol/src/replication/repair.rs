@@ -566,6 +566,15 @@ impl Planner {
         }
     }
 
+    /// [`Planner::load`] for a cluster taken up while the repairer runs (it
+    /// just appeared, or the repairer lost track and reloads): its keys
+    /// count as heard of at `now`, so they settle like any new key, as
+    /// their `PUT`s may still be fanning out.
+    pub fn load_at(&mut self, catalog: &Catalog, now: u64) {
+        self.clock = self.clock.max(now);
+        self.load(catalog);
+    }
+
     /// `node` says it lacks `key` though the location log lists it (a failed
     /// `CHECKPRESENT` or fsck): that copy stops counting until the log
     /// changes for it.

@@ -95,6 +95,9 @@ struct Driver {
     done_tx: mpsc::Sender<Done>,
     state_dir: PathBuf,
     written: String,
+    /// The clock of the last poll (0 before the first): keys of a cluster
+    /// taken up after it are heard of then, and settle.
+    polled_ms: u64,
 }
 
 /// Runs the repairer for the gateway `store` until `meta` or `health` is gone.
@@ -128,6 +131,7 @@ pub async fn run_with(
         liveness: HashMap::new(),
         done_tx,
         written: String::new(),
+        polled_ms: 0,
     };
     d.reload(&m).await;
     drop(m);
@@ -206,7 +210,7 @@ impl Driver {
         self.policy = Policy::from_catalog(&catalog);
         for c in new {
             if let Some(c) = self.clusters.get_mut(c) {
-                c.planner.load(&catalog);
+                c.planner.load_at(&catalog, self.polled_ms);
             }
         }
     }
@@ -334,6 +338,7 @@ impl Driver {
 
     /// Feeds the monitor's transitions and polls every planner.
     fn poll(&mut self, monitor: &mut Monitor, now: u64) -> Vec<(Uuid, Transfer)> {
+        self.polled_ms = now;
         let grace = self
             .clusters
             .keys()

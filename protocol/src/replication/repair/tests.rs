@@ -1003,6 +1003,34 @@ fn new_keys_settle_before_they_are_judged() {
     assert!(matches!(t[0].action, Action::Copy { .. }));
 }
 
+/// A cluster taken up while the repairer runs (created after the daemon
+/// started): its keys, loaded then, settle like new keys instead of being
+/// judged at once while their PUTs may still be fanning out.
+#[test]
+fn a_cluster_loaded_late_lets_its_keys_settle() {
+    let mut w = World::new(
+        3,
+        RepairConfig {
+            settle_ms: 10_000,
+            ..RepairConfig::default()
+        },
+    );
+    let p = uniform(eff(2, 3));
+    let start = w.now;
+    let mut catalog = crate::logs::catalog::Catalog::new();
+    catalog.insert_line(
+        &crate::logs::presence::location_log_path(&key(1)),
+        &format!("1700000000s 1 {}", w.nodes[0]),
+    );
+    w.planner.load_at(&catalog, start);
+    w.now = start + 1_000;
+    assert!(w.poll(&p).is_empty(), "judged while settling");
+    w.now = start + 10_001;
+    let t = w.poll(&p);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert!(matches!(t[0].action, Action::Copy { .. }));
+}
+
 #[test]
 fn a_key_dropped_from_every_node_is_no_longer_the_clusters() {
     let mut w = World::new(3, RepairConfig::default());
