@@ -359,16 +359,18 @@ struct Figures {
 
 /// Starts `args` in C; after `delay` kills the first process of the
 /// round matching `victim`. Returns whether one was killed.
-fn run_and_kill(lab: &Lab, args: &[&str], victim: Victim, delay: Duration) -> bool {
+fn run_and_kill(lab: &Lab, args: &[&str], victim: Victim, delay: Duration) -> Killing {
     let mut cmd = lab.command("git", &lab.c);
     cmd.arg("annex").args(args);
     let mut p = support::ProcessGuard::spawn(&mut cmd);
     let start = Instant::now();
     let mut killed = false;
+    let mut ended = None;
     // Fault injection: the kill comes at a seeded moment, whatever the
     // transfer is doing then (the checks afterwards do not depend on it).
     while start.elapsed() < delay {
         if p.wait_timeout(Duration::from_millis(5)).is_some() {
+            ended = Some(start.elapsed());
             break;
         }
     }
@@ -415,7 +417,41 @@ fn run_and_kill(lab: &Lab, args: &[&str], victim: Victim, delay: Duration) -> bo
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    killed
+    Killing { killed, ended }
+}
+
+/// What [`run_and_kill`] did.
+struct Killing {
+    killed: bool,
+    /// How long the operation took, when it ended before the kill.
+    ended: Option<Duration>,
+}
+
+/// Where kill points are drawn from, per operation: at first a guess of
+/// each one's length here, then, whenever one ends before its kill, just
+/// under the length it took, so the kills keep landing mid-operation on a
+/// faster machine too (which moments, then, depends on the timing as well
+/// as the seed).
+struct Spans(BTreeMap<Op, u64>);
+
+impl Spans {
+    fn new() -> Spans {
+        Spans(BTreeMap::from([
+            (Op::Put, 1000),
+            (Op::Get, 700),
+            (Op::Drop, 250),
+        ]))
+    }
+
+    fn of(&self, op: Op) -> u64 {
+        self.0.get(&op).copied().unwrap_or(250)
+    }
+
+    fn ended_after(&mut self, op: Op, took: Duration) {
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        let span = self.0.entry(op).or_insert(250);
+        *span = (*span).min(ms.saturating_mul(9) / 10).max(20);
+    }
 }
 
 /// Processes still in process group `pgid`.
@@ -523,6 +559,7 @@ fn campaign(rounds: usize, seed: u64) -> Figures {
     let mut fig = Figures::default();
     let mut files: Vec<String> = Vec::new();
     let to = format!("G-{CLUSTER}");
+    let mut spans = Spans::new();
     for round in 0..rounds {
         let op = match rng.below(3) {
             0 => Op::Put,
@@ -535,19 +572,14 @@ fn campaign(rounds: usize, seed: u64) -> Figures {
             1 => Victim::Gateway,
             _ => Victim::Node,
         };
-        // Kill points spread over each operation's usual length here (a
-        // drop is over sooner than a transfer of a few MiB).
-        let span = match op {
-            Op::Put => 1000,
-            Op::Get => 700,
-            Op::Drop => 250,
-        };
-        let delay = Duration::from_millis(rng.below(span));
-        let killed;
+        // Kill points spread over each operation's length here (a drop is
+        // over sooner than a transfer of a few MiB).
+        let delay = Duration::from_millis(rng.below(spans.of(op)));
+        let killing;
         match op {
             Op::Put => {
                 let f = write_file(&lab, &mut rng, round);
-                killed = run_and_kill(&lab, &["copy", &f, "--to", &to], victim, delay);
+                killing = run_and_kill(&lab, &["copy", &f, "--to", &to], victim, delay);
                 lab.ok(&lab.c, "git", &["annex", "copy", &f, "--to", &to]);
                 fill(&lab, &f);
                 files.push(f);
@@ -558,7 +590,7 @@ fn campaign(rounds: usize, seed: u64) -> Figures {
                 if have {
                     lab.ok(&lab.c, "git", &["annex", "drop", &f]);
                 }
-                killed = run_and_kill(&lab, &["get", &f, "--from", &to], victim, delay);
+                killing = run_and_kill(&lab, &["get", &f, "--from", &to], victim, delay);
                 lab.ok(&lab.c, "git", &["annex", "get", &f, "--from", &to]);
             }
             Op::Drop => {
@@ -576,7 +608,7 @@ fn campaign(rounds: usize, seed: u64) -> Figures {
                     cmd.args(["annex", "drop", &f]);
                     support::ProcessGuard::spawn(&mut cmd)
                 };
-                killed = run_and_kill(&lab, &["drop", &f, "--from", &to], victim, delay);
+                killing = run_and_kill(&lab, &["drop", &f, "--from", &to], victim, delay);
                 let mut racer = racer;
                 assert!(
                     racer.wait_timeout(TIMEOUT).is_some(),
@@ -598,6 +630,10 @@ fn campaign(rounds: usize, seed: u64) -> Figures {
                 lab.ok(&lab.c, "git", &["annex", "copy", &f, "--to", &to]);
                 fill(&lab, &f);
             }
+        }
+        let killed = killing.killed;
+        if let Some(took) = killing.ended {
+            spans.ended_after(op, took);
         }
         if killed {
             *fig.killed.entry((op, victim)).or_default() += 1;
