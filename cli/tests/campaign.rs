@@ -5,7 +5,8 @@
 //! from a seed, an operation (PUT of a few MiB to the cluster: the fan-out;
 //! GET from it; a local drop racing a drop from the cluster) and a victim
 //! (the client git-annex, the gateway, the node's git-annex-shell) and
-//! SIGKILLs the victim after a delay drawn from the seed, while the transfer
+//! SIGKILLs the victim after a delay drawn from the seed (within the
+//! operation's length as measured in earlier rounds), while the transfer
 //! runs. Then it re-runs the operation, which must complete (and copies to
 //! each node's own remote, resuming any node's cut part of the fan-out), and
 //! checks:
