@@ -41,14 +41,14 @@ mod common;
 mod load;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{env_number, run_ok};
+use common::{annexmesh, env_number, ours, run_ok};
 use load::{End, Held, Object, Op, Record};
 
 const MIN_SIZE: usize = 64 * 1024;
@@ -92,14 +92,6 @@ impl Drop for Daemon {
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn ours() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_annexmesh"))
-}
-
-fn annexmesh(repo: &Path, args: &[&str]) -> Result<String> {
-    run_ok(Command::new(ours()).arg("--repo").arg(repo).args(args))
 }
 
 fn daemon(repo: &Path) -> Result<Daemon> {

@@ -17,12 +17,12 @@
 mod common;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{env_number, make_file_seeded, run_ok};
+use common::{annexmesh, env_number, make_file_seeded, ours, run_ok};
 
 fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
@@ -49,14 +49,6 @@ impl Drop for Daemon {
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn ours() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_annexmesh"))
-}
-
-fn annexmesh(repo: &Path, args: &[&str]) -> Result<String> {
-    run_ok(Command::new(ours()).arg("--repo").arg(repo).args(args))
 }
 
 fn daemon(repo: &Path, env: &[(&str, &str)]) -> Result<Daemon> {

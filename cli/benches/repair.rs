@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{env_number, make_file_seeded, run_ok};
+use common::{annexmesh, env_number, make_file_seeded, ours, run_ok};
 
 const NODES: usize = 5;
 
@@ -79,14 +79,6 @@ impl Drop for Daemon {
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn ours() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_annexmesh"))
-}
-
-fn annexmesh(repo: &Path, args: &[&str]) -> Result<String> {
-    run_ok(Command::new(ours()).arg("--repo").arg(repo).args(args))
 }
 
 fn daemon(repo: &Path) -> Result<Daemon> {

@@ -104,24 +104,5 @@ async fn run(seed: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("cluster benchmark: run with `cargo bench -p annexmesh-simnet --bench cluster`");
-        return;
-    }
-    let seed = simnet::seed_from_env();
-    println!("seed {seed} (SIMNET_SEED={seed} replays)");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = rt.block_on(run(seed)) {
-        eprintln!("cluster: {e}");
-        std::process::exit(1);
-    }
+    simnet::bench_main("cluster", run);
 }

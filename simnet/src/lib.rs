@@ -79,3 +79,34 @@ pub use sim::{
     CONNECT_TIMEOUT, PeerHandle, SEED_VAR, STOP_TIMEOUT, SeedGuard, Sim, seed_from_env, transport,
     wait_until, within,
 };
+
+/// A benchmark binary's `main`: nothing unless run with `--bench` (`cargo
+/// test --benches` runs bench binaries without it), then the seed printed
+/// (`SIMNET_SEED` replays) and `bench(seed)` run on a multi-threaded
+/// runtime; an error is printed and exits 1.
+pub fn bench_main<F, Fut>(name: &str, bench: F)
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), Box<dyn std::error::Error>>>,
+{
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name} benchmark: run with `cargo bench -p annexmesh-simnet --bench {name}`");
+        return;
+    }
+    let seed = seed_from_env();
+    println!("seed {seed} (SIMNET_SEED={seed} replays)");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(bench(seed)) {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}

@@ -14,6 +14,16 @@ use protocol::Key;
 use protocol::verify::Hash;
 
 pub const MIB: u64 = 1024 * 1024;
+
+/// The `annexmesh` binary under test.
+pub fn ours() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_annexmesh"))
+}
+
+/// `annexmesh --repo REPO ARGS…`: its stdout, or why it failed.
+pub fn annexmesh(repo: &Path, args: &[&str]) -> Result<String> {
+    run_ok(Command::new(ours()).arg("--repo").arg(repo).args(args))
+}
 pub const AUTHOR_NAME: &str = "annexmesh bench";
 pub const AUTHOR_EMAIL: &str = "bench@annexmesh.invalid";
 
